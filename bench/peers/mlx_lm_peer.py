@@ -1,0 +1,68 @@
+"""mlx-lm as Hippo's reference and performance peer.
+
+Reads one JSON request per invocation on stdin and writes one JSON object to stdout:
+
+  {"op": "generate", "model": DIR, "dtype": "f32"|"bf16"|"f16", "prompt_ids": [...],
+   "max_tokens": N}
+      -> {"tokens": [...]}  greedy ids, exactly max_tokens of them (EOS is not special)
+
+  {"op": "bench", "model": DIR, "dtype": ..., "prompt_ids": [...], "max_tokens": N,
+   "rounds": R}
+      -> {"decode_tok_s": [...], "prompt_tok_s": [...]}  one entry per round, as mlx-lm's own
+         stream_generate reports them
+
+The model is loaded with mlx_lm.load, unchanged, then cast to the compute dtype with
+nn.Module.set_dtype (which leaves quantized integer weights alone), exactly what Hippo's
+--dtype does at load time.
+"""
+
+import json
+import sys
+
+import mlx.core as mx
+from mlx_lm import load
+from mlx_lm.generate import generate_step, stream_generate
+
+DTYPES = {"f32": mx.float32, "bf16": mx.bfloat16, "f16": mx.float16}
+
+
+def load_model(req):
+    model, tokenizer = load(req["model"])
+    dtype = req.get("dtype")
+    if dtype:
+        model.set_dtype(DTYPES[dtype])
+    return model, tokenizer
+
+
+def generate(req):
+    model, _ = load_model(req)
+    prompt = mx.array(req["prompt_ids"], dtype=mx.uint32)
+    out = []
+    for tok, _ in generate_step(prompt, model, max_tokens=req["max_tokens"]):
+        out.append(int(tok))
+    return {"tokens": out}
+
+
+def bench(req):
+    model, tokenizer = load_model(req)
+    decode, prompt = [], []
+    ids = req["prompt_ids"]
+    for _ in range(req.get("rounds", 1)):
+        last = None
+        for resp in stream_generate(model, tokenizer, ids, max_tokens=req["max_tokens"]):
+            last = resp
+        decode.append(last.generation_tps)
+        prompt.append(last.prompt_tps)
+    return {"decode_tok_s": decode, "prompt_tok_s": prompt}
+
+
+def main():
+    req = json.load(sys.stdin)
+    ops = {"generate": generate, "bench": bench}
+    if req.get("op") not in ops:
+        sys.exit(f"mlx_lm_peer: unknown op {req.get('op')!r}: use one of {sorted(ops)}")
+    json.dump(ops[req["op"]](req), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

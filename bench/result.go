@@ -1,0 +1,88 @@
+// Package bench executes one run configuration against an engine and measures it: every decode
+// step is timed after evaluation, so the numbers are what the hardware did, not when MLX was asked.
+package bench
+
+// Config is one run: which model, how it is executed, and what is generated. The zero value of
+// every optional field means "the default" (standalone, loopback link, greedy sampling).
+type Config struct {
+	// Model is a checkpoint directory (Hugging Face layout).
+	Model string `json:"model" yaml:"model"`
+	// Mode is "standalone", "pipeline", "spec", "pipeline+spec" or "openai".
+	Mode string `json:"mode" yaml:"mode"`
+	// Prompt is the raw text sent to the model (wrapped in the chat template when Chat is set).
+	Prompt string `json:"prompt" yaml:"prompt"`
+	Chat   bool   `json:"chat,omitempty" yaml:"chat"`
+	// MaxTokens bounds generation; IgnoreEOS makes the run produce exactly MaxTokens tokens.
+	MaxTokens int  `json:"max_tokens" yaml:"max_tokens"`
+	IgnoreEOS bool `json:"ignore_eos,omitempty" yaml:"ignore_eos"`
+	// Temperature 0 is greedy decoding.
+	Temperature float64 `json:"temperature" yaml:"temperature"`
+	TopP        float64 `json:"top_p,omitempty" yaml:"top_p"`
+	Seed        uint64  `json:"seed" yaml:"seed"`
+	// Dtype is the compute dtype ("f32", "bf16", "f16"); empty picks the backend's best.
+	Dtype string `json:"dtype,omitempty" yaml:"dtype"`
+
+	// Pipeline settings.
+	Stages    int    `json:"stages,omitempty" yaml:"stages"`
+	Split     string `json:"split,omitempty" yaml:"split"`
+	Transport string `json:"transport,omitempty" yaml:"transport"`
+	Link      string `json:"link,omitempty" yaml:"link"`
+
+	// Speculative settings.
+	Drafter     string `json:"drafter,omitempty" yaml:"drafter"`
+	Draft       string `json:"draft,omitempty" yaml:"draft"`
+	DraftTokens int    `json:"draft_tokens,omitempty" yaml:"draft_tokens"`
+
+	// OpenAI-compatible endpoint settings (mode "openai").
+	BaseURL     string `json:"base_url,omitempty" yaml:"base_url"`
+	Concurrency int    `json:"concurrency,omitempty" yaml:"concurrency"`
+}
+
+// Step is the measurement of one decode step. Times are milliseconds of wall clock, taken after the
+// step's arrays were evaluated.
+type Step struct {
+	// ForwardMS is the model forward time (the verify forward in speculative modes), summed over
+	// pipeline stages; StageForwardMS has one entry per stage in pipeline modes.
+	ForwardMS      float64   `json:"forward_ms"`
+	StageForwardMS []float64 `json:"stage_forward_ms,omitempty"`
+	// NetworkMS is the time on the wire per step (all hops), excluding remote forward time.
+	NetworkMS float64 `json:"network_ms,omitempty"`
+	SampleMS  float64 `json:"sample_ms"`
+	DraftMS   float64 `json:"draft_ms,omitempty"`
+	// Bytes counts payload bytes sent and received on all hops in this step.
+	Bytes int64 `json:"bytes,omitempty"`
+	// Tokens is how many tokens this step emitted (1 outside speculative modes).
+	Tokens int `json:"tokens"`
+	// Accepted is how many drafted tokens were accepted (speculative modes only).
+	Accepted int `json:"accepted,omitempty"`
+}
+
+// Acceptance summarises speculative decoding over a run.
+type Acceptance struct {
+	Drafted      int       `json:"drafted"`
+	Accepted     int       `json:"accepted"`
+	Rate         float64   `json:"rate"`
+	MeanAccepted float64   `json:"mean_accepted"`
+	ByPosition   []float64 `json:"by_position"`
+}
+
+// Result is everything one run measured. It is what `hippo run --json` prints and what a sweep
+// appends to runs.jsonl (with the configuration and environment beside it).
+type Result struct {
+	Mode            string      `json:"mode"`
+	Model           string      `json:"model"`
+	PromptTokens    int         `json:"prompt_tokens"`
+	Tokens          []int       `json:"tokens"`
+	Text            string      `json:"text"`
+	FinishReason    string      `json:"finish_reason"`
+	TTFTMS          float64     `json:"ttft_ms"`
+	PrefillTokS     float64     `json:"prefill_tok_s"`
+	DecodeTokS      float64     `json:"decode_tok_s"`
+	PeakMemoryBytes int64       `json:"peak_memory_bytes"`
+	Steps           []Step      `json:"steps"`
+	Acceptance      *Acceptance `json:"acceptance,omitempty"`
+	// Link and Transport describe the pipeline link the run used ("" when standalone).
+	Link      string `json:"link,omitempty"`
+	Transport string `json:"transport,omitempty"`
+	Stages    int    `json:"stages,omitempty"`
+}

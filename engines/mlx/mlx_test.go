@@ -1,0 +1,136 @@
+package mlx
+
+import (
+	"context"
+	"math"
+	"strings"
+	"testing"
+)
+
+func onWorker(t *testing.T, fn func() error) {
+	t.Helper()
+	w := NewWorker()
+	defer w.Close()
+	if err := w.Do(context.Background(), fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMatmulAndRead(t *testing.T) {
+	onWorker(t, func() error {
+		s := NewScope()
+		defer s.Close()
+		a := FromFloat32s([]float32{1, 2, 3, 4}, 2, 2)
+		b := FromFloat32s([]float32{5, 6, 7, 8}, 2, 2)
+		got, err := Matmul(a, b).Float32s()
+		if err != nil {
+			return err
+		}
+		want := []float32{19, 22, 43, 50}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Errorf("Matmul = %v; want %v", got, want)
+				break
+			}
+		}
+		return nil
+	})
+}
+
+func TestErrorsAreStickyAndReported(t *testing.T) {
+	onWorker(t, func() error {
+		s := NewScope()
+		a := FromFloat32s([]float32{1, 2, 3}, 3)
+		b := FromFloat32s([]float32{1, 2}, 2)
+		c := Add(a, b) // shapes do not broadcast
+		if c.Valid() {
+			t.Errorf("Add of [3] and [2] is valid; want an invalid array")
+		}
+		d := Exp(c) // must not reach MLX
+		if d.Valid() {
+			t.Errorf("Exp of an invalid array is valid")
+		}
+		err := s.Close()
+		if err == nil || !strings.Contains(err.Error(), "mlx: add") {
+			t.Errorf("Close() = %v; want an mlx: add error", err)
+		}
+		if err := Check(); err != nil {
+			t.Errorf("Check after Close = %v; want nil (error consumed)", err)
+		}
+		return nil
+	})
+}
+
+func TestBadDataSize(t *testing.T) {
+	onWorker(t, func() error {
+		a := FromBytes(make([]byte, 7), Float32, 2)
+		if a.Valid() {
+			t.Errorf("FromBytes(7 bytes, f32 [2]) valid; want error")
+		}
+		if err := Check(); err == nil || !strings.Contains(err.Error(), "7 bytes") {
+			t.Errorf("error = %v; want mention of 7 bytes", err)
+		}
+		return nil
+	})
+}
+
+func TestScopeKeep(t *testing.T) {
+	onWorker(t, func() error {
+		s := NewScope()
+		x := MulScalar(FromFloat32s([]float32{1, 2}, 2), 3)
+		s.Keep(x)
+		if err := s.Close(); err != nil {
+			return err
+		}
+		defer x.Free()
+		got, err := x.Float32s()
+		if err != nil {
+			return err
+		}
+		if got[0] != 3 || got[1] != 6 {
+			t.Errorf("kept array = %v; want [3 6]", got)
+		}
+		return nil
+	})
+}
+
+func TestQuantizeRoundTrip(t *testing.T) {
+	onWorker(t, func() error {
+		s := NewScope()
+		defer s.Close()
+		w := Normal(RandomKey(1), Float32, 1, 8, 64)
+		wq, sc, bi := Quantize(w, 64, 8)
+		back := Dequantize(wq, sc, bi, 64, 8, Float32)
+		diff, err := Max(Abs(Sub(back, w)), false).Float32s()
+		if err != nil {
+			return err
+		}
+		if diff[0] > 0.05 {
+			t.Errorf("8-bit round trip max error %v; want < 0.05", diff[0])
+		}
+		x := Normal(RandomKey(2), Float32, 1, 1, 64)
+		y1, err := QuantizedMatmul(x, wq, sc, bi, true, 64, 8).Float32s()
+		if err != nil {
+			return err
+		}
+		y2, err := Matmul(x, Transpose(back, 1, 0)).Float32s()
+		if err != nil {
+			return err
+		}
+		for i := range y1 {
+			if math.Abs(float64(y1[i]-y2[i])) > 1e-3 {
+				t.Errorf("quantized_matmul[%d] = %v; dequantized matmul %v", i, y1[i], y2[i])
+			}
+		}
+		return nil
+	})
+}
+
+func TestWorkerRecoversPanic(t *testing.T) {
+	w := NewWorker()
+	defer w.Close()
+	err := w.Do(context.Background(), func() error { panic("boom") })
+	if err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Errorf("Do(panic) = %v; want error mentioning boom", err)
+	}
+}

