@@ -44,3 +44,16 @@ build: setup
 lint:
     test -z "$(gofmt -l $(git ls-files '*.go'))" || { gofmt -l $(git ls-files '*.go'); exit 1; }
     go vet ./...
+
+# Synthesize a small Qwen3-shaped model (real tokenizer), generate from it, print the timing summary.
+demo: build
+    ./bin/hippo run --model synth:qwen3-demo --prompt "Explain pipeline parallelism in one sentence." --max-tokens 48 --chat
+
+# Run every test (the MLX parity and tokenizer parity tests included; nothing is skipped).
+test: build
+    go vet ./...
+    go test -count=1 -timeout 25m ./...
+
+# hippo vs mlx-lm decode tok/s, alternating on the same checkpoints, with ratios and the memory-bandwidth roofline.
+bench-engine: build
+    ./bin/hippo bench engine --rounds 5

@@ -6,6 +6,8 @@ Reads one JSON request per invocation on stdin and writes one JSON object to std
    "max_tokens": N}
       -> {"tokens": [...]}  greedy ids, exactly max_tokens of them (EOS is not special)
 
+  {"op": "batch", "requests": [...]} -> {"results": [...]}  several requests, one interpreter
+
   {"op": "bench", "model": DIR, "dtype": ..., "prompt_ids": [...], "max_tokens": N,
    "rounds": R}
       -> {"decode_tok_s": [...], "prompt_tok_s": [...]}  one entry per round, as mlx-lm's own
@@ -26,11 +28,19 @@ from mlx_lm.generate import generate_step, stream_generate
 DTYPES = {"f32": mx.float32, "bf16": mx.bfloat16, "f16": mx.float16}
 
 
+_loaded = {}
+
+
 def load_model(req):
+    key = (req["model"], req.get("dtype"))
+    if key in _loaded:
+        return _loaded[key]
+    _loaded.clear()
     model, tokenizer = load(req["model"])
     dtype = req.get("dtype")
     if dtype:
         model.set_dtype(DTYPES[dtype])
+    _loaded[key] = (model, tokenizer)
     return model, tokenizer
 
 
@@ -56,12 +66,28 @@ def bench(req):
     return {"decode_tok_s": decode, "prompt_tok_s": prompt}
 
 
+def batch(req):
+    return {"results": [handle(r) for r in req["requests"]]}
+
+
+OPS = {"generate": generate, "bench": bench, "batch": batch}
+
+
+def handle(req):
+    if req.get("op") not in OPS:
+        sys.exit(f"mlx_lm_peer: unknown op {req.get('op')!r}: use one of {sorted(OPS)}")
+    return OPS[req["op"]](req)
+
+
 def main():
-    req = json.load(sys.stdin)
-    ops = {"generate": generate, "bench": bench}
-    if req.get("op") not in ops:
-        sys.exit(f"mlx_lm_peer: unknown op {req.get('op')!r}: use one of {sorted(ops)}")
-    json.dump(ops[req["op"]](req), sys.stdout)
+    if "--serve" in sys.argv:
+        # One JSON request per line, one JSON reply per line, until EOF: the model stays loaded
+        # between requests, so benchmarks can alternate with Hippo round by round.
+        for line in sys.stdin:
+            if line.strip():
+                print(json.dumps(handle(json.loads(line))), flush=True)
+        return
+    json.dump(handle(json.load(sys.stdin)), sys.stdout)
 
 
 if __name__ == "__main__":

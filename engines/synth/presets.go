@@ -61,6 +61,9 @@ func init() {
 	tiny := qwen3("tiny", 64, 4, 4, 2, 128, false, "Qwen3 layout, test-sized")
 	tiny.Config["head_dim"] = 16
 	addPreset(tiny)
+	// demo: Qwen3-0.6B's layer shapes with 4 layers, so `just demo` is quick on a laptop CPU.
+	demo := qwen3("qwen3-demo", 1024, 4, 16, 8, 3072, true, "Qwen/Qwen3-0.6B config.json, 4 of 28 layers")
+	addPreset(demo)
 	tq := tiny
 	tq.Name = "tiny-qwen3"
 	addPreset(tq)

@@ -1,0 +1,70 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/hippo-bench/hippo/engines"
+)
+
+// ms converts a duration to float milliseconds.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// Standalone runs c on an open engine and measures it. onToken, if not nil, is called with the
+// text of each token as soon as it is decoded (on the engine's thread: keep it short).
+func Standalone(ctx context.Context, e *engines.Engine, c Config, onToken func(text string)) (Result, error) {
+	res := Result{Mode: "standalone", Model: filepath.Base(c.Model)}
+	prompt, err := e.Prompt(c.Prompt, c.Chat)
+	if err != nil {
+		return res, err
+	}
+	dec := e.Tokenizer().NewStreamDecoder()
+	var text []byte
+	st, err := e.Generate(ctx, engines.Request{
+		Tokens: prompt, MaxTokens: c.MaxTokens, Temperature: c.Temperature, TopP: c.TopP,
+		Seed: c.Seed, IgnoreEOS: c.IgnoreEOS,
+	}, func(t engines.Token) error {
+		s := dec.Add(t.ID)
+		text = append(text, s...)
+		if onToken != nil && s != "" {
+			onToken(s)
+		}
+		return nil
+	})
+	tail := dec.Flush()
+	text = append(text, tail...)
+	if onToken != nil && tail != "" {
+		onToken(tail)
+	}
+	fill(&res, st, string(text))
+	if err != nil {
+		return res, fmt.Errorf("standalone run: %w", err)
+	}
+	return res, nil
+}
+
+// fill copies engine statistics into a Result.
+func fill(res *Result, st engines.Stats, text string) {
+	res.PromptTokens = st.PromptTokens
+	res.Tokens = st.Tokens
+	if res.Tokens == nil {
+		res.Tokens = []int{}
+	}
+	res.Text = text
+	res.FinishReason = st.FinishReason
+	res.TTFTMS = ms(st.TTFT)
+	if st.Prefill > 0 {
+		res.PrefillTokS = float64(st.PromptTokens) / st.Prefill.Seconds()
+	}
+	res.PeakMemoryBytes = st.PeakMemory
+	res.Steps = make([]Step, len(st.Steps))
+	for i, s := range st.Steps {
+		res.Steps[i] = Step{ForwardMS: ms(s.Forward), SampleMS: ms(s.Sample), Tokens: 1}
+	}
+	// Wall clock from the first token to the last, as mlx-lm's generation_tps counts it.
+	if st.Decode > 0 {
+		res.DecodeTokS = float64(len(st.Steps)) / st.Decode.Seconds()
+	}
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hippo-bench/hippo/bench"
+	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/synth"
+)
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "generate from a model once and report its timing",
+		UsageText: "hippo run --model DIR|synth:PRESET --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--chat] [--ignore-eos] [--dtype f32|bf16|f16] [--ram SIZE] [--json]",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "model", Required: true, Usage: "checkpoint directory, or synth:PRESET"},
+			&cli.StringFlag{Name: "prompt", Value: "The quick brown fox", Usage: "prompt text"},
+			&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens to generate at most"},
+			&cli.Float64Flag{Name: "temperature", Usage: "sampling temperature (0 = greedy)"},
+			&cli.Float64Flag{Name: "top-p", Value: 1, Usage: "nucleus sampling mass"},
+			&cli.Uint64Flag{Name: "seed", Usage: "sampling seed"},
+			&cli.BoolFlag{Name: "chat", Usage: "wrap the prompt in the model's chat template"},
+			&cli.BoolFlag{Name: "ignore-eos", Usage: "generate exactly --max-tokens tokens"},
+			&cli.StringFlag{Name: "dtype", Usage: "compute dtype: f32, bf16 or f16 (default: " + engines.DefaultDType() + " on this backend)"},
+			&cli.StringFlag{Name: "ram", Usage: "plan for this much RAM instead of the detected amount (e.g. 16GB)"},
+			&cli.IntFlag{Name: "context", Usage: "context length the memory guard plans for (default: prompt + max tokens)"},
+			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
+		},
+		Action: func(c *cli.Context) error {
+			cfg := bench.Config{
+				Model: c.String("model"), Mode: "standalone", Prompt: c.String("prompt"),
+				Chat: c.Bool("chat"), MaxTokens: c.Int("max-tokens"), IgnoreEOS: c.Bool("ignore-eos"),
+				Temperature: c.Float64("temperature"), TopP: c.Float64("top-p"), Seed: c.Uint64("seed"),
+				Dtype: c.String("dtype"),
+			}
+			if cfg.MaxTokens < 1 {
+				return fmt.Errorf("--max-tokens %d: must be at least 1", cfg.MaxTokens)
+			}
+			var ram int64
+			if s := c.String("ram"); s != "" {
+				var err error
+				if ram, err = engines.ParseBytes(s); err != nil {
+					return fmt.Errorf("--ram: %w", err)
+				}
+			}
+			dir, err := synth.Resolve(c.Context, cfg.Model, modelsDir(), tokenizersDir())
+			if err != nil {
+				return err
+			}
+			cfg.Model = dir
+			ctxLen := c.Int("context")
+			if ctxLen == 0 {
+				ctxLen = len(cfg.Prompt) + cfg.MaxTokens + 64 // bytes bound tokens from above
+			}
+			e, err := engines.Open(c.Context, engines.Options{Model: dir, DType: cfg.Dtype, RAM: ram, Context: ctxLen})
+			if err != nil {
+				return err
+			}
+			defer e.Close()
+			asJSON := c.Bool("json")
+			var onToken func(string)
+			if !asJSON {
+				onToken = func(s string) { fmt.Print(s) }
+			}
+			res, err := bench.Standalone(c.Context, e, cfg, onToken)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				return enc.Encode(res)
+			}
+			fmt.Println()
+			fmt.Printf("\n%s, %s compute: %d prompt tokens, %d generated (%s)\n", res.Model, e.DType(), res.PromptTokens, len(res.Tokens), res.FinishReason)
+			fmt.Printf("prompt: %.1f tok/s   decode: %.1f tok/s   TTFT: %.1f ms   peak memory: %s\n",
+				res.PrefillTokS, res.DecodeTokS, res.TTFTMS, engines.FormatBytes(res.PeakMemoryBytes))
+			return nil
+		},
+	}
+}

@@ -1,0 +1,144 @@
+package engines
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/model"
+)
+
+// SafetyFactor is the share of RAM a model may plan to use: the OS, other processes and (on a
+// Mac) the GPU wired-memory limit of about 75% need the rest.
+const SafetyFactor = 0.75
+
+// ErrMemory reports a model that does not fit.
+var ErrMemory = errors.New("model does not fit in memory")
+
+// Estimate is the memory a model needs, in bytes.
+type Estimate struct {
+	Weights, KVCache, Overhead int64
+}
+
+// Total is the sum of the parts.
+func (e Estimate) Total() int64 { return e.Weights + e.KVCache + e.Overhead }
+
+// EstimateMemory predicts the memory of running c in compute dtype dt with context tokens of
+// KV cache, counting the compute dtype (float32 doubles a bf16 checkpoint) and quantization.
+func EstimateMemory(c *model.Config, dt mlx.DType, context int) Estimate {
+	el := int64(dt.Size())
+	hd := c.KVHeadDim()
+	h, inter, v := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.VocabSize)
+	q, kv := int64(c.NumHeads*hd), int64(c.NumKVHeads*hd)
+	matrix := func(out, in int64) int64 {
+		if c.Quantization == nil {
+			return out * in * el
+		}
+		g := int64(c.Quantization.GroupSize)
+		return out*in*int64(c.Quantization.Bits)/8 + 2*out*(in/g)*el
+	}
+	perLayer := matrix(q, h) + 2*matrix(kv, h) + matrix(h, q) + 3*matrix(inter, h) + 4*h*el + 2*int64(hd)*el
+	w := int64(c.NumLayers)*perLayer + matrix(v, h) + h*el
+	if !c.Tied() {
+		w += matrix(v, h)
+	}
+	// KV cache grows in 256-position chunks.
+	ctx := int64((context + 255) / 256 * 256)
+	cache := 2 * int64(c.NumLayers) * kv * ctx * el
+	// Activations of one prefill chunk (attention scores dominate) plus logits, and the runtime.
+	chunk := int64(min(context, prefillChunk))
+	act := int64(c.NumHeads)*chunk*chunk*4 + 4*chunk*max(inter, h)*el + 2*v*4
+	return Estimate{Weights: w, KVCache: cache, Overhead: act + 256<<20}
+}
+
+// CheckMemory refuses a model that needs more than SafetyFactor of RAM (detected when ram is 0).
+func CheckMemory(c *model.Config, dt mlx.DType, context int, ram int64) error {
+	if ram == 0 {
+		var err error
+		if ram, err = SystemRAM(); err != nil {
+			return nil // cannot tell: let MLX try
+		}
+	}
+	e := EstimateMemory(c, dt, context)
+	limit := int64(float64(ram) * SafetyFactor)
+	if e.Total() <= limit {
+		return nil
+	}
+	advice := "use a quantized checkpoint (hippo synth --bits 4, or an mlx-community 4-bit model), a shorter context, or split it with --mode pipeline --stages 2"
+	if dt == mlx.Float32 {
+		advice = "use --dtype bf16 (float32 doubles a bf16 checkpoint), " + advice
+	}
+	return fmt.Errorf("%w: needs %s (weights %s + KV cache %s for %d tokens + runtime %s), %s usable of %s RAM: %s",
+		ErrMemory, FormatBytes(e.Total()), FormatBytes(e.Weights), FormatBytes(e.KVCache), context,
+		FormatBytes(e.Overhead), FormatBytes(limit), FormatBytes(ram), advice)
+}
+
+// SystemRAM returns the machine's physical memory.
+func SystemRAM() (int64, error) {
+	if runtime.GOOS == "darwin" {
+		out, err := exec.Command("sysctl", "-n", "hw.memsize").Output()
+		if err != nil {
+			return 0, err
+		}
+		return strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	}
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("MemTotal not found in /proc/meminfo")
+}
+
+// ParseBytes reads sizes such as "16GB", "16G", "512MiB" or a plain byte count. Decimal (GB) and
+// binary (GiB, G) units are both accepted; G alone means GiB, as RAM is sold in binary sizes.
+func ParseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	units := []struct {
+		suffix string
+		mult   float64
+	}{
+		{"TIB", 1 << 40}, {"GIB", 1 << 30}, {"MIB", 1 << 20}, {"KIB", 1 << 10},
+		{"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3},
+		{"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1},
+	}
+	mult := 1.0
+	for _, u := range units {
+		if strings.HasSuffix(t, u.suffix) {
+			mult = u.mult
+			t = strings.TrimSpace(strings.TrimSuffix(t, u.suffix))
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("size %q: want a positive number with an optional unit, like 16GB or 512MiB", s)
+	}
+	return int64(v * mult), nil
+}
+
+// FormatBytes prints a size in GiB, MiB or KiB.
+func FormatBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	default:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+}

@@ -1,0 +1,104 @@
+package engines
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/synth"
+	"github.com/hippo-bench/hippo/internal/testenv"
+)
+
+// TestGreedyMatchesMLXLM is invariant 1: greedy decoding of our engine equals mlx-lm's on the
+// same checkpoint, compute dtype and prompt, token for token.
+func TestGreedyMatchesMLXLM(t *testing.T) {
+	const n = 64
+	cases := []struct {
+		preset, dtype string
+		bits          int
+	}{
+		{"tiny-qwen3", "f32", 0},
+		{"tiny-qwen3", "bf16", 0},
+		{"tiny-qwen3", "f32", 4},
+		{"tiny-llama", "f32", 0},
+		{"tiny-llama", "bf16", 0},
+		{"tiny-llama", "f32", 4},
+		{"tiny-llama", "f32", 8},
+	}
+	prompt := "The harbour at dawn: gulls, diesel, 42 boats — and one 🐙 in a bucket."
+	type run struct {
+		name   string
+		dir    string
+		ids    []int
+		tokens []int
+	}
+	var runs []run
+	var reqs []map[string]any
+	for _, tc := range cases {
+		r := run{name: fmt.Sprintf("%s/%s/bits%d", tc.preset, tc.dtype, tc.bits)}
+		r.dir = synthesize(t, synth.Options{Preset: tc.preset, Seed: 3, Bits: tc.bits})
+		e, err := Open(context.Background(), Options{Model: r.dir, DType: tc.dtype})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.ids, err = e.Prompt(prompt, false); err != nil {
+			t.Fatal(err)
+		}
+		st, err := e.Generate(context.Background(), Request{Tokens: r.ids, MaxTokens: n, IgnoreEOS: true}, func(Token) error { return nil })
+		e.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.tokens = st.Tokens
+		runs = append(runs, r)
+		reqs = append(reqs, map[string]any{"op": "generate", "model": r.dir, "dtype": tc.dtype, "prompt_ids": r.ids, "max_tokens": n})
+	}
+	// One interpreter for all cases: importing mlx-lm dominates otherwise.
+	var peer struct{ Results []struct{ Tokens []int } }
+	testenv.PythonJSON(t, "bench/peers/mlx_lm_peer.py", map[string]any{"op": "batch", "requests": reqs}, &peer)
+	if len(peer.Results) != len(runs) {
+		t.Fatalf("mlx-lm answered %d requests; want %d", len(peer.Results), len(runs))
+	}
+	for i, r := range runs {
+		t.Run(r.name, func(t *testing.T) {
+			want := peer.Results[i].Tokens
+			if len(r.tokens) != n || len(want) != n {
+				t.Fatalf("generated %d tokens, mlx-lm %d; want %d each", len(r.tokens), len(want), n)
+			}
+			for k := range r.tokens {
+				if r.tokens[k] != want[k] {
+					t.Fatalf("token %d = %d; mlx-lm %d\nours   %v\nmlx-lm %v", k, r.tokens[k], want[k], r.tokens, want)
+				}
+			}
+			if d := distinct(r.tokens); d < n/4 {
+				t.Errorf("only %d distinct tokens in %d: the synthetic model is degenerate and this test proves little", d, n)
+			}
+		})
+	}
+}
+
+func distinct(ids []int) int {
+	m := map[int]bool{}
+	for _, id := range ids {
+		m[id] = true
+	}
+	return len(m)
+}
+
+// synthesize writes a preset with its real tokenizer into a temporary directory.
+func synthesize(t *testing.T, o synth.Options) string {
+	t.Helper()
+	p, err := synth.Lookup(o.Preset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Out = t.TempDir()
+	o.Tokenizer = testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))
+	w := mlx.NewWorker()
+	defer w.Close()
+	if err := w.Do(context.Background(), func() error { _, err := synth.Write(o); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return o.Out
+}
