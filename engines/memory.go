@@ -57,6 +57,21 @@ func EstimateMemory(c *model.Config, dt mlx.DType, context int) Estimate {
 	return Estimate{Weights: w, KVCache: cache, Overhead: act + 256<<20}
 }
 
+// BytesPerToken is the weight bytes one decode step reads: every matrix once, except that only one
+// row of an untied embedding table is gathered.
+func BytesPerToken(c *model.Config, dt mlx.DType) int64 {
+	b := EstimateMemory(c, dt, 0).Weights
+	if !c.Tied() {
+		el := int64(dt.Size())
+		emb := int64(c.VocabSize) * int64(c.HiddenSize) * el
+		if q := c.Quantization; q != nil {
+			emb = int64(c.VocabSize)*int64(c.HiddenSize)*int64(q.Bits)/8 + 2*int64(c.VocabSize)*int64(c.HiddenSize/q.GroupSize)*el
+		}
+		b -= emb
+	}
+	return b
+}
+
 // CheckMemory refuses a model that needs more than SafetyFactor of RAM (detected when ram is 0).
 func CheckMemory(c *model.Config, dt mlx.DType, context int, ram int64) error {
 	if ram == 0 {

@@ -20,6 +20,7 @@ func main() {
 		Commands: []*cli.Command{
 			runCommand(),
 			synthCommand(),
+			benchCommand(),
 		},
 		// Usage errors print the message, not the whole help page.
 		OnUsageError: func(c *cli.Context, err error, _ bool) error { return err },

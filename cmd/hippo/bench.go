@@ -1,0 +1,46 @@
+package main
+
+import (
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hippo-bench/hippo/bench"
+	"github.com/hippo-bench/hippo/engines/synth"
+)
+
+func benchCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "bench",
+		Usage: "side-by-side benchmarks against peer implementations",
+		Subcommands: []*cli.Command{{
+			Name:      "engine",
+			Usage:     "Hippo vs mlx-lm decode tok/s, alternating on the same checkpoints",
+			UsageText: "hippo bench engine [--model DIR|synth:PRESET ...] [--dtype f32 ...] [--rounds N] [--max-tokens N]",
+			Flags: []cli.Flag{
+				&cli.StringSliceFlag{Name: "model", Value: cli.NewStringSlice("synth:tiny-qwen3", "synth:qwen3-0.6b"), Usage: "checkpoints to compare"},
+				&cli.StringSliceFlag{Name: "dtype", Value: cli.NewStringSlice("f32"), Usage: "compute dtypes, the same on both sides"},
+				&cli.IntFlag{Name: "rounds", Value: 5, Usage: "measured rounds per row"},
+				&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens generated per round"},
+				&cli.StringFlag{Name: "prompt", Value: "Write a short story about a lighthouse keeper who collects storms.", Usage: "prompt"},
+				&cli.BoolFlag{Name: "native", Value: true, Usage: "add a row with each side in its out-of-the-box dtype"},
+			},
+			Action: func(c *cli.Context) error {
+				var dirs []string
+				for _, m := range c.StringSlice("model") {
+					d, err := synth.Resolve(c.Context, m, modelsDir(), tokenizersDir())
+					if err != nil {
+						return err
+					}
+					dirs = append(dirs, d)
+				}
+				_, err := bench.CompareEngines(c.Context, bench.CompareOptions{
+					Models: dirs, DTypes: c.StringSlice("dtype"), Rounds: c.Int("rounds"),
+					MaxTokens: c.Int("max-tokens"), Prompt: c.String("prompt"), Root: home(),
+					Native: c.Bool("native"),
+				}, os.Stdout)
+				return err
+			},
+		}},
+	}
+}
