@@ -57,19 +57,26 @@ func newDecoder(c *Config, w *Weights, qkNorm bool) (*decoder, error) {
 	if d.rope, err = newRope(c, w, hd, c.RopeTheta); err != nil {
 		return nil, err
 	}
-	if d.embed, err = w.Embedding("model.embed_tokens", c.VocabSize, c.HiddenSize); err != nil {
-		return nil, err
-	}
-	if !c.Tied() {
-		if d.lmHead, err = w.Linear("lm_head", c.VocabSize, c.HiddenSize, false); err != nil {
+	if w.HasEmbed() {
+		if d.embed, err = w.Embedding("model.embed_tokens", c.VocabSize, c.HiddenSize); err != nil {
 			return nil, err
 		}
 	}
-	if d.norm, err = w.Tensor("model.norm.weight", c.HiddenSize); err != nil {
-		return nil, err
+	if w.HasHead() {
+		if !c.Tied() {
+			if d.lmHead, err = w.Linear("lm_head", c.VocabSize, c.HiddenSize, false); err != nil {
+				return nil, err
+			}
+		}
+		if d.norm, err = w.Tensor("model.norm.weight", c.HiddenSize); err != nil {
+			return nil, err
+		}
 	}
 	d.layers = make([]decoderLayer, c.NumLayers)
 	for i := range d.layers {
+		if !w.HasLayer(i) {
+			continue
+		}
 		if err := d.loadLayer(w, i); err != nil {
 			return nil, err
 		}

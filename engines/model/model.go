@@ -55,15 +55,29 @@ func NewCaches(m Model) []Cache {
 
 // Load reads the checkpoint in dir and builds its model in the compute dtype. The caller frees
 // it with Close. Must run on the MLX thread.
-func Load(dir string, compute mlx.DType) (*Loaded, error) {
+func Load(dir string, compute mlx.DType) (*Loaded, error) { return LoadRange(dir, compute, Range{}) }
+
+// LoadRange is Load for a pipeline stage: only layers r are loaded, the embedding only when r
+// starts at layer 0 (or the last stage needs it as a tied lm_head), the final norm and lm_head
+// only when r ends at the last layer. The zero Range means every layer.
+func LoadRange(dir string, compute mlx.DType, r Range) (*Loaded, error) {
 	c, err := ReadConfig(dir)
 	if err != nil {
 		return nil, err
+	}
+	if r == (Range{}) {
+		r = Range{0, c.NumLayers}
+	}
+	if r.From < 0 || r.To > c.NumLayers || r.From >= r.To {
+		return nil, fmt.Errorf("model: layer range [%d, %d) is not inside the model's %d layers", r.From, r.To, c.NumLayers)
 	}
 	w, err := openWeights(dir, c, compute)
 	if err != nil {
 		return nil, err
 	}
+	w.r = r
+	w.layers = c.NumLayers
+	w.tied = c.Tied()
 	m, err := registry[c.ModelType](c, w)
 	if err != nil {
 		w.Free()
@@ -73,7 +87,7 @@ func Load(dir string, compute mlx.DType) (*Loaded, error) {
 		w.Free()
 		return nil, fmt.Errorf("model: %s: %d tensors are not used by %s (first: %q): %w", dir, len(extra), c.ModelType, extra[0], ErrCheckpoint)
 	}
-	return &Loaded{Model: m, Dir: dir, Compute: compute, weights: w}, nil
+	return &Loaded{Model: m, Dir: dir, Compute: compute, Range: r, weights: w}, nil
 }
 
 // Loaded is a model with the weights it owns.
@@ -81,6 +95,8 @@ type Loaded struct {
 	Model
 	Dir     string
 	Compute mlx.DType
+	// Range is the layers this process holds.
+	Range   Range
 	weights *Weights
 }
 

@@ -24,7 +24,21 @@ type Weights struct {
 	used    map[string]bool
 	owned   []mlx.Array
 	bytes   int64
+	// r is the layer range being loaded, out of layers; tied says the lm_head is the embedding.
+	r      Range
+	layers int
+	tied   bool
 }
+
+// HasLayer reports whether layer i is part of the range being loaded.
+func (w *Weights) HasLayer(i int) bool { return i >= w.r.From && i < w.r.To }
+
+// HasEmbed reports whether the embedding table is needed: on the first stage, or on the last
+// when the lm_head is tied to it.
+func (w *Weights) HasEmbed() bool { return w.r.From == 0 || w.tied && w.HasHead() }
+
+// HasHead reports whether the final norm and lm_head are needed (the last stage).
+func (w *Weights) HasHead() bool { return w.r.To == w.layers }
 
 func openWeights(dir string, c *Config, compute mlx.DType) (*Weights, error) {
 	set, err := safetensors.OpenDir(dir)
@@ -163,10 +177,14 @@ func (w *Weights) Embedding(prefix string, vocab, dim int) (*Embedding, error) {
 }
 
 // Unused lists tensors present in the checkpoint that no layer loaded, ignoring known leftovers
-// (rotary inverse frequencies, vision towers of multimodal checkpoints).
+// (rotary inverse frequencies, vision towers of multimodal checkpoints) and, for a pipeline stage,
+// the other stages' tensors.
 func (w *Weights) Unused() []string {
 	var out []string
 	for _, n := range w.set.Names() {
+		if !w.inRange(strings.TrimPrefix(n, w.prefix)) {
+			continue
+		}
 		if w.used[n] || strings.Contains(n, "rotary_emb.inv_freq") || strings.HasPrefix(n, "vision_tower.") ||
 			strings.HasPrefix(n, "multi_modal_projector.") || strings.HasPrefix(n, "model.vision_tower.") ||
 			strings.HasPrefix(n, "model.multi_modal_projector.") || n == "lm_head.weight" && !w.used[n] {
@@ -176,6 +194,23 @@ func (w *Weights) Unused() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// inRange reports whether tensor n belongs to what this stage loads.
+func (w *Weights) inRange(n string) bool {
+	if rest, ok := strings.CutPrefix(n, "model.layers."); ok {
+		var i int
+		if _, err := fmt.Sscanf(rest, "%d.", &i); err == nil {
+			return w.HasLayer(i) || i >= w.layers // a layer beyond the config belongs to no stage
+		}
+	}
+	if strings.HasPrefix(n, "model.embed_tokens.") {
+		return w.HasEmbed()
+	}
+	if strings.HasPrefix(n, "model.norm.") || strings.HasPrefix(n, "lm_head.") {
+		return w.HasHead()
+	}
+	return true
 }
 
 // Bytes is the size of the loaded arrays in the compute dtype.

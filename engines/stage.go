@@ -1,0 +1,184 @@
+package engines
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/model"
+)
+
+// Stage runs one contiguous layer range of a model: the unit of pipeline parallelism. The first
+// stage embeds tokens; the last applies the final norm and lm_head and samples. Methods run one at
+// a time on the stage's MLX thread and may be called from any goroutine.
+type Stage struct {
+	worker *mlx.Worker
+	model  *model.Loaded
+	caches []model.Cache
+	smp    *sampler
+	dtype  mlx.DType
+}
+
+// StageOptions configures OpenStage.
+type StageOptions struct {
+	Model string
+	DType string
+	Range model.Range
+}
+
+// OpenStage loads the layers of o.Range.
+func OpenStage(ctx context.Context, o StageOptions) (*Stage, error) {
+	if o.DType == "" {
+		o.DType = DefaultDType()
+	}
+	dt, err := mlx.ParseDType(o.DType)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stage{worker: mlx.NewWorker(), dtype: dt}
+	err = s.worker.Do(ctx, func() error {
+		m, err := model.LoadRange(o.Model, dt, o.Range)
+		if err != nil {
+			return err
+		}
+		s.model = m
+		s.caches = model.NewCaches(m)
+		s.smp = newSampler(0, 1, 0)
+		return nil
+	})
+	if err != nil {
+		s.worker.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Range is the stage's layers.
+func (s *Stage) Range() model.Range { return s.model.Range }
+
+// Config is the model's config.
+func (s *Stage) Config() *model.Config { return s.model.Config() }
+
+// DType is the compute dtype, which is also the dtype of the hidden states the stage exchanges.
+func (s *Stage) DType() mlx.DType { return s.dtype }
+
+// First reports whether the stage embeds tokens; Last whether it produces tokens.
+func (s *Stage) First() bool { return s.model.Range.From == 0 }
+
+// Last reports whether the stage holds the model's final layer, norm and lm_head.
+func (s *Stage) Last() bool { return s.model.Range.To == s.model.Config().NumLayers }
+
+// Reset starts a request: caches are trimmed to keep positions (0 for a new prompt) so nothing
+// stale leaks between requests, and the last stage's sampler is re-seeded.
+func (s *Stage) Reset(ctx context.Context, keep int, temperature, topP float64, seed uint64) error {
+	return s.worker.Do(ctx, func() error {
+		for _, c := range s.caches {
+			if c == nil {
+				continue
+			}
+			if keep == 0 {
+				c.Reset()
+			} else if n := c.Offset() - keep; n > 0 {
+				c.Trim(n)
+			}
+		}
+		s.smp.free()
+		s.smp = newSampler(temperature, topP, seed)
+		return nil
+	})
+}
+
+// Activation is what flows between stages: token ids into the first stage, hidden states
+// ([1, L, hidden] in the compute dtype, raw little-endian bytes) between stages.
+type Activation struct {
+	Tokens []int
+	Hidden []byte
+	Len    int // positions in Hidden
+}
+
+// StageResult is what Forward produced.
+type StageResult struct {
+	// Hidden is set on all but the last stage.
+	Hidden Activation
+	// Token is the sampled id when the last stage ran with sample set; -1 otherwise.
+	Token int
+	// Forward is the stage's own compute time, measured after evaluation.
+	Forward time.Duration
+}
+
+// Forward runs in through the stage's layers. On the last stage with sample set, the head runs on
+// the last position and a token is sampled; without it (prefill chunks) only the caches are
+// filled.
+func (s *Stage) Forward(ctx context.Context, in Activation, sample bool) (StageResult, error) {
+	res := StageResult{Token: -1}
+	err := s.worker.Do(ctx, func() error {
+		start := time.Now()
+		sc := mlx.NewScope()
+		defer sc.Close()
+		m := s.model
+		var h mlx.Array
+		n := in.Len
+		if s.First() {
+			ids := make([]int32, len(in.Tokens))
+			for i, t := range in.Tokens {
+				ids[i] = int32(t)
+			}
+			n = len(ids)
+			h = m.Embed(mlx.FromInt32s(ids, 1, n))
+		} else {
+			if n <= 0 {
+				return fmt.Errorf("stage %v: activation has %d positions", m.Range, n)
+			}
+			h = mlx.FromBytes(in.Hidden, s.dtype, 1, n, m.Config().HiddenSize)
+		}
+		for i := m.Range.From; i < m.Range.To; i++ {
+			h = m.Layer(i, h, s.caches[i])
+		}
+		switch {
+		case !s.Last():
+			b, err := h.Bytes() // evaluates
+			if err != nil {
+				return err
+			}
+			res.Hidden = Activation{Hidden: b, Len: n}
+		case sample:
+			last := mlx.Slice(h, []int{0, n - 1, 0}, []int{1, n, h.Dim(2)})
+			logits := mlx.Reshape(m.Head(last), 1, -1)
+			if err := mlx.Eval(logits); err != nil {
+				return err
+			}
+			id, err := s.smp.sample(logits)
+			if err != nil {
+				return err
+			}
+			res.Token = id
+		default:
+			var state []mlx.Array
+			for i := m.Range.From; i < m.Range.To; i++ {
+				state = append(state, s.caches[i].State()...)
+			}
+			if err := mlx.Eval(state...); err != nil {
+				return err
+			}
+		}
+		res.Forward = time.Since(start)
+		return nil
+	})
+	return res, err
+}
+
+// Close frees the stage.
+func (s *Stage) Close() {
+	s.worker.Do(context.Background(), func() error {
+		for _, c := range s.caches {
+			if c != nil {
+				c.Free()
+			}
+		}
+		s.smp.free()
+		s.model.Close()
+		return nil
+	})
+	s.worker.Close()
+}
