@@ -57,3 +57,7 @@ test: build
 # hippo vs mlx-lm decode tok/s, alternating on the same checkpoints, with ratios and the memory-bandwidth roofline.
 bench-engine: build
     ./bin/hippo bench engine --rounds 5
+
+# Run experiments/NAME.yaml (e.g. `just sweep quick`, `just sweep thunderbolt-vs-wifi`); results go to results/NAME/<timestamp>/.
+sweep NAME *FLAGS: build
+    ./bin/hippo sweep {{FLAGS}} {{NAME}}

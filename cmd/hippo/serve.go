@@ -1,0 +1,117 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/serve"
+)
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "serve models through an OpenAI-compatible API, with /metrics and a web chat",
+		UsageText: "hippo serve --model DIR|synth:PRESET [--dtype f32|bf16|f16] [--listen ADDR] [--api-key KEY ...] [--max-queue N] [--timeout D] [--max-body SIZE]\n" +
+			"hippo serve --best results/<sweep>/<stamp>   (the fastest servable configuration of a sweep)\n" +
+			"hippo serve --config hippo.yaml              (several models; flags override the file)",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "model", Usage: "checkpoint directory or synth:PRESET (repeat to serve several)"},
+			&cli.StringFlag{Name: "best", Usage: "serve the configuration with the best mean decode tok/s in this sweep output directory"},
+			&cli.StringFlag{Name: "config", Usage: "hippo.yaml with listen, api_keys, max_queue, timeout, max_body, ram and models"},
+			&cli.StringFlag{Name: "dtype", Usage: "compute dtype: f32, bf16 or f16 (default: " + engines.DefaultDType() + " on this backend)"},
+			&cli.StringFlag{Name: "listen", Value: serve.DefaultListen, Usage: "address to listen on"},
+			&cli.StringSliceFlag{Name: "api-key", EnvVars: []string{"HIPPO_API_KEY"}, Usage: "accepted bearer key (repeat for several); none leaves the API open"},
+			&cli.IntFlag{Name: "max-queue", Value: serve.DefaultMaxQueue, Usage: "requests that may wait for a model before the server answers 429"},
+			&cli.DurationFlag{Name: "timeout", Value: serve.DefaultTimeout, Usage: "limit on one request, queueing included"},
+			&cli.StringFlag{Name: "max-body", Value: "1MiB", Usage: "largest request body"},
+			&cli.IntFlag{Name: "context", Value: serve.DefaultContext, Usage: "longest prompt + completion served (the memory guard plans for it)"},
+			&cli.StringFlag{Name: "ram", Usage: "plan for this much RAM instead of the detected amount (e.g. 16GB)"},
+		},
+		Action: func(c *cli.Context) error {
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			cfg, err := serveConfig(c, log)
+			if err != nil {
+				return err
+			}
+			return serve.Run(c.Context, cfg, serve.RunOptions{ModelsDir: modelsDir(), TokenizersDir: tokenizersDir(), Logger: log})
+		},
+	}
+}
+
+// serveConfig merges --config with the flags given explicitly; --model and --best replace the
+// file's models.
+func serveConfig(c *cli.Context, log *slog.Logger) (serve.Config, error) {
+	var cfg serve.Config
+	if path := c.String("config"); path != "" {
+		var err error
+		if cfg, err = serve.ReadConfig(path); err != nil {
+			return cfg, err
+		}
+	}
+	set := func(name string) bool { return c.IsSet(name) || c.String("config") == "" }
+	if set("listen") {
+		cfg.Listen = c.String("listen")
+	}
+	if c.IsSet("api-key") {
+		cfg.APIKeys = c.StringSlice("api-key")
+	}
+	if set("max-queue") {
+		cfg.MaxQueue = c.Int("max-queue")
+	}
+	if set("timeout") {
+		cfg.Timeout = serve.Duration(c.Duration("timeout"))
+	}
+	if set("max-body") {
+		n, err := engines.ParseBytes(c.String("max-body"))
+		if err != nil {
+			return cfg, fmt.Errorf("--max-body: %w", err)
+		}
+		cfg.MaxBody = serve.ByteSize(n)
+	}
+	if c.IsSet("ram") {
+		n, err := engines.ParseBytes(c.String("ram"))
+		if err != nil {
+			return cfg, fmt.Errorf("--ram: %w", err)
+		}
+		cfg.RAM = serve.ByteSize(n)
+	}
+	models := c.StringSlice("model")
+	best := c.String("best")
+	switch {
+	case best != "" && len(models) > 0:
+		return cfg, errors.New("--best and --model both choose the model: give one")
+	case best != "":
+		choice, err := serve.ReadBest(best, serve.Servable(int64(cfg.RAM), c.Int("context")))
+		if err != nil {
+			return cfg, err
+		}
+		log.Info("best configuration", "choice", choice.Describe())
+		dtype := choice.Best.Config.Dtype
+		if c.IsSet("dtype") {
+			dtype = c.String("dtype")
+		}
+		cfg.Models = []serve.ModelConfig{{Model: choice.Best.Config.Model, DType: dtype, Context: c.Int("context")}}
+	case len(models) > 0:
+		cfg.Models = nil
+		for _, m := range models {
+			cfg.Models = append(cfg.Models, serve.ModelConfig{Model: m, DType: c.String("dtype"), Context: c.Int("context")})
+		}
+	case len(cfg.Models) == 0:
+		return cfg, errors.New("no model: give --model DIR|synth:PRESET, --best results/<sweep>/<stamp> or --config hippo.yaml")
+	default:
+		for i := range cfg.Models {
+			if c.IsSet("dtype") {
+				cfg.Models[i].DType = c.String("dtype")
+			}
+			if c.IsSet("context") {
+				cfg.Models[i].Context = c.Int("context")
+			}
+		}
+	}
+	return cfg, cfg.Validate()
+}

@@ -1,0 +1,223 @@
+package results
+
+import (
+	"bytes"
+	"encoding/csv"
+	"image/png"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hippo-bench/hippo/bench"
+)
+
+// syntheticRuns writes a runs.jsonl covering every plot: standalone, pipeline over two links,
+// spec with K = 1..4 and pipeline+spec, plus warm-ups, a failure and a torn last line.
+func syntheticRuns(t *testing.T, dir string, withSpec bool) {
+	t.Helper()
+	s, err := OpenStore(filepath.Join(dir, RunsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	env := Env{Host: "mac-a", OS: "darwin", Arch: "arm64", CPU: "Apple M4", CPUs: 10, RAMBytes: 16 << 30, GoVersion: "go1.26", MLXVersion: "0.32.4", GitCommit: "abc123"}
+	add := func(c bench.Config, repeat int, warmup bool) {
+		c.Prompt = "p"
+		c.MaxTokens = 16
+		r := Record{ID: RecordID(c, repeat, warmup), Sweep: "synthetic", Config: c, Repeat: repeat, Warmup: warmup, Env: env,
+			Started: time.Date(2025, 1, 1, 0, 0, repeat, 0, time.UTC), ElapsedMS: 900}
+		if c.Link != "" {
+			r.Env.Link = map[string]any{"rtt_ms": map[string]float64{"thunderbolt": 0.6, "wifi": 8}[c.Link], "source": "exo issue #2295"}
+		}
+		res := &bench.Result{Mode: c.Mode, Model: c.Model, TTFTMS: 40 + rng.Float64()}
+		spec := c.DraftTokens > 0
+		var acc bench.Acceptance
+		total, tokens := 0.0, 0
+		for range 16 {
+			st := bench.Step{ForwardMS: 20 + rng.Float64(), SampleMS: 0.3, Tokens: 1}
+			if c.Stages > 1 {
+				st.StageForwardMS = []float64{st.ForwardMS / 2, st.ForwardMS / 2}
+				st.NetworkMS = map[string]float64{"thunderbolt": 0.6, "wifi": 8}[c.Link] * (1 + rng.ExpFloat64())
+			}
+			if spec {
+				st.DraftMS = 0.2 * float64(c.DraftTokens)
+				st.Accepted = rng.IntN(c.DraftTokens + 1)
+				st.Tokens += st.Accepted
+				acc.Drafted += c.DraftTokens
+				acc.Accepted += st.Accepted
+			}
+			total += st.ForwardMS + st.NetworkMS + st.SampleMS + st.DraftMS
+			tokens += st.Tokens
+			res.Steps = append(res.Steps, st)
+		}
+		res.DecodeTokS = float64(tokens) / total * 1000
+		if spec {
+			acc.Rate = float64(acc.Accepted) / float64(acc.Drafted)
+			res.Acceptance = &acc
+		}
+		r.Result = res
+		if err := s.Append(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	configs := []bench.Config{
+		{Model: "synth:qwen3-0.6b", Mode: "standalone"},
+		{Model: "synth:qwen3-0.6b", Mode: "pipeline", Stages: 2, Link: "thunderbolt"},
+		{Model: "synth:qwen3-0.6b", Mode: "pipeline", Stages: 2, Link: "wifi"},
+	}
+	if withSpec {
+		for k := 1; k <= 4; k++ {
+			configs = append(configs, bench.Config{Model: "synth:qwen3-0.6b", Mode: "spec", Drafter: "lookup", DraftTokens: k})
+		}
+		configs = append(configs, bench.Config{Model: "synth:qwen3-0.6b", Mode: "pipeline+spec", Stages: 2, Link: "wifi", Drafter: "lookup", DraftTokens: 2})
+	}
+	for _, c := range configs {
+		add(c, 0, true)
+		for r := range 4 {
+			add(c, r, false)
+		}
+	}
+	fail := configs[0]
+	fail.Prompt, fail.MaxTokens = "p", 16
+	if err := s.Append(Record{ID: RecordID(fail, 9, false), Sweep: "synthetic", Config: fail, Repeat: 9, Env: env, Error: "out of memory"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	f, _ := os.OpenFile(filepath.Join(dir, RunsFile), os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString(`{"id":"torn","config":{"mo`)
+	f.Close()
+}
+
+func TestBuildEverything(t *testing.T) {
+	dir := t.TempDir()
+	syntheticRuns(t, dir, true)
+	b, err := Build(dir, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Plots.Skipped) != 0 {
+		t.Errorf("skipped plots %+v; want none", b.Plots.Skipped)
+	}
+	for _, name := range []string{PlotTokS, PlotBreakdown, PlotCDF, PlotSpeedup, PlotModes} {
+		checkPNG(t, filepath.Join(dir, name+".png"))
+		checkSVG(t, filepath.Join(dir, name+".svg"))
+	}
+	report := readFile(t, filepath.Join(dir, ReportFile))
+	for _, want := range []string{
+		"# Sweep `synthetic`", "Apple M4", "0.32.4", "abc123", "exo issue #2295",
+		"![Decode throughput per configuration](tok-s.png)", "(latency-cdf.svg)", "(speedup-vs-draft.png)",
+		"## Speculative decoding", "## Best configuration per mode", "out of memory", "8 warm-up runs",
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report.md lacks %q", want)
+		}
+	}
+
+	rows, err := csv.NewReader(strings.NewReader(readFile(t, filepath.Join(dir, SummaryFile)))).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1+len(b.Summaries) || len(b.Summaries) != 8 {
+		t.Errorf("summary.csv has %d rows for %d summaries; want a header and 8 rows", len(rows), len(b.Summaries))
+	}
+	if rows[1][1] != "standalone" || rows[1][14] != "4" || rows[1][15] != "1" {
+		t.Errorf("first row label=%q n=%q failed=%q; want standalone, 4, 1", rows[1][1], rows[1][14], rows[1][15])
+	}
+}
+
+func TestBuildSkipsPlotsWithoutData(t *testing.T) {
+	dir := t.TempDir()
+	syntheticRuns(t, dir, false)
+	// A stale plot from an earlier build must not survive beside a report that skips it.
+	os.WriteFile(filepath.Join(dir, PlotSpeedup+".png"), []byte("stale"), 0o644)
+	out := filepath.Join(dir, "rebuilt")
+	b, err := Build(dir, BuildOptions{Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Plots.Skipped) != 1 || b.Plots.Skipped[0].Name != PlotSpeedup {
+		t.Errorf("skipped %+v; want only %s", b.Plots.Skipped, PlotSpeedup)
+	}
+	if _, err := os.Stat(filepath.Join(out, PlotSpeedup+".png")); err == nil {
+		t.Errorf("%s.png written without speculative runs", PlotSpeedup)
+	}
+	report := readFile(t, filepath.Join(out, ReportFile))
+	if !strings.Contains(report, "`speedup-vs-draft`: no speculative runs") {
+		t.Errorf("report.md does not say why the speedup plot was skipped:\n%s", report)
+	}
+
+	// Plots only, standalone only: nothing but throughput and the step breakdown.
+	only := t.TempDir()
+	s, _ := OpenStore(filepath.Join(only, RunsFile))
+	c := bench.Config{Model: "m", Mode: "standalone", Prompt: "p"}
+	s.Append(Record{ID: RecordID(c, 0, false), Config: c, Result: &bench.Result{DecodeTokS: 5, Steps: []bench.Step{{ForwardMS: 3, Tokens: 1}}}})
+	s.Close()
+	b, err = Build(only, BuildOptions{PlotsOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var skipped []string
+	for _, sk := range b.Plots.Skipped {
+		skipped = append(skipped, sk.Name)
+	}
+	if strings.Join(skipped, ",") != "latency-cdf,speedup-vs-draft,modes" {
+		t.Errorf("skipped %v; want latency-cdf, speedup-vs-draft, modes", skipped)
+	}
+	if _, err := os.Stat(filepath.Join(only, ReportFile)); err == nil {
+		t.Error("PlotsOnly wrote report.md")
+	}
+	checkPNG(t, filepath.Join(only, PlotTokS+".png"))
+}
+
+func TestBuildEmpty(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, RunsFile), nil, 0o644)
+	b, err := Build(dir, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Plots.Figures) != 0 || len(b.Plots.Skipped) != 5 {
+		t.Errorf("empty runs: %d figures, %d skipped; want 0 and 5", len(b.Plots.Figures), len(b.Plots.Skipped))
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func checkPNG(t *testing.T, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	img, err := png.Decode(bytes.NewReader(data))
+	if err != nil {
+		t.Errorf("decode %s: %v", path, err)
+		return
+	}
+	if b := img.Bounds(); len(data) < 5000 || b.Dx() < 400 || b.Dy() < 200 {
+		t.Errorf("%s: %d bytes, %dx%d; want a real plot", path, len(data), b.Dx(), b.Dy())
+	}
+}
+
+func checkSVG(t *testing.T, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	if len(data) < 2000 || !bytes.Contains(data, []byte("<svg")) {
+		t.Errorf("%s: %d bytes; want an SVG document", path, len(data))
+	}
+}
