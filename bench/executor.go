@@ -12,8 +12,8 @@ import (
 type Executor struct {
 	// Resolve maps a model name (a directory or synth:PRESET) to a checkpoint directory.
 	Resolve func(ctx context.Context, name string) (string, error)
-	// Pipeline runs pipeline configurations; nil refuses them.
-	Pipeline func(ctx context.Context, dir string, c Config) (Result, error)
+	// Pipelines runs pipeline configurations (the zero value launches local stages).
+	Pipelines Pipelines
 
 	key string
 	eng *engines.Engine
@@ -38,11 +38,8 @@ func (x *Executor) Run(ctx context.Context, c Config) (Result, error) {
 		local.Model = dir
 		return Standalone(ctx, e, local, nil)
 	case "pipeline":
-		if x.Pipeline == nil {
-			return Result{}, fmt.Errorf("mode pipeline is not available in this executor")
-		}
-		x.Close() // one model in memory at a time
-		return x.Pipeline(ctx, dir, c)
+		x.closeEngine() // one copy of the model in memory at a time
+		return x.Pipelines.Run(ctx, dir, c, nil)
 	}
 	return Result{}, fmt.Errorf("mode %q is not implemented yet: use standalone or pipeline", c.Mode)
 }
@@ -61,11 +58,15 @@ func (x *Executor) engine(ctx context.Context, dir, dtype string) (*engines.Engi
 	return e, nil
 }
 
-// Close frees the loaded engine.
-func (x *Executor) Close() error {
+func (x *Executor) closeEngine() {
 	if x.eng != nil {
 		x.eng.Close()
 		x.eng, x.key = nil, ""
 	}
-	return nil
+}
+
+// Close frees the loaded engine and stops any pipeline.
+func (x *Executor) Close() error {
+	x.closeEngine()
+	return x.Pipelines.Close()
 }

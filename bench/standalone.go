@@ -7,16 +7,38 @@ import (
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/pipeline"
+	"github.com/hippo-bench/hippo/engines/tokenizer"
 )
 
 // ms converts a duration to float milliseconds.
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+// Generator is what Measure drives: the standalone engine or a pipeline driver.
+type Generator interface {
+	Tokenizer() *tokenizer.Tokenizer
+	Generate(ctx context.Context, r engines.Request, emit func(engines.Token) error) (engines.Stats, error)
+}
+
+var (
+	_ Generator = (*engines.Engine)(nil)
+	_ Generator = (*pipeline.Driver)(nil)
+)
+
 // Standalone runs c on an open engine and measures it. onToken, if not nil, is called with the
 // text of each token as soon as it is decoded (on the engine's thread: keep it short).
 func Standalone(ctx context.Context, e *engines.Engine, c Config, onToken func(text string)) (Result, error) {
-	res := Result{Mode: "standalone", Model: filepath.Base(c.Model)}
-	prompt, err := e.Prompt(c.Prompt, c.Chat)
+	c.Mode = "standalone"
+	return Measure(ctx, e, c, onToken)
+}
+
+// Measure runs c on g and measures it; c.Mode names the result.
+func Measure(ctx context.Context, e Generator, c Config, onToken func(text string)) (Result, error) {
+	res := Result{Mode: c.Mode, Model: filepath.Base(c.Model), Link: c.Link, Transport: c.Transport, Stages: c.Stages}
+	if res.Mode == "standalone" {
+		res.Link, res.Transport, res.Stages = "", "", 0
+	}
+	prompt, err := engines.Prompt(e.Tokenizer(), c.Prompt, c.Chat)
 	if err != nil {
 		return res, err
 	}
@@ -40,7 +62,7 @@ func Standalone(ctx context.Context, e *engines.Engine, c Config, onToken func(t
 	}
 	fill(&res, st, string(text))
 	if err != nil {
-		return res, fmt.Errorf("standalone run: %w", err)
+		return res, fmt.Errorf("%s run: %w", c.Mode, err)
 	}
 	return res, nil
 }
@@ -61,7 +83,11 @@ func fill(res *Result, st engines.Stats, text string) {
 	res.PeakMemoryBytes = st.PeakMemory
 	res.Steps = make([]Step, len(st.Steps))
 	for i, s := range st.Steps {
-		res.Steps[i] = Step{ForwardMS: ms(s.Forward), SampleMS: ms(s.Sample), Tokens: 1}
+		step := Step{ForwardMS: ms(s.Forward), SampleMS: ms(s.Sample), Tokens: 1, NetworkMS: ms(s.Network), Bytes: s.Bytes}
+		for _, f := range s.StageForward {
+			step.StageForwardMS = append(step.StageForwardMS, ms(f))
+		}
+		res.Steps[i] = step
 	}
 	// Wall clock from the first token to the last, as mlx-lm's generation_tps counts it.
 	if st.Decode > 0 {

@@ -119,7 +119,13 @@ type Request struct {
 
 // Step is the timing of one generated token, measured after evaluation.
 type Step struct {
+	// Forward is the model's compute time, summed over stages in a pipeline.
 	Forward, Sample time.Duration
+	// Pipeline only: each stage's own forward time, the time on the wire (the driver's round
+	// trip minus the remote stages' forward time), and payload bytes sent and received.
+	StageForward []time.Duration
+	Network      time.Duration
+	Bytes        int64
 }
 
 // Token is one generated token and how long it took.
@@ -150,36 +156,47 @@ var ErrCanceled = errors.New("generation canceled")
 // Prompt turns text into prompt tokens: with chat set, as one user message through the model's
 // chat template (with the generation prompt); otherwise encoded as the Hugging Face tokenizer does
 // by default (including its BOS, if it adds one).
-func (e *Engine) Prompt(text string, chat bool) ([]int, error) {
+func (e *Engine) Prompt(text string, chat bool) ([]int, error) { return Prompt(e.tok, text, chat) }
+
+// Prompt is Engine.Prompt for any tokenizer.
+func Prompt(tok *tokenizer.Tokenizer, text string, chat bool) ([]int, error) {
 	if !chat {
-		return e.tok.Encode(text, true), nil
+		return tok.Encode(text, true), nil
 	}
-	s, err := e.tok.ApplyChatTemplate([]tokenizer.Message{{Role: "user", Content: text}}, true)
+	s, err := tok.ApplyChatTemplate([]tokenizer.Message{{Role: "user", Content: text}}, true)
 	if err != nil {
 		return nil, err
 	}
 	// The template already wrote any BOS it wants.
-	return e.tok.Encode(s, false), nil
+	return tok.Encode(s, false), nil
 }
 
-// prefillChunk matches mlx-lm's prefill_step_size, so both engines evaluate the same graphs.
-const prefillChunk = 2048
+// CheckRequest validates r's sampling settings.
+func CheckRequest(r Request) error {
+	if len(r.Tokens) == 0 {
+		return errors.New("engines: empty prompt: give at least one token")
+	}
+	if r.MaxTokens <= 0 {
+		return fmt.Errorf("engines: max tokens %d: must be at least 1", r.MaxTokens)
+	}
+	if r.Temperature < 0 || math.IsNaN(r.Temperature) {
+		return fmt.Errorf("engines: temperature %v: must be >= 0", r.Temperature)
+	}
+	if r.TopP < 0 || r.TopP > 1 {
+		return fmt.Errorf("engines: top_p %v: must be in [0, 1]", r.TopP)
+	}
+	return nil
+}
+
+// PrefillChunk matches mlx-lm's prefill_step_size, so both engines evaluate the same graphs.
+const PrefillChunk = 2048
 
 // Generate runs r and calls emit for every generated token (on the MLX thread: emit must not call
 // the engine). Returning an error from emit stops generation with that error.
 func (e *Engine) Generate(ctx context.Context, r Request, emit func(Token) error) (Stats, error) {
 	var st Stats
-	if len(r.Tokens) == 0 {
-		return st, errors.New("engines: empty prompt: give at least one token")
-	}
-	if r.MaxTokens <= 0 {
-		return st, fmt.Errorf("engines: max tokens %d: must be at least 1", r.MaxTokens)
-	}
-	if r.Temperature < 0 || math.IsNaN(r.Temperature) {
-		return st, fmt.Errorf("engines: temperature %v: must be >= 0", r.Temperature)
-	}
-	if r.TopP < 0 || r.TopP > 1 {
-		return st, fmt.Errorf("engines: top_p %v: must be in [0, 1]", r.TopP)
+	if err := CheckRequest(r); err != nil {
+		return st, err
 	}
 	eos := map[int]bool{}
 	if !r.IgnoreEOS {
@@ -281,11 +298,11 @@ func (e *Engine) forward(tokens []int, head bool) (mlx.Array, error) {
 	return logits, nil
 }
 
-// prefill fills the caches with all prompt tokens but the last, in chunks of prefillChunk, then
+// prefill fills the caches with all prompt tokens but the last, in chunks of PrefillChunk, then
 // runs the last token alone and returns its logits, as mlx-lm's generate_step does.
 func (e *Engine) prefill(tokens []int) (mlx.Array, error) {
 	for done := 0; len(tokens)-done > 1; {
-		n := min(prefillChunk, len(tokens)-1-done)
+		n := min(PrefillChunk, len(tokens)-1-done)
 		if _, err := e.forward(tokens[done:done+n], false); err != nil {
 			return mlx.Array{}, err
 		}

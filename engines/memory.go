@@ -52,7 +52,7 @@ func EstimateMemory(c *model.Config, dt mlx.DType, context int) Estimate {
 	ctx := int64((context + 255) / 256 * 256)
 	cache := 2 * int64(c.NumLayers) * kv * ctx * el
 	// Activations of one prefill chunk (attention scores dominate) plus logits, and the runtime.
-	chunk := int64(min(context, prefillChunk))
+	chunk := int64(min(context, PrefillChunk))
 	act := int64(c.NumHeads)*chunk*chunk*4 + 4*chunk*max(inter, h)*el + 2*v*4
 	return Estimate{Weights: w, KVCache: cache, Overhead: act + 256<<20}
 }

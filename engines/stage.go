@@ -103,14 +103,23 @@ type StageResult struct {
 	Hidden Activation
 	// Token is the sampled id when the last stage ran with sample set; -1 otherwise.
 	Token int
+	// TopK holds the k most likely (id, log-probability) pairs of the last position, most likely
+	// first, when the last stage was asked for them.
+	TopK []Candidate
 	// Forward is the stage's own compute time, measured after evaluation.
 	Forward time.Duration
 }
 
+// Candidate is a token and its log-probability.
+type Candidate struct {
+	ID      int
+	LogProb float32
+}
+
 // Forward runs in through the stage's layers. On the last stage with sample set, the head runs on
-// the last position and a token is sampled; without it (prefill chunks) only the caches are
-// filled.
-func (s *Stage) Forward(ctx context.Context, in Activation, sample bool) (StageResult, error) {
+// the last position and a token is sampled (and, with topK > 0, the topK most likely tokens are
+// returned too); without it (prefill chunks) only the caches are filled.
+func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK int) (StageResult, error) {
 	res := StageResult{Token: -1}
 	err := s.worker.Do(ctx, func() error {
 		start := time.Now()
@@ -148,6 +157,12 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool) (StageR
 			if err := mlx.Eval(logits); err != nil {
 				return err
 			}
+			if topK > 0 {
+				var err error
+				if res.TopK, err = topCandidates(logits, topK); err != nil {
+					return err
+				}
+			}
 			id, err := s.smp.sample(logits)
 			if err != nil {
 				return err
@@ -181,4 +196,27 @@ func (s *Stage) Close() {
 		return nil
 	})
 	s.worker.Close()
+}
+
+// topCandidates returns the k most likely tokens of logits [1, vocab] with their log-probabilities.
+func topCandidates(logits mlx.Array, k int) ([]Candidate, error) {
+	vocab := logits.Dim(-1)
+	k = min(k, vocab)
+	lp := mlx.Sub(logits, mlx.LogSumExp(logits, true))
+	idx := mlx.Argsort(mlx.Neg(mlx.AsType(lp, mlx.Float32)), -1)
+	idx = mlx.Slice(idx, []int{0, 0}, []int{1, k})
+	vals := mlx.TakeAlongAxis(mlx.AsType(lp, mlx.Float32), idx, -1)
+	ids, err := mlx.AsType(idx, mlx.Int32).Int32s()
+	if err != nil {
+		return nil, err
+	}
+	v, err := vals.Float32s()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Candidate, k)
+	for i := range out {
+		out[i] = Candidate{ID: int(ids[i]), LogProb: v[i]}
+	}
+	return out, nil
 }

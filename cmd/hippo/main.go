@@ -44,6 +44,7 @@ func main() {
 			runCommand(),
 			synthCommand(),
 			benchCommand(),
+			rankCommand(),
 			sweepCommand(),
 			plotCommand(),
 			reportCommand(),
@@ -54,7 +55,7 @@ func main() {
 	}
 	sweepEngine = sweepHooks{
 		NewExecutor: func(ctx context.Context, s *experiments.Sweep) (experiments.Executor, error) {
-			return &bench.Executor{Resolve: resolveModel}, nil
+			return &bench.Executor{Resolve: resolveModel}, nil // pipelines launch ./bin/hippo rank children
 		},
 		MLXVersion: mlx.Version,
 		LinkParams: linkParams,

@@ -30,13 +30,22 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "ram", Usage: "plan for this much RAM instead of the detected amount (e.g. 16GB)"},
 			&cli.IntFlag{Name: "context", Usage: "context length the memory guard plans for (default: prompt + max tokens)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
+			&cli.StringFlag{Name: "mode", Value: "standalone", Usage: "standalone or pipeline"},
+			&cli.IntFlag{Name: "stages", Value: 2, Usage: "pipeline: number of stages"},
+			&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced)"},
+			&cli.StringFlag{Name: "link", Value: "loopback", Usage: "pipeline: link profile (loopback, thunderbolt, wifi, ethernet-1g, ethernet-10g, custom:latency=..,jitter=..,bandwidth=..)"},
+			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "pipeline: tcp"},
 		},
 		Action: func(c *cli.Context) error {
 			cfg := bench.Config{
-				Model: c.String("model"), Mode: "standalone", Prompt: c.String("prompt"),
+				Model: c.String("model"), Prompt: c.String("prompt"),
 				Chat: c.Bool("chat"), MaxTokens: c.Int("max-tokens"), IgnoreEOS: c.Bool("ignore-eos"),
 				Temperature: c.Float64("temperature"), TopP: c.Float64("top-p"), Seed: c.Uint64("seed"),
-				Dtype: c.String("dtype"),
+				Dtype: c.String("dtype"), Mode: c.String("mode"), Stages: c.Int("stages"), Split: c.String("split"),
+				Link: c.String("link"), Transport: c.String("transport"),
+			}
+			if cfg.Mode != "standalone" && cfg.Mode != "pipeline" {
+				return fmt.Errorf("--mode %q: use standalone or pipeline", cfg.Mode)
 			}
 			if cfg.MaxTokens < 1 {
 				return fmt.Errorf("--max-tokens %d: must be at least 1", cfg.MaxTokens)
@@ -57,28 +66,51 @@ func runCommand() *cli.Command {
 			if ctxLen == 0 {
 				ctxLen = len(cfg.Prompt) + cfg.MaxTokens + 64 // bytes bound tokens from above
 			}
-			e, err := engines.Open(c.Context, engines.Options{Model: dir, DType: cfg.Dtype, RAM: ram, Context: ctxLen})
-			if err != nil {
-				return err
-			}
-			defer e.Close()
 			asJSON := c.Bool("json")
 			var onToken func(string)
 			if !asJSON {
 				onToken = func(s string) { fmt.Print(s) }
 			}
-			res, err := bench.Standalone(c.Context, e, cfg, onToken)
-			if err != nil {
-				return err
+			var res bench.Result
+			dtype := cfg.Dtype
+			if cfg.Mode == "pipeline" {
+				var p bench.Pipelines
+				defer p.Close()
+				if res, err = p.Run(c.Context, dir, cfg, onToken); err != nil {
+					return err
+				}
+				if dtype == "" {
+					dtype = engines.DefaultDType()
+				}
+			} else {
+				e, err := engines.Open(c.Context, engines.Options{Model: dir, DType: cfg.Dtype, RAM: ram, Context: ctxLen})
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				if res, err = bench.Standalone(c.Context, e, cfg, onToken); err != nil {
+					return err
+				}
+				dtype = e.DType().String()
 			}
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				return enc.Encode(res)
 			}
 			fmt.Println()
-			fmt.Printf("\n%s, %s compute: %d prompt tokens, %d generated (%s)\n", res.Model, e.DType(), res.PromptTokens, len(res.Tokens), res.FinishReason)
+			fmt.Printf("\n%s, %s, %s compute: %d prompt tokens, %d generated (%s)\n", res.Model, res.Mode, dtype, res.PromptTokens, len(res.Tokens), res.FinishReason)
 			fmt.Printf("prompt: %.1f tok/s   decode: %.1f tok/s   TTFT: %.1f ms   peak memory: %s\n",
 				res.PrefillTokS, res.DecodeTokS, res.TTFTMS, engines.FormatBytes(res.PeakMemoryBytes))
+			if res.Mode == "pipeline" && len(res.Steps) > 0 {
+				var fwd, net, bytes float64
+				for _, s := range res.Steps {
+					fwd += s.ForwardMS
+					net += s.NetworkMS
+					bytes += float64(s.Bytes)
+				}
+				n := float64(len(res.Steps))
+				fmt.Printf("pipeline: %d stages over %s: per step forward %.2f ms, network %.2f ms, %.0f bytes\n", res.Stages, res.Link, fwd/n, net/n, bytes/n)
+			}
 			return nil
 		},
 	}

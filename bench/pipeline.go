@@ -1,0 +1,127 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/model"
+	"github.com/hippo-bench/hippo/engines/pipeline"
+	"github.com/hippo-bench/hippo/transport"
+)
+
+// Pipelines runs pipeline configurations on this machine, starting the other stages as child
+// processes (`hippo rank`) and keeping them, and the driver, loaded across runs with the same
+// model, dtype, split and link. Calls must not overlap.
+type Pipelines struct {
+	// Exe is the hippo binary that serves the other stages (default: this executable).
+	Exe string
+
+	key    string
+	local  *pipeline.Local
+	driver *pipeline.Driver
+}
+
+// PlanFor builds the plan of a pipeline configuration on checkpoint dir.
+func PlanFor(dir string, c Config) (pipeline.Plan, error) {
+	cfg, err := model.ReadConfig(dir)
+	if err != nil {
+		return pipeline.Plan{}, err
+	}
+	var split []model.Range
+	if c.Split != "" {
+		split, err = pipeline.ParseSplit(c.Split, cfg.NumLayers)
+	} else {
+		stages := c.Stages
+		if stages == 0 {
+			stages = 2
+		}
+		split, err = pipeline.Balance(cfg.NumLayers, stages)
+	}
+	if err != nil {
+		return pipeline.Plan{}, err
+	}
+	link, err := transport.ParseProfile(orDefault(c.Link, "loopback"))
+	if err != nil {
+		return pipeline.Plan{}, err
+	}
+	if c.Transport != "" && c.Transport != "tcp" {
+		return pipeline.Plan{}, fmt.Errorf("transport %q is not available: use tcp", c.Transport)
+	}
+	fp, err := model.Fingerprint(dir)
+	if err != nil {
+		return pipeline.Plan{}, err
+	}
+	dt := c.Dtype
+	if dt == "" {
+		dt = engines.DefaultDType()
+	}
+	return pipeline.Plan{Model: dir, DType: dt, Split: split, Link: link, Fingerprint: fp, Layers: cfg.NumLayers,
+		Secret: os.Getenv(transport.SecretEnv)}, nil
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// Run executes one pipeline configuration on checkpoint dir.
+func (p *Pipelines) Run(ctx context.Context, dir string, c Config, onToken func(string)) (Result, error) {
+	plan, err := PlanFor(dir, c)
+	if err != nil {
+		return Result{}, err
+	}
+	key := fmt.Sprintf("%s|%s|%s|%s", dir, plan.DType, pipeline.FormatSplit(plan.Split), plan.Link)
+	if p.driver == nil || p.key != key {
+		p.Close()
+		exe := p.Exe
+		if exe == "" {
+			if exe, err = os.Executable(); err != nil {
+				return Result{}, err
+			}
+		}
+		if p.local, err = pipeline.Launch(ctx, exe, plan); err != nil {
+			return Result{}, err
+		}
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		p.driver, err = pipeline.OpenDriver(dctx, plan, p.local.Addr)
+		cancel()
+		if err != nil {
+			logs := p.local.Logs()
+			p.Close()
+			return Result{}, fmt.Errorf("%w\nstage logs:\n%s", err, logs)
+		}
+		p.key = key
+	}
+	c.Model = dir
+	c.Mode = "pipeline"
+	c.Stages = len(plan.Split)
+	c.Link = plan.Link.String()
+	c.Transport = "tcp"
+	res, err := Measure(ctx, p.driver, c, onToken)
+	if err != nil {
+		p.Close() // a failed pipeline is not reused
+	}
+	return res, err
+}
+
+// Close stops the driver and the stages.
+func (p *Pipelines) Close() error {
+	if p.driver != nil {
+		p.driver.Close()
+		p.driver = nil
+	}
+	if p.local != nil {
+		p.local.Stop()
+		p.local = nil
+	}
+	p.key = ""
+	return nil
+}
+
+// Local returns the running child stages (nil before the first run), for tests.
+func (p *Pipelines) Local() *pipeline.Local { return p.local }

@@ -1,0 +1,191 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/pipeline"
+	"github.com/hippo-bench/hippo/engines/synth"
+	"github.com/hippo-bench/hippo/internal/testenv"
+	"github.com/hippo-bench/hippo/transport"
+)
+
+// hippoBinary is the binary the pipeline tests start stages with (`just test` builds it first).
+func hippoBinary(t *testing.T) string {
+	t.Helper()
+	exe := filepath.Join(testenv.Root(t), "bin", "hippo")
+	if _, err := os.Stat(exe); err != nil {
+		t.Fatalf("%s is missing: run `just build` (just test does)", exe)
+	}
+	return exe
+}
+
+func synthesize(t *testing.T, preset string, bits int) string {
+	t.Helper()
+	p, err := synth.Lookup(preset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	w := mlx.NewWorker()
+	defer w.Close()
+	err = w.Do(context.Background(), func() error {
+		_, err := synth.Write(synth.Options{Preset: preset, Out: dir, Seed: 5, Bits: bits,
+			Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+const pipelinePrompt = "Pipeline parallelism splits the layers; the hidden state crosses the link."
+
+// TestPipelineMatchesStandalone is invariant 2: any split, any link, token for token.
+func TestPipelineMatchesStandalone(t *testing.T) {
+	exe := hippoBinary(t)
+	cases := []struct {
+		name, preset string
+		c            Config
+	}{
+		{"qwen3 2 stages", "tiny-qwen3", Config{Stages: 2}},
+		{"qwen3 3 stages", "tiny-qwen3", Config{Stages: 3}},
+		{"qwen3 uneven split", "tiny-qwen3", Config{Split: "0:1,1:4"}},
+		{"qwen3 bf16 over thunderbolt", "tiny-qwen3", Config{Stages: 2, Link: "thunderbolt", Dtype: "bf16"}},
+		{"llama 2 stages", "tiny-llama", Config{Stages: 2}},
+		{"llama uneven 3 stages", "tiny-llama", Config{Split: "0:2,2:3,3:4"}},
+	}
+	dirs := map[string]string{}
+	for _, tc := range cases {
+		if dirs[tc.preset] == "" {
+			dirs[tc.preset] = synthesize(t, tc.preset, 0)
+		}
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := dirs[tc.preset]
+			c := tc.c
+			c.Model, c.Prompt, c.MaxTokens, c.IgnoreEOS = dir, pipelinePrompt, 32, true
+			e, err := engines.Open(context.Background(), engines.Options{Model: dir, DType: c.Dtype})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := Standalone(context.Background(), e, c, nil)
+			e.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := Pipelines{Exe: exe}
+			defer p.Close()
+			got, err := p.Run(context.Background(), dir, c, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !equalInts(got.Tokens, want.Tokens) {
+				t.Fatalf("pipeline tokens = %v; standalone %v", got.Tokens, want.Tokens)
+			}
+			stages := max(c.Stages, strings.Count(c.Split, ",")+1)
+			for i, s := range got.Steps {
+				if len(s.StageForwardMS) != stages || s.Bytes == 0 {
+					t.Fatalf("step %d = %+v; want %d stage timings and a byte count", i, s, stages)
+				}
+			}
+		})
+	}
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestPipelineStageKilled: a stage that dies mid-generation makes the driver fail within 5 s with
+// an error that names the stage, never a hang.
+func TestPipelineStageKilled(t *testing.T) {
+	exe := hippoBinary(t)
+	dir := synthesize(t, "tiny-qwen3", 0)
+	p := Pipelines{Exe: exe}
+	defer p.Close()
+	c := Config{Model: dir, Prompt: pipelinePrompt, MaxTokens: 10000, IgnoreEOS: true, Stages: 3}
+	var once sync.Once
+	var killed time.Time
+	n := 0
+	_, err := p.Run(context.Background(), dir, c, func(string) {
+		n++
+		if n == 5 {
+			once.Do(func() {
+				killed = time.Now()
+				p.Local().Process(2).Kill()
+			})
+		}
+	})
+	if err == nil {
+		t.Fatal("Run succeeded after stage 2 was killed; want an error")
+	}
+	if d := time.Since(killed); d > 5*time.Second {
+		t.Errorf("driver noticed the dead stage after %v; want < 5s", d)
+	}
+	if !strings.Contains(err.Error(), "stage") {
+		t.Errorf("error %q does not name the stage", err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("error %q is a context deadline, not the dead peer", err)
+	}
+	t.Logf("error after kill: %v", err)
+}
+
+// TestPipelineRefusesOtherCheckpoint: a stage serving different weights is refused at the
+// handshake with an error that says what to do.
+func TestPipelineRefusesOtherCheckpoint(t *testing.T) {
+	exe := hippoBinary(t)
+	a := synthesize(t, "tiny-qwen3", 0)
+	b := t.TempDir()
+	w := mlx.NewWorker()
+	err := w.Do(context.Background(), func() error {
+		_, err := synth.Write(synth.Options{Preset: "tiny-qwen3", Out: b, Seed: 99, Tokenizer: testenv.Tokenizer(t, "qwen3")})
+		return err
+	})
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	planA, err := PlanFor(a, Config{Stages: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	planB, err := PlanFor(b, Config{Stages: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := pipeline.Launch(context.Background(), exe, planB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	d, err := pipeline.OpenDriver(ctx, planA, local.Addr)
+	if err == nil {
+		d.Close()
+		t.Fatal("driver accepted a stage that serves another checkpoint")
+	}
+	if !errors.Is(err, transport.ErrModelMismatch) || !strings.Contains(err.Error(), "same checkpoint") {
+		t.Errorf("OpenDriver error = %v; want a model mismatch that says to use the same checkpoint", err)
+	}
+}

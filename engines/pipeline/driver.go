@@ -1,0 +1,210 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"time"
+
+	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/tokenizer"
+	"github.com/hippo-bench/hippo/transport"
+)
+
+// SampleTopK is how many candidates the last stage returns when the driver samples with a
+// temperature: the driver then draws from them (the tail beyond them is dropped).
+const SampleTopK = 64
+
+// Driver is stage 0: it holds the first layer range, embeds tokens, runs the decode loop and
+// talks to stage 1. Generate calls must not overlap.
+type Driver struct {
+	plan    Plan
+	first   *engines.Stage
+	tok     *tokenizer.Tokenizer
+	next    *transport.Conn
+	session uint64
+	hidden  int
+	dtype   transport.DType
+}
+
+// OpenDriver loads stage 0 of plan and connects to stage 1 at addr, retrying until ctx ends (so
+// ranks may start after the driver).
+func OpenDriver(ctx context.Context, plan Plan, addr string) (*Driver, error) {
+	tok, err := tokenizer.Load(plan.Model)
+	if err != nil {
+		return nil, err
+	}
+	first, err := engines.OpenStage(ctx, engines.StageOptions{Model: plan.Model, DType: plan.DType, Range: plan.Split[0]})
+	if err != nil {
+		return nil, err
+	}
+	next, err := transport.Dial(ctx, addr, plan.options(0, true))
+	if err != nil {
+		first.Close()
+		return nil, fmt.Errorf("pipeline: stage 1: %w", err)
+	}
+	dt, _ := transport.ParseDType(first.DType().String())
+	return &Driver{plan: plan, first: first, tok: tok, next: next, hidden: first.Config().HiddenSize, dtype: dt,
+		session: uint64(time.Now().UnixNano())}, nil
+}
+
+// Tokenizer is the model's tokenizer.
+func (d *Driver) Tokenizer() *tokenizer.Tokenizer { return d.tok }
+
+// Close says goodbye to stage 1 and frees stage 0.
+func (d *Driver) Close() {
+	d.next.Close()
+	d.first.Close()
+}
+
+// Generate runs r through the pipeline, with the same prefill chunks and decode steps as the
+// standalone engine, so greedy output is identical to it token for token.
+func (d *Driver) Generate(ctx context.Context, r engines.Request, emit func(engines.Token) error) (engines.Stats, error) {
+	var st engines.Stats
+	if err := engines.CheckRequest(r); err != nil {
+		return st, err
+	}
+	eos := map[int]bool{}
+	if !r.IgnoreEOS {
+		for _, id := range d.tok.EOS() {
+			eos[id] = true
+		}
+	}
+	d.session++
+	var seq uint64
+	st.PromptTokens = len(r.Tokens)
+	if err := d.first.Reset(ctx, 0, 0, 1, 0); err != nil {
+		return st, err
+	}
+	if err := d.next.Send(ctx, d.session, seq, &transport.Reset{Position: 0}); err != nil {
+		return st, err
+	}
+	rng := rand.New(rand.NewPCG(r.Seed, 0x9E3779B97F4A7C15))
+	topK := 0
+	if r.Temperature > 0 {
+		topK = SampleTopK
+	}
+	start := time.Now()
+	pos := 0
+	// step sends tokens through every stage and returns the last stage's answer.
+	step := func(tokens []int) (transport.Reply, engines.Step, error) {
+		var s engines.Step
+		res, err := d.first.Forward(ctx, engines.Activation{Tokens: tokens}, false, 0)
+		if err != nil {
+			return transport.Reply{}, s, err
+		}
+		seq++
+		fw := transport.Forward{Position: pos, Tokens: len(tokens), TopK: topK, DType: d.dtype,
+			Shape: []int{len(tokens), d.hidden}, Data: res.Hidden.Hidden}
+		var reply transport.Reply
+		t0 := time.Now()
+		if err := d.next.Call(ctx, d.session, seq, &fw, &reply); err != nil {
+			return reply, s, fmt.Errorf("pipeline: %w", err)
+		}
+		rtt := time.Since(t0)
+		pos += len(tokens)
+		s.StageForward = []time.Duration{res.Forward}
+		s.Forward = res.Forward
+		timings := append([]transport.StageTiming(nil), reply.Timings...)
+		sort.Slice(timings, func(i, j int) bool { return timings[i].Stage < timings[j].Stage })
+		var remote time.Duration
+		for _, t := range timings {
+			s.StageForward = append(s.StageForward, t.Forward)
+			remote += t.Forward
+		}
+		s.Forward += remote
+		s.Network = max(rtt-remote, 0)
+		s.Bytes = int64(len(fw.Data)) + int64(8*len(reply.TopK)+4*len(reply.Tokens)+10*len(reply.Timings))
+		return reply, s, nil
+	}
+	// Prefill: all prompt tokens but the last, in chunks, then the last one alone.
+	toks := r.Tokens
+	for len(toks) > 1 {
+		n := min(engines.PrefillChunk, len(toks)-1)
+		if _, _, err := step(toks[:n]); err != nil {
+			return st, err
+		}
+		toks = toks[n:]
+	}
+	next := toks
+	for {
+		reply, s, err := step(next)
+		if err != nil {
+			return st, err
+		}
+		t0 := time.Now()
+		id, err := d.pick(reply, r, rng)
+		if err != nil {
+			return st, err
+		}
+		s.Sample = time.Since(t0)
+		if len(st.Tokens) == 0 {
+			st.TTFT = time.Since(start)
+			st.Prefill = st.TTFT
+			s = engines.Step{}
+		} else {
+			st.Steps = append(st.Steps, s)
+		}
+		st.Tokens = append(st.Tokens, id)
+		st.Decode = time.Since(start) - st.TTFT
+		if err := emit(engines.Token{ID: id, Step: s}); err != nil {
+			return st, err
+		}
+		if eos[id] {
+			st.FinishReason = "stop"
+			return st, nil
+		}
+		if len(st.Tokens) >= r.MaxTokens {
+			st.FinishReason = "length"
+			return st, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return st, fmt.Errorf("%w: %w", engines.ErrCanceled, err)
+		}
+		next = []int{id}
+	}
+}
+
+// pick chooses the next token: the last stage's greedy choice, or a draw from its top candidates
+// at the request's temperature and top-p.
+func (d *Driver) pick(reply transport.Reply, r engines.Request, rng *rand.Rand) (int, error) {
+	if r.Temperature == 0 {
+		if len(reply.Tokens) == 0 {
+			return 0, fmt.Errorf("pipeline: the last stage replied without a token")
+		}
+		return int(reply.Tokens[len(reply.Tokens)-1]), nil
+	}
+	c := reply.TopK
+	if len(c) == 0 {
+		return 0, fmt.Errorf("pipeline: the last stage replied without candidates")
+	}
+	w := make([]float64, len(c))
+	var total float64
+	for i, cand := range c {
+		w[i] = math.Exp(float64(cand.Logit-c[0].Logit) / r.Temperature)
+		total += w[i]
+	}
+	if r.TopP > 0 && r.TopP < 1 {
+		var mass float64
+		for i := range w {
+			if mass >= r.TopP*total {
+				w[i] = 0
+			}
+			mass += w[i]
+		}
+	}
+	var sum float64
+	for _, x := range w {
+		sum += x
+	}
+	u := rng.Float64() * sum
+	for i, x := range w {
+		if u < x {
+			return int(c[i].ID), nil
+		}
+		u -= x
+	}
+	return int(c[len(c)-1].ID), nil
+}
