@@ -61,3 +61,27 @@ bench-engine: build
 # Run experiments/NAME.yaml (e.g. `just sweep quick`, `just sweep thunderbolt-vs-wifi`); results go to results/NAME/<timestamp>/.
 sweep NAME *FLAGS: build
     ./bin/hippo sweep {{FLAGS}} {{NAME}}
+
+# Serve a model through the OpenAI-compatible API, /metrics and the web chat at http://127.0.0.1:8002 (e.g. just serve --best results/quick/<stamp>).
+serve *ARGS="--model synth:qwen3-demo": build
+    ./bin/hippo serve {{ARGS}}
+
+# Print how to watch a running `hippo serve` in Prometheus + Grafana (deploy/).
+grafana:
+    #!/usr/bin/env bash
+    cat <<'TXT'
+    With Docker (Prometheus on 127.0.0.1:9090, Grafana on http://127.0.0.1:3000, dashboard "Hippo serving"):
+      just serve &
+      docker compose -f deploy/docker-compose.yml up
+
+    Without Docker (Debian: apt-get install prometheus; macOS: brew install prometheus grafana):
+      just serve &
+      prometheus --config.file=deploy/prometheus.yml --web.listen-address=127.0.0.1:9090 --storage.tsdb.path=.cache/prometheus &
+      then start Grafana, add a Prometheus data source with uid "prometheus" and URL http://127.0.0.1:9090
+      (or copy deploy/grafana/provisioning/datasources/prometheus.yml into Grafana's provisioning/datasources),
+      and import deploy/grafana/dashboards/hippo.json (Dashboards > New > Import).
+    TXT
+
+# Standalone vs 2-stage pipeline per token on loopback and each link profile, measured network time vs the profile's prediction.
+bench-pipeline: build
+    ./bin/hippo bench pipeline

@@ -41,6 +41,32 @@ func benchCommand() *cli.Command {
 				}, os.Stdout)
 				return err
 			},
+		}, {
+			Name:      "pipeline",
+			Usage:     "standalone vs 2-stage pipeline per token, on loopback and each link profile, measured network vs predicted",
+			UsageText: "hippo bench pipeline [--model DIR|synth:PRESET] [--link NAME ...] [--rounds N] [--max-tokens N]",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "model", Value: "synth:qwen3-demo", Usage: "checkpoint"},
+				&cli.StringFlag{Name: "dtype", Usage: "compute dtype"},
+				&cli.StringSliceFlag{Name: "link", Value: cli.NewStringSlice("loopback", "ethernet-10g", "thunderbolt", "ethernet-1g", "wifi"), Usage: "link profiles"},
+				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "measured rounds per link"},
+				&cli.IntFlag{Name: "max-tokens", Value: 32, Usage: "tokens per round"},
+				&cli.StringFlag{Name: "prompt", Value: "Describe the harbour at dawn.", Usage: "prompt"},
+			},
+			Action: func(c *cli.Context) error {
+				dir, err := synth.Resolve(c.Context, c.String("model"), modelsDir(), tokenizersDir())
+				if err != nil {
+					return err
+				}
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				return bench.ComparePipeline(c.Context, bench.PipelineCompareOptions{
+					Model: dir, DType: c.String("dtype"), Links: c.StringSlice("link"), Rounds: c.Int("rounds"),
+					MaxTokens: c.Int("max-tokens"), Prompt: c.String("prompt"), Exe: exe,
+				}, os.Stdout)
+			},
 		}},
 	}
 }
