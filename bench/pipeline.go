@@ -31,6 +31,18 @@ func PlanFor(dir string, c Config) (pipeline.Plan, error) {
 		return pipeline.Plan{}, err
 	}
 	var split []model.Range
+	if c.Hosts != "" {
+		h, err := LoadHosts(c.Hosts)
+		if err != nil {
+			return pipeline.Plan{}, err
+		}
+		if c.Split == "" {
+			c.Split = h.Split
+		}
+		if c.Split == "" {
+			c.Stages = len(h.Stages)
+		}
+	}
 	if c.Split != "" {
 		split, err = pipeline.ParseSplit(c.Split, cfg.NumLayers)
 	} else {
@@ -75,25 +87,41 @@ func (p *Pipelines) Run(ctx context.Context, dir string, c Config, onToken func(
 	if err != nil {
 		return Result{}, err
 	}
-	key := fmt.Sprintf("%s|%s|%s|%s", dir, plan.DType, pipeline.FormatSplit(plan.Split), plan.Link)
+	key := fmt.Sprintf("%s|%s|%s|%s|%s", dir, plan.DType, pipeline.FormatSplit(plan.Split), plan.Link, c.Hosts)
 	if p.driver == nil || p.key != key {
 		p.Close()
-		exe := p.Exe
-		if exe == "" {
-			if exe, err = os.Executable(); err != nil {
+		addr := ""
+		if c.Hosts != "" {
+			h, err := LoadHosts(c.Hosts)
+			if err != nil {
 				return Result{}, err
 			}
-		}
-		if p.local, err = pipeline.Launch(ctx, exe, plan); err != nil {
-			return Result{}, err
+			if len(h.Stages) != len(plan.Split) {
+				return Result{}, fmt.Errorf("hosts: %s lists %d stages, the split has %d", c.Hosts, len(h.Stages), len(plan.Split))
+			}
+			addr = h.Stages[1].Addr
+		} else {
+			exe := p.Exe
+			if exe == "" {
+				if exe, err = os.Executable(); err != nil {
+					return Result{}, err
+				}
+			}
+			if p.local, err = pipeline.Launch(ctx, exe, plan); err != nil {
+				return Result{}, err
+			}
+			addr = p.local.Addr
 		}
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		p.driver, err = pipeline.OpenDriver(dctx, plan, p.local.Addr)
+		p.driver, err = pipeline.OpenDriver(dctx, plan, addr)
 		cancel()
 		if err != nil {
-			logs := p.local.Logs()
+			logs := ""
+			if p.local != nil {
+				logs = "\nstage logs:\n" + p.local.Logs()
+			}
 			p.Close()
-			return Result{}, fmt.Errorf("%w\nstage logs:\n%s", err, logs)
+			return Result{}, fmt.Errorf("%w%s", err, logs)
 		}
 		p.key = key
 	}

@@ -27,6 +27,9 @@ type Config struct {
 	Split     string `json:"split,omitempty" yaml:"split"`
 	Transport string `json:"transport,omitempty" yaml:"transport"`
 	Link      string `json:"link,omitempty" yaml:"link"`
+	// Hosts is a hosts file (see LoadHosts) naming ranks already running on other machines;
+	// empty starts the other stages as local processes.
+	Hosts string `json:"hosts,omitempty" yaml:"hosts"`
 
 	// Speculative settings.
 	Drafter     string `json:"drafter,omitempty" yaml:"drafter"`

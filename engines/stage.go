@@ -85,8 +85,17 @@ func (s *Stage) Reset(ctx context.Context, keep int, temperature, topP float64, 
 		}
 		s.smp.free()
 		s.smp = newSampler(temperature, topP, seed)
+		if keep == 0 {
+			mlx.ResetPeakMemory()
+		}
 		return nil
 	})
+}
+
+// PeakMemory is this process's MLX peak memory since the last Reset to position 0.
+func (s *Stage) PeakMemory() int64 {
+	_, peak, _ := memory(s.worker)
+	return peak
 }
 
 // Activation is what flows between stages: token ids into the first stage, hidden states

@@ -35,6 +35,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced)"},
 			&cli.StringFlag{Name: "link", Value: "loopback", Usage: "pipeline: link profile (loopback, thunderbolt, wifi, ethernet-1g, ethernet-10g, custom:latency=..,jitter=..,bandwidth=..)"},
 			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "pipeline: tcp"},
+			&cli.StringFlag{Name: "hosts", Usage: "pipeline: YAML file with the address of each stage's `hippo rank` on other machines (default: start the stages here)"},
 		},
 		Action: func(c *cli.Context) error {
 			cfg := bench.Config{
@@ -42,7 +43,7 @@ func runCommand() *cli.Command {
 				Chat: c.Bool("chat"), MaxTokens: c.Int("max-tokens"), IgnoreEOS: c.Bool("ignore-eos"),
 				Temperature: c.Float64("temperature"), TopP: c.Float64("top-p"), Seed: c.Uint64("seed"),
 				Dtype: c.String("dtype"), Mode: c.String("mode"), Stages: c.Int("stages"), Split: c.String("split"),
-				Link: c.String("link"), Transport: c.String("transport"),
+				Link: c.String("link"), Transport: c.String("transport"), Hosts: c.String("hosts"),
 			}
 			if cfg.Mode != "standalone" && cfg.Mode != "pipeline" {
 				return fmt.Errorf("--mode %q: use standalone or pipeline", cfg.Mode)

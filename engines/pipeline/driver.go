@@ -152,12 +152,13 @@ func (d *Driver) Generate(ctx context.Context, r engines.Request, emit func(engi
 		if err := emit(engines.Token{ID: id, Step: s}); err != nil {
 			return st, err
 		}
-		if eos[id] {
-			st.FinishReason = "stop"
-			return st, nil
-		}
-		if len(st.Tokens) >= r.MaxTokens {
+		if eos[id] || len(st.Tokens) >= r.MaxTokens {
 			st.FinishReason = "length"
+			if eos[id] {
+				st.FinishReason = "stop"
+			}
+			// The driver's own peak; each rank's is its own process's.
+			st.PeakMemory = d.first.PeakMemory()
 			return st, nil
 		}
 		if err := ctx.Err(); err != nil {
