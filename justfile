@@ -49,10 +49,16 @@ lint:
 demo: build
     ./bin/hippo run --model synth:qwen3-demo --prompt "Explain pipeline parallelism in one sentence." --max-tokens 48 --chat
 
-# Run every test (the MLX parity and tokenizer parity tests included; nothing is skipped).
+# Run every test (the MLX parity and tokenizer parity tests included; nothing is skipped), then short fuzz runs.
 test: build
     go vet ./...
     go test -count=1 -timeout 25m ./...
+    just fuzz 10s
+
+# Fuzz the decoders of untrusted input (wire frames, safetensors headers) for DURATION each.
+fuzz DURATION="30s":
+    go test -run '^$' -fuzz '^FuzzReadFrame$' -fuzztime {{DURATION}} ./transport
+    go test -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime {{DURATION}} ./engines/safetensors
 
 # hippo vs mlx-lm decode tok/s, alternating on the same checkpoints, with ratios and the memory-bandwidth roofline.
 bench-engine: build
