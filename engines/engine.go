@@ -34,6 +34,8 @@ type Engine struct {
 	tok    *tokenizer.Tokenizer
 	caches []model.Cache
 	dtype  mlx.DType
+	// fed is what the caches hold, for speculative decoding's trims.
+	fed fed
 }
 
 // DefaultDType is the fastest compute dtype of this build's MLX backend: float32 on the CPU

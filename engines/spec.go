@@ -1,0 +1,334 @@
+package engines
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hippo-bench/hippo/engines/mlx"
+)
+
+// Drafter proposes tokens for speculative decoding. Calls come from one goroutine, one at a time.
+type Drafter interface {
+	// Draft proposes up to k tokens that continue history (the prompt and every token generated
+	// so far). With temperature > 0 it also returns, for each proposed token, the distribution
+	// it was drawn from (a probability per vocabulary id); deterministic drafters return nil
+	// and are treated as one-hot.
+	Draft(ctx context.Context, history []int, k int, temperature float64, rng *rand.Rand) (tokens []int, dists [][]float32, err error)
+	// Reset starts a new request.
+	Reset(ctx context.Context) error
+}
+
+// SpecStep extends Step with what one speculative step did.
+type SpecStep struct {
+	Draft    time.Duration
+	Drafted  int
+	Accepted int
+}
+
+// fed tracks which tokens a cache holds, so that caches can be trimmed back to the longest
+// prefix they share with the tokens that survived verification.
+type fed []int
+
+// commonPrefix is the length of the longest common prefix of a and b.
+func commonPrefix(a, b []int) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
+// sync trims e's caches to the longest prefix shared by what they hold and history, and returns
+// the tokens of history still to be fed.
+func (e *Engine) sync(history []int) []int {
+	keep := commonPrefix(e.fed, history)
+	if drop := len(e.fed) - keep; drop > 0 {
+		for _, c := range e.caches {
+			c.Trim(drop)
+		}
+		e.fed = e.fed[:keep]
+	}
+	return history[keep:]
+}
+
+// scoreAll feeds tokens to the model and returns the log-probabilities of every position,
+// [len(tokens), vocab], as float32 on the host, plus the evaluated argmax of each position.
+// Must run on the engine's thread.
+func (e *Engine) scoreAll(tokens []int, wantProbs bool) (argmax []int, logProbs [][]float32, err error) {
+	s := mlx.NewScope()
+	defer s.Close()
+	ids := make([]int32, len(tokens))
+	for i, t := range tokens {
+		ids[i] = int32(t)
+	}
+	m := e.model
+	h := m.Embed(mlx.FromInt32s(ids, 1, len(ids)))
+	for i, c := range e.caches {
+		h = m.Layer(i, h, c)
+	}
+	logits := mlx.Reshape(m.Head(h), len(tokens), -1)
+	// As in sampling: normalise first, so that greedy picks what the standalone sampler picks.
+	lp := mlx.Sub(logits, mlx.LogSumExp(logits, true, -1))
+	am := mlx.AsType(mlx.Argmax(lp, -1, false), mlx.Int32)
+	if err := mlx.Eval(am); err != nil {
+		return nil, nil, err
+	}
+	e.fed = append(e.fed, tokens...)
+	a, err := am.Int32s()
+	if err != nil {
+		return nil, nil, err
+	}
+	argmax = make([]int, len(a))
+	for i, v := range a {
+		argmax[i] = int(v)
+	}
+	if !wantProbs {
+		return argmax, nil, nil
+	}
+	flat, err := mlx.AsType(lp, mlx.Float32).Float32s()
+	if err != nil {
+		return nil, nil, err
+	}
+	v := len(flat) / len(tokens)
+	for i := range tokens {
+		logProbs = append(logProbs, flat[i*v:(i+1)*v])
+	}
+	return argmax, logProbs, nil
+}
+
+// GenerateSpec is Generate with speculative decoding: d proposes up to k tokens, the model
+// verifies them in one forward, and the caches of both are trimmed back after a rejection.
+// Greedy output equals Generate's; with a temperature, the standard rejection rule keeps the
+// output distribution the target's own. Stats.Steps has one entry per verify step.
+func (e *Engine) GenerateSpec(ctx context.Context, r Request, d Drafter, k int, emit func(Token) error) (Stats, SpecStats, error) {
+	var st Stats
+	var ss SpecStats
+	if err := CheckRequest(r); err != nil {
+		return st, ss, err
+	}
+	if k < 1 {
+		return st, ss, fmt.Errorf("engines: draft tokens %d: must be at least 1", k)
+	}
+	if r.TopP > 0 && r.TopP < 1 {
+		return st, ss, fmt.Errorf("engines: top_p is not supported with speculative decoding: use top_p 1")
+	}
+	eos := map[int]bool{}
+	if !r.IgnoreEOS {
+		for _, id := range e.tok.EOS() {
+			eos[id] = true
+		}
+	}
+	if err := d.Reset(ctx); err != nil {
+		return st, ss, err
+	}
+	rng := rand.New(rand.NewPCG(r.Seed, 0xD1B54A32D192ED03))
+	ss.ByPosition = make([]int, k)
+	ss.DraftedByPosition = make([]int, k)
+	st.PromptTokens = len(r.Tokens)
+	history := append([]int(nil), r.Tokens...)
+	start := time.Now()
+	err := e.worker.Do(ctx, func() error {
+		for _, c := range e.caches {
+			c.Reset()
+		}
+		e.fed = e.fed[:0]
+		mlx.ResetPeakMemory()
+		// Prefill exactly as Generate does, then sample the first token from the last position.
+		logits, err := e.prefill(r.Tokens)
+		if err != nil {
+			return err
+		}
+		e.fed = append(e.fed, r.Tokens...)
+		smp := newSampler(r.Temperature, 1, r.Seed)
+		id, err := smp.sample(logits)
+		smp.free()
+		logits.Free()
+		if err != nil {
+			return err
+		}
+		st.Prefill = time.Since(start)
+		st.TTFT = st.Prefill
+		st.Tokens = append(st.Tokens, id)
+		history = append(history, id)
+		return emit(Token{ID: id})
+	})
+	if err != nil || eos[history[len(history)-1]] || len(st.Tokens) >= r.MaxTokens {
+		st.FinishReason = finish(eos, st.Tokens)
+		return st, ss, err
+	}
+	decodeStart := time.Now()
+	for {
+		if err := ctx.Err(); err != nil {
+			return st, ss, fmt.Errorf("%w: %w", ErrCanceled, err)
+		}
+		kk := min(k, r.MaxTokens-len(st.Tokens))
+		t0 := time.Now()
+		drafts, dists, err := d.Draft(ctx, history, kk, r.Temperature, rng)
+		if err != nil {
+			return st, ss, fmt.Errorf("draft: %w", err)
+		}
+		draftTime := time.Since(t0)
+		var accepted []int
+		t1 := time.Now()
+		err = e.worker.Do(ctx, func() error {
+			pending := e.sync(history[:len(history)-1])
+			in := append(append(pending, history[len(history)-1]), drafts...)
+			argmax, lps, err := e.scoreAll(in, r.Temperature > 0)
+			if err != nil {
+				return err
+			}
+			// Position j of the verify output predicts the token after in[j]; the drafts start
+			// after the last history token, at offset len(pending).
+			base := len(pending)
+			accepted = verify(drafts, dists, argmax[base:], sliceFrom(lps, base), r.Temperature, rng)
+			return nil
+		})
+		if err != nil {
+			return st, ss, err
+		}
+		verifyTime := time.Since(t1)
+		n := len(accepted) - 1 // drafts kept; the last entry is the target's own token
+		ss.Drafted += len(drafts)
+		ss.Accepted += n
+		for i := range drafts {
+			ss.DraftedByPosition[i]++
+			if i < n {
+				ss.ByPosition[i]++
+			}
+		}
+		step := Step{Forward: verifyTime}
+		st.Steps = append(st.Steps, step)
+		ss.Steps = append(ss.Steps, SpecStep{Draft: draftTime, Drafted: len(drafts), Accepted: n})
+		for _, id := range accepted {
+			st.Tokens = append(st.Tokens, id)
+			history = append(history, id)
+			if err := emit(Token{ID: id, Step: step}); err != nil {
+				return st, ss, err
+			}
+			if eos[id] || len(st.Tokens) >= r.MaxTokens {
+				st.Decode = time.Since(decodeStart)
+				st.FinishReason = finish(eos, st.Tokens)
+				_, st.PeakMemory, _ = memory(e.worker)
+				return st, ss, nil
+			}
+		}
+		st.Decode = time.Since(decodeStart)
+	}
+}
+
+func finish(eos map[int]bool, tokens []int) string {
+	if len(tokens) > 0 && eos[tokens[len(tokens)-1]] {
+		return "stop"
+	}
+	return "length"
+}
+
+func sliceFrom(x [][]float32, i int) [][]float32 {
+	if x == nil {
+		return nil
+	}
+	return x[i:]
+}
+
+// SpecStats summarises speculation over a request.
+type SpecStats struct {
+	Drafted, Accepted int
+	// ByPosition[i] counts accepted drafts at position i; DraftedByPosition[i] how many were
+	// proposed there.
+	ByPosition, DraftedByPosition []int
+	Steps                         []SpecStep
+}
+
+// verify decides which drafts to keep. target[j] is the target's greedy choice after drafts[:j];
+// lps[j] its log-probabilities there (sampling only). It returns the kept drafts followed by
+// one token from the target (the correction, or the bonus token when every draft was kept).
+func verify(drafts []int, dists [][]float32, target []int, lps [][]float32, temperature float64, rng *rand.Rand) []int {
+	if temperature == 0 {
+		out := make([]int, 0, len(drafts)+1)
+		for j, d := range drafts {
+			if target[j] != d {
+				return append(out, target[j])
+			}
+			out = append(out, d)
+		}
+		return append(out, target[len(drafts)])
+	}
+	out := make([]int, 0, len(drafts)+1)
+	for j, d := range drafts {
+		p := probs(lps[j], temperature)
+		var q []float32
+		if dists != nil {
+			q = dists[j]
+		}
+		qd := 1.0
+		if q != nil {
+			qd = float64(q[d])
+		}
+		if qd > 0 && rng.Float64() < math.Min(1, float64(p[d])/qd) {
+			out = append(out, d)
+			continue
+		}
+		// Rejected: draw from the residual max(0, p - q), normalised.
+		res := make([]float64, len(p))
+		var sum float64
+		for i := range p {
+			qi := 0.0
+			if q != nil {
+				qi = float64(q[i])
+			} else if i == d {
+				qi = 1
+			}
+			if v := float64(p[i]) - qi; v > 0 {
+				res[i] = v
+				sum += v
+			}
+		}
+		return append(out, draw(res, sum, rng))
+	}
+	p := probs(lps[len(drafts)], temperature)
+	w := make([]float64, len(p))
+	var sum float64
+	for i, v := range p {
+		w[i] = float64(v)
+		sum += w[i]
+	}
+	return append(out, draw(w, sum, rng))
+}
+
+// probs turns log-probabilities into probabilities at a temperature.
+func probs(lp []float32, temperature float64) []float32 {
+	mx := float32(math.Inf(-1))
+	for _, v := range lp {
+		mx = max(mx, v)
+	}
+	out := make([]float32, len(lp))
+	var sum float64
+	for i, v := range lp {
+		e := math.Exp(float64(v-mx) / temperature)
+		out[i] = float32(e)
+		sum += e
+	}
+	for i := range out {
+		out[i] = float32(float64(out[i]) / sum)
+	}
+	return out
+}
+
+func draw(w []float64, sum float64, rng *rand.Rand) int {
+	u := rng.Float64() * sum
+	for i, x := range w {
+		if u < x {
+			return i
+		}
+		u -= x
+	}
+	for i := len(w) - 1; i >= 0; i-- {
+		if w[i] > 0 {
+			return i
+		}
+	}
+	return len(w) - 1
+}
