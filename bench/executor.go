@@ -17,6 +17,10 @@ type Executor struct {
 
 	key string
 	eng *engines.Engine
+
+	draftKey string
+	draft    engines.Drafter
+	draftEng *engines.Engine
 }
 
 // Run executes one configuration.
@@ -37,11 +41,33 @@ func (x *Executor) Run(ctx context.Context, c Config) (Result, error) {
 		local := c
 		local.Model = dir
 		return Standalone(ctx, e, local, nil)
+	case "spec":
+		e, err := x.engine(ctx, dir, c.Dtype)
+		if err != nil {
+			return Result{}, err
+		}
+		draftDir := c.Draft
+		if draftDir != "" && x.Resolve != nil {
+			if draftDir, err = x.Resolve(ctx, c.Draft); err != nil {
+				return Result{}, err
+			}
+		}
+		key := c.Drafter + "\x00" + draftDir + "\x00" + c.Dtype
+		if x.draft == nil || x.draftKey != key {
+			x.closeDraft()
+			if x.draft, x.draftEng, err = NewDrafter(ctx, c.Drafter, draftDir, c.Dtype); err != nil {
+				return Result{}, err
+			}
+			x.draftKey = key
+		}
+		local := c
+		local.Model = dir
+		return Spec(ctx, e, x.draft, local, nil)
 	case "pipeline":
 		x.closeEngine() // one copy of the model in memory at a time
 		return x.Pipelines.Run(ctx, dir, c, nil)
 	}
-	return Result{}, fmt.Errorf("mode %q is not implemented yet: use standalone or pipeline", c.Mode)
+	return Result{}, fmt.Errorf("mode %q is not implemented yet: use standalone, pipeline or spec", c.Mode)
 }
 
 func (x *Executor) engine(ctx context.Context, dir, dtype string) (*engines.Engine, error) {
@@ -58,6 +84,13 @@ func (x *Executor) engine(ctx context.Context, dir, dtype string) (*engines.Engi
 	return e, nil
 }
 
+func (x *Executor) closeDraft() {
+	if x.draftEng != nil {
+		x.draftEng.Close()
+	}
+	x.draft, x.draftEng, x.draftKey = nil, nil, ""
+}
+
 func (x *Executor) closeEngine() {
 	if x.eng != nil {
 		x.eng.Close()
@@ -65,8 +98,9 @@ func (x *Executor) closeEngine() {
 	}
 }
 
-// Close frees the loaded engine and stops any pipeline.
+// Close frees the loaded engines and stops any pipeline.
 func (x *Executor) Close() error {
 	x.closeEngine()
+	x.closeDraft()
 	return x.Pipelines.Close()
 }

@@ -30,7 +30,10 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "ram", Usage: "plan for this much RAM instead of the detected amount (e.g. 16GB)"},
 			&cli.IntFlag{Name: "context", Usage: "context length the memory guard plans for (default: prompt + max tokens)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
-			&cli.StringFlag{Name: "mode", Value: "standalone", Usage: "standalone or pipeline"},
+			&cli.StringFlag{Name: "mode", Value: "standalone", Usage: "standalone, pipeline or spec"},
+			&cli.StringFlag{Name: "drafter", Value: "model", Usage: "spec: model, lookup (or dflash)"},
+			&cli.StringFlag{Name: "draft", Usage: "spec: draft checkpoint for --drafter model (DIR or synth:PRESET)"},
+			&cli.IntFlag{Name: "draft-tokens", Value: 4, Usage: "spec: tokens drafted per step (K)"},
 			&cli.IntFlag{Name: "stages", Value: 2, Usage: "pipeline: number of stages"},
 			&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced)"},
 			&cli.StringFlag{Name: "link", Value: "loopback", Usage: "pipeline: link profile (loopback, thunderbolt, wifi, ethernet-1g, ethernet-10g, custom:latency=..,jitter=..,bandwidth=..)"},
@@ -44,9 +47,13 @@ func runCommand() *cli.Command {
 				Temperature: c.Float64("temperature"), TopP: c.Float64("top-p"), Seed: c.Uint64("seed"),
 				Dtype: c.String("dtype"), Mode: c.String("mode"), Stages: c.Int("stages"), Split: c.String("split"),
 				Link: c.String("link"), Transport: c.String("transport"), Hosts: c.String("hosts"),
+				Drafter: c.String("drafter"), Draft: c.String("draft"), DraftTokens: c.Int("draft-tokens"),
 			}
-			if cfg.Mode != "standalone" && cfg.Mode != "pipeline" {
-				return fmt.Errorf("--mode %q: use standalone or pipeline", cfg.Mode)
+			if cfg.Mode != "standalone" && cfg.Mode != "pipeline" && cfg.Mode != "spec" {
+				return fmt.Errorf("--mode %q: use standalone, pipeline or spec", cfg.Mode)
+			}
+			if cfg.Mode == "spec" && cfg.DraftTokens < 1 {
+				return fmt.Errorf("--draft-tokens %d: must be at least 1", cfg.DraftTokens)
 			}
 			if cfg.MaxTokens < 1 {
 				return fmt.Errorf("--max-tokens %d: must be at least 1", cfg.MaxTokens)
@@ -89,7 +96,24 @@ func runCommand() *cli.Command {
 					return err
 				}
 				defer e.Close()
-				if res, err = bench.Standalone(c.Context, e, cfg, onToken); err != nil {
+				if cfg.Mode == "spec" {
+					draftDir := cfg.Draft
+					if draftDir != "" {
+						if draftDir, err = resolveModel(c.Context, draftDir); err != nil {
+							return err
+						}
+					}
+					d, de, err := bench.NewDrafter(c.Context, cfg.Drafter, draftDir, cfg.Dtype)
+					if err != nil {
+						return err
+					}
+					if de != nil {
+						defer de.Close()
+					}
+					if res, err = bench.Spec(c.Context, e, d, cfg, onToken); err != nil {
+						return err
+					}
+				} else if res, err = bench.Standalone(c.Context, e, cfg, onToken); err != nil {
 					return err
 				}
 				dtype = e.DType().String()
@@ -102,6 +126,9 @@ func runCommand() *cli.Command {
 			fmt.Printf("\n%s, %s, %s compute: %d prompt tokens, %d generated (%s)\n", res.Model, res.Mode, dtype, res.PromptTokens, len(res.Tokens), res.FinishReason)
 			fmt.Printf("prompt: %.1f tok/s   decode: %.1f tok/s   TTFT: %.1f ms   peak memory: %s\n",
 				res.PrefillTokS, res.DecodeTokS, res.TTFTMS, engines.FormatBytes(res.PeakMemoryBytes))
+			if a := res.Acceptance; a != nil {
+				fmt.Printf("spec: drafted %d, accepted %d (rate %.2f, %.2f per step), by position %.2f\n", a.Drafted, a.Accepted, a.Rate, a.MeanAccepted, a.ByPosition)
+			}
 			if res.Mode == "pipeline" && len(res.Steps) > 0 {
 				var fwd, net, bytes float64
 				for _, s := range res.Steps {

@@ -1,0 +1,93 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+
+	"github.com/hippo-bench/hippo/engines"
+)
+
+// Spec runs c with speculative decoding on target e with drafter d and measures it, adding the
+// acceptance statistics and per-step draft and verify times.
+func Spec(ctx context.Context, e *engines.Engine, d engines.Drafter, c Config, onToken func(string)) (Result, error) {
+	res := Result{Mode: "spec", Model: filepath.Base(c.Model)}
+	prompt, err := e.Prompt(c.Prompt, c.Chat)
+	if err != nil {
+		return res, err
+	}
+	k := c.DraftTokens
+	if k == 0 {
+		k = 4
+	}
+	dec := e.Tokenizer().NewStreamDecoder()
+	var text []byte
+	st, ss, err := e.GenerateSpec(ctx, engines.Request{
+		Tokens: prompt, MaxTokens: c.MaxTokens, Temperature: c.Temperature, TopP: c.TopP,
+		Seed: c.Seed, IgnoreEOS: c.IgnoreEOS,
+	}, d, k, func(t engines.Token) error {
+		s := dec.Add(t.ID)
+		text = append(text, s...)
+		if onToken != nil && s != "" {
+			onToken(s)
+		}
+		return nil
+	})
+	tail := dec.Flush()
+	text = append(text, tail...)
+	if onToken != nil && tail != "" {
+		onToken(tail)
+	}
+	fill(&res, st, string(text))
+	for i := range res.Steps {
+		if i < len(ss.Steps) {
+			s := ss.Steps[i]
+			res.Steps[i].DraftMS = ms(s.Draft)
+			res.Steps[i].Accepted = s.Accepted
+			res.Steps[i].Tokens = s.Accepted + 1
+			res.Steps[i].SampleMS = 0
+		}
+	}
+	// A speculative step emits several tokens: decode tok/s counts tokens, not steps.
+	if st.Decode > 0 {
+		res.DecodeTokS = float64(len(st.Tokens)-1) / st.Decode.Seconds()
+	}
+	acc := &Acceptance{Drafted: ss.Drafted, Accepted: ss.Accepted, ByPosition: make([]float64, len(ss.ByPosition))}
+	if ss.Drafted > 0 {
+		acc.Rate = float64(ss.Accepted) / float64(ss.Drafted)
+	}
+	if len(ss.Steps) > 0 {
+		acc.MeanAccepted = float64(ss.Accepted) / float64(len(ss.Steps))
+	}
+	for i := range ss.ByPosition {
+		if ss.DraftedByPosition[i] > 0 {
+			acc.ByPosition[i] = float64(ss.ByPosition[i]) / float64(ss.DraftedByPosition[i])
+		}
+	}
+	res.Acceptance = acc
+	if err != nil {
+		return res, fmt.Errorf("spec run: %w", err)
+	}
+	return res, nil
+}
+
+// NewDrafter builds the drafter a configuration names. A model drafter opens its checkpoint
+// (draftDir); the caller closes the returned engine, if any.
+func NewDrafter(ctx context.Context, name, draftDir, dtype string) (engines.Drafter, *engines.Engine, error) {
+	switch name {
+	case "lookup":
+		return engines.LookupDrafter{}, nil, nil
+	case "model":
+		if draftDir == "" {
+			return nil, nil, fmt.Errorf("drafter model needs a draft checkpoint: give --draft DIR (a smaller model with the same tokenizer)")
+		}
+		de, err := engines.Open(ctx, engines.Options{Model: draftDir, DType: dtype})
+		if err != nil {
+			return nil, nil, fmt.Errorf("draft model: %w", err)
+		}
+		return engines.NewModelDrafter(de), de, nil
+	case "dflash":
+		return nil, nil, fmt.Errorf("drafter dflash is not implemented yet: use model or lookup")
+	}
+	return nil, nil, fmt.Errorf("unknown drafter %q: use model, lookup or dflash", name)
+}
