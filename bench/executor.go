@@ -63,8 +63,14 @@ func (x *Executor) Run(ctx context.Context, c Config) (Result, error) {
 		local := c
 		local.Model = dir
 		return Spec(ctx, e, x.draft, local, nil)
-	case "pipeline":
+	case "pipeline", "pipeline+spec":
 		x.closeEngine() // one copy of the model in memory at a time
+		if c.Draft != "" && x.Resolve != nil {
+			var err error
+			if c.Draft, err = x.Resolve(ctx, c.Draft); err != nil {
+				return Result{}, err
+			}
+		}
 		return x.Pipelines.Run(ctx, dir, c, nil)
 	}
 	return Result{}, fmt.Errorf("mode %q is not implemented yet: use standalone, pipeline or spec", c.Mode)

@@ -22,6 +22,17 @@ type Pipelines struct {
 	key    string
 	local  *pipeline.Local
 	driver *pipeline.Driver
+
+	draftKey string
+	draft    engines.Drafter
+	draftEng *engines.Engine
+}
+
+func (p *Pipelines) closeDraft() {
+	if p.draftEng != nil {
+		p.draftEng.Close()
+	}
+	p.draft, p.draftEng, p.draftKey = nil, nil, ""
 }
 
 // PlanFor builds the plan of a pipeline configuration on checkpoint dir.
@@ -126,19 +137,35 @@ func (p *Pipelines) Run(ctx context.Context, dir string, c Config, onToken func(
 		p.key = key
 	}
 	c.Model = dir
-	c.Mode = "pipeline"
+	if c.Mode != "pipeline+spec" {
+		c.Mode = "pipeline"
+	}
 	c.Stages = len(plan.Split)
 	c.Link = plan.Link.String()
 	c.Transport = "tcp"
-	res, err := Measure(ctx, p.driver, c, onToken)
+	var res Result
+	if c.Mode == "pipeline+spec" {
+		// The drafter lives on the driver's machine, next to stage 0.
+		if p.draft == nil || p.draftKey != c.Drafter+"\x00"+c.Draft {
+			p.closeDraft()
+			if p.draft, p.draftEng, err = NewDrafter(ctx, c.Drafter, c.Draft, c.Dtype); err != nil {
+				return Result{}, err
+			}
+			p.draftKey = c.Drafter + "\x00" + c.Draft
+		}
+		res, err = Spec(ctx, p.driver, p.draft, c, onToken)
+	} else {
+		res, err = Measure(ctx, p.driver, c, onToken)
+	}
 	if err != nil {
 		p.Close() // a failed pipeline is not reused
 	}
 	return res, err
 }
 
-// Close stops the driver and the stages.
+// Close stops the driver, the stages and the drafter.
 func (p *Pipelines) Close() error {
+	p.closeDraft()
 	if p.driver != nil {
 		p.driver.Close()
 		p.driver = nil

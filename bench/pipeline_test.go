@@ -189,3 +189,57 @@ func TestPipelineRefusesOtherCheckpoint(t *testing.T) {
 		t.Errorf("OpenDriver error = %v; want a model mismatch that says to use the same checkpoint", err)
 	}
 }
+
+// TestPipelineSpecMatchesStandalone: speculation across the pipeline (drafting at the driver, one
+// pipeline pass per block, every stage trimmed after a rejection) keeps greedy output identical.
+func TestPipelineSpecMatchesStandalone(t *testing.T) {
+	exe := hippoBinary(t)
+	dir := synthesize(t, "tiny-qwen3", 0)
+	other := t.TempDir() // the same shape with other weights: drafts are mostly rejected
+	w := mlx.NewWorker()
+	if err := w.Do(context.Background(), func() error {
+		_, err := synth.Write(synth.Options{Preset: "tiny-qwen3", Out: other, Seed: 77, Layers: 2, Tokenizer: testenv.Tokenizer(t, "qwen3")})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	self := dir
+	c := Config{Model: dir, Prompt: "one two three, one two three, one two", MaxTokens: 32, IgnoreEOS: true}
+	e, err := engines.Open(context.Background(), engines.Options{Model: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Standalone(context.Background(), e, c, nil)
+	e.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, drafter, draft string
+		k, stages            int
+	}{
+		{"lookup k4", "lookup", "", 4, 2},
+		{"self-draft k4 3 stages", "model", self, 4, 3},
+		{"rejecting draft k3", "model", other, 3, 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Pipelines{Exe: exe}
+			defer p.Close()
+			cc := c
+			cc.Mode, cc.Drafter, cc.Draft, cc.DraftTokens, cc.Stages = "pipeline+spec", tc.drafter, tc.draft, tc.k, tc.stages
+			got, err := p.Run(context.Background(), dir, cc, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !equalInts(got.Tokens, want.Tokens) {
+				t.Fatalf("pipeline+spec tokens = %v; standalone %v", got.Tokens, want.Tokens)
+			}
+			if got.Acceptance == nil {
+				t.Fatal("no acceptance statistics")
+			}
+			t.Logf("acceptance %+v over %d steps", *got.Acceptance, len(got.Steps))
+		})
+	}
+}

@@ -6,13 +6,30 @@ import (
 	"path/filepath"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/pipeline"
+	"github.com/hippo-bench/hippo/engines/tokenizer"
+)
+
+// SpecGenerator decodes speculatively: the standalone engine or a pipeline driver.
+type SpecGenerator interface {
+	Tokenizer() *tokenizer.Tokenizer
+	GenerateSpec(ctx context.Context, r engines.Request, d engines.Drafter, k int, emit func(engines.Token) error) (engines.Stats, engines.SpecStats, error)
+}
+
+var (
+	_ SpecGenerator = (*engines.Engine)(nil)
+	_ SpecGenerator = (*pipeline.Driver)(nil)
 )
 
 // Spec runs c with speculative decoding on target e with drafter d and measures it, adding the
-// acceptance statistics and per-step draft and verify times.
-func Spec(ctx context.Context, e *engines.Engine, d engines.Drafter, c Config, onToken func(string)) (Result, error) {
-	res := Result{Mode: "spec", Model: filepath.Base(c.Model)}
-	prompt, err := e.Prompt(c.Prompt, c.Chat)
+// acceptance statistics and per-step draft and verify times. c.Mode names the result ("spec"
+// when empty).
+func Spec(ctx context.Context, e SpecGenerator, d engines.Drafter, c Config, onToken func(string)) (Result, error) {
+	if c.Mode == "" || c.Mode == "standalone" {
+		c.Mode = "spec"
+	}
+	res := Result{Mode: c.Mode, Model: filepath.Base(c.Model), Link: c.Link, Transport: c.Transport, Stages: c.Stages}
+	prompt, err := engines.Prompt(e.Tokenizer(), c.Prompt, c.Chat)
 	if err != nil {
 		return res, err
 	}
@@ -66,7 +83,7 @@ func Spec(ctx context.Context, e *engines.Engine, d engines.Drafter, c Config, o
 	}
 	res.Acceptance = acc
 	if err != nil {
-		return res, fmt.Errorf("spec run: %w", err)
+		return res, fmt.Errorf("%s run: %w", c.Mode, err)
 	}
 	return res, nil
 }

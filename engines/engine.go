@@ -266,11 +266,11 @@ func (e *Engine) Generate(ctx context.Context, r Request, emit func(Token) error
 // last position, [1, vocab], owned by the caller; otherwise it only fills the caches (evaluating
 // their state, as mlx-lm does during prefill) and returns an invalid array.
 func (e *Engine) forward(tokens []int, head bool) (mlx.Array, error) {
-	s := mlx.NewScope()
-	ids := make([]int32, len(tokens))
-	for i, t := range tokens {
-		ids[i] = int32(t)
+	ids, err := tokenIDs(tokens, e.model.Config().VocabSize)
+	if err != nil {
+		return mlx.Array{}, err
 	}
+	s := mlx.NewScope()
 	m := e.model
 	h := m.Embed(mlx.FromInt32s(ids, 1, len(ids)))
 	for i, c := range e.caches {
@@ -298,6 +298,19 @@ func (e *Engine) forward(tokens []int, head bool) (mlx.Array, error) {
 		return mlx.Array{}, err
 	}
 	return logits, nil
+}
+
+// tokenIDs converts tokens for the model, refusing ids outside its vocabulary: MLX's CPU gather
+// does not bounds-check, so a bad id would read outside the embedding table.
+func tokenIDs(tokens []int, vocab int) ([]int32, error) {
+	ids := make([]int32, len(tokens))
+	for i, t := range tokens {
+		if t < 0 || t >= vocab {
+			return nil, fmt.Errorf("engines: token id %d is outside the model's vocabulary of %d (a draft model with another tokenizer?)", t, vocab)
+		}
+		ids[i] = int32(t)
+	}
+	return ids, nil
 }
 
 // prefill fills the caches with all prompt tokens but the last, in chunks of PrefillChunk, then

@@ -58,12 +58,12 @@ func (e *Engine) sync(history []int) []int {
 // [len(tokens), vocab], as float32 on the host, plus the evaluated argmax of each position.
 // Must run on the engine's thread.
 func (e *Engine) scoreAll(tokens []int, wantProbs bool) (argmax []int, logProbs [][]float32, err error) {
+	ids, err := tokenIDs(tokens, e.model.Config().VocabSize)
+	if err != nil {
+		return nil, nil, err
+	}
 	s := mlx.NewScope()
 	defer s.Close()
-	ids := make([]int32, len(tokens))
-	for i, t := range tokens {
-		ids[i] = int32(t)
-	}
 	m := e.model
 	h := m.Embed(mlx.FromInt32s(ids, 1, len(ids)))
 	for i, c := range e.caches {

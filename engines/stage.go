@@ -138,9 +138,9 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 		var h mlx.Array
 		n := in.Len
 		if s.First() {
-			ids := make([]int32, len(in.Tokens))
-			for i, t := range in.Tokens {
-				ids[i] = int32(t)
+			ids, err := tokenIDs(in.Tokens, m.Config().VocabSize)
+			if err != nil {
+				return err
 			}
 			n = len(ids)
 			h = m.Embed(mlx.FromInt32s(ids, 1, n))
@@ -228,4 +228,52 @@ func topCandidates(logits mlx.Array, k int) ([]Candidate, error) {
 		out[i] = Candidate{ID: int(ids[i]), LogProb: v[i]}
 	}
 	return out, nil
+}
+
+// Verify runs in through the last stage and returns the greedy token after each of the last
+// outputs positions (speculative verification of a drafted block); caches keep every position.
+func (s *Stage) Verify(ctx context.Context, in Activation, outputs int) ([]int, time.Duration, error) {
+	if !s.Last() {
+		return nil, 0, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
+	}
+	var out []int
+	var took time.Duration
+	err := s.worker.Do(ctx, func() error {
+		start := time.Now()
+		sc := mlx.NewScope()
+		defer sc.Close()
+		m := s.model
+		n := in.Len
+		if outputs < 1 || outputs > n {
+			return fmt.Errorf("stage %v: %d outputs for %d positions", m.Range, outputs, n)
+		}
+		var h mlx.Array
+		if s.First() {
+			ids, err := tokenIDs(in.Tokens, m.Config().VocabSize)
+			if err != nil {
+				return err
+			}
+			n = len(ids)
+			h = m.Embed(mlx.FromInt32s(ids, 1, n))
+		} else {
+			h = mlx.FromBytes(in.Hidden, s.dtype, 1, n, m.Config().HiddenSize)
+		}
+		for i := m.Range.From; i < m.Range.To; i++ {
+			h = m.Layer(i, h, s.caches[i])
+		}
+		last := mlx.Slice(h, []int{0, n - outputs, 0}, []int{1, n, h.Dim(2)})
+		logits := mlx.Reshape(m.Head(last), outputs, -1)
+		// Normalised first, as the sampler does, so greedy choices match standalone decoding.
+		lp := mlx.Sub(logits, mlx.LogSumExp(logits, true, -1))
+		ids, err := mlx.AsType(mlx.Argmax(lp, -1, false), mlx.Int32).Int32s()
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			out = append(out, int(id))
+		}
+		took = time.Since(start)
+		return nil
+	})
+	return out, took, err
 }

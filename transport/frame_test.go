@@ -131,8 +131,8 @@ func TestForwardKeepsNativeDType(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// position, tokens, top-k, dtype, ndim, dims, then the raw bytes: nothing widened.
-			if got, want := len(payload), 4+4+2+1+1+4*len(tc.shape)+tc.nbytes; got != want {
+			// position, tokens, top-k, outputs, dtype, ndim, dims, then the raw bytes: nothing widened.
+			if got, want := len(payload), 4+4+2+2+1+1+4*len(tc.shape)+tc.nbytes; got != want {
 				t.Errorf("payload is %d bytes; want %d", got, want)
 			}
 		})
@@ -236,12 +236,13 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 			return b
 		}()},
 		{name: "hello model length past end", typ: TypeHello, payload: []byte{0, 0, 0xff, 0xff, 'm'}},
+		{name: "forward more outputs than tokens", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[10:], []byte{99, 0}); return b })},
 		{name: "forward zero tokens", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[4:], u32(0)); return b })},
 		{name: "forward tokens overflow", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[4:], u32(math.MaxUint32)); return b })},
-		{name: "forward unknown dtype", typ: TypeForward, payload: forward(func(b []byte) []byte { b[10] = 9; return b })},
-		{name: "forward dtype zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[10] = 0; return b })},
-		{name: "forward rank zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[11] = 0; return b })},
-		{name: "forward rank nine", typ: TypeForward, payload: forward(func(b []byte) []byte { b[11] = 9; return b })},
+		{name: "forward unknown dtype", typ: TypeForward, payload: forward(func(b []byte) []byte { b[12] = 9; return b })},
+		{name: "forward dtype zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[12] = 0; return b })},
+		{name: "forward rank zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 0; return b })},
+		{name: "forward rank nine", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 9; return b })},
 		{name: "forward data short", typ: TypeForward, payload: forward(func(b []byte) []byte { return b[:len(b)-1] })},
 		{name: "forward data long", typ: TypeForward, payload: forward(func(b []byte) []byte { return append(b, 0) })},
 		{name: "forward huge shape", typ: TypeForward, payload: forward(func(b []byte) []byte {

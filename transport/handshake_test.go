@@ -136,8 +136,8 @@ func TestHandshake(t *testing.T) {
 			dialer:       Options{Self: driver, Peer: stage1, version: Version + 1},
 			listener:     Options{Self: stage1},
 			want:         ErrVersion,
-			dialerSays:   "speaks wire version 1, this build speaks 2: run the same hippo build on every rank",
-			listenerSays: "speaks wire version 2, this build speaks 1",
+			dialerSays:   "speaks wire version 2, this build speaks 3: run the same hippo build on every rank",
+			listenerSays: "speaks wire version 3, this build speaks 2",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -313,6 +313,10 @@ type Forward struct {
 	// TopK asks the last stage for the k best (id, logit) pairs per position; 0 asks for
 	// the sampled token id only.
 	TopK int
+	// Outputs is how many of the last positions the last stage answers for: 0 or 1 for the
+	// last position only (decode, prefill), n > 1 for the greedy token of each of the last n
+	// positions (speculative verification of a drafted block).
+	Outputs int
 	// DType is the element type of Data.
 	DType DType
 	// Shape is the tensor's shape, e.g. [tokens, hidden].
@@ -355,6 +359,12 @@ func (m *Forward) AppendBinary(b []byte) ([]byte, error) {
 	if err := checkU16("top-k", m.TopK); err != nil {
 		return b, err
 	}
+	if err := checkU16("outputs", m.Outputs); err != nil {
+		return b, err
+	}
+	if m.Outputs > m.Tokens {
+		return b, fmt.Errorf("transport: encode forward: %d outputs for %d tokens: %w", m.Outputs, m.Tokens, ErrBadFrame)
+	}
 	if !m.DType.valid() {
 		return b, fmt.Errorf("transport: encode forward: unknown dtype %d: %w", uint8(m.DType), ErrBadFrame)
 	}
@@ -369,6 +379,7 @@ func (m *Forward) AppendBinary(b []byte) ([]byte, error) {
 	b = binary.LittleEndian.AppendUint32(b, uint32(m.Position))
 	b = binary.LittleEndian.AppendUint32(b, uint32(m.Tokens))
 	b = binary.LittleEndian.AppendUint16(b, uint16(m.TopK))
+	b = binary.LittleEndian.AppendUint16(b, uint16(m.Outputs))
 	b = append(b, byte(m.DType), byte(len(m.Shape)))
 	for _, s := range m.Shape {
 		b = binary.LittleEndian.AppendUint32(b, uint32(s))
@@ -382,10 +393,14 @@ func (m *Forward) UnmarshalBinary(data []byte) error {
 	pos := d.int31("position")
 	tokens := d.int31("tokens")
 	topK := int(d.u16())
+	outputs := int(d.u16())
 	dt := DType(d.u8())
 	ndim := int(d.u8())
 	if d.err == nil && tokens < 1 {
 		d.fail("zero tokens")
+	}
+	if d.err == nil && outputs > tokens {
+		d.fail("%d outputs for %d tokens", outputs, tokens)
 	}
 	if d.err == nil && !dt.valid() {
 		d.fail("unknown dtype %d", uint8(dt))
@@ -409,7 +424,7 @@ func (m *Forward) UnmarshalBinary(data []byte) error {
 	if err := d.done(); err != nil {
 		return err
 	}
-	m.Position, m.Tokens, m.TopK, m.DType = pos, tokens, topK, dt
+	m.Position, m.Tokens, m.TopK, m.Outputs, m.DType = pos, tokens, topK, outputs, dt
 	m.Shape = append(m.Shape[:0], dims[:ndim]...)
 	m.Data = append(m.Data[:0], raw...)
 	return nil

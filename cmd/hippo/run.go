@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -49,10 +50,12 @@ func runCommand() *cli.Command {
 				Link: c.String("link"), Transport: c.String("transport"), Hosts: c.String("hosts"),
 				Drafter: c.String("drafter"), Draft: c.String("draft"), DraftTokens: c.Int("draft-tokens"),
 			}
-			if cfg.Mode != "standalone" && cfg.Mode != "pipeline" && cfg.Mode != "spec" {
-				return fmt.Errorf("--mode %q: use standalone, pipeline or spec", cfg.Mode)
+			switch cfg.Mode {
+			case "standalone", "pipeline", "spec", "pipeline+spec":
+			default:
+				return fmt.Errorf("--mode %q: use standalone, pipeline, spec or pipeline+spec", cfg.Mode)
 			}
-			if cfg.Mode == "spec" && cfg.DraftTokens < 1 {
+			if strings.HasSuffix(cfg.Mode, "spec") && cfg.DraftTokens < 1 {
 				return fmt.Errorf("--draft-tokens %d: must be at least 1", cfg.DraftTokens)
 			}
 			if cfg.MaxTokens < 1 {
@@ -81,7 +84,12 @@ func runCommand() *cli.Command {
 			}
 			var res bench.Result
 			dtype := cfg.Dtype
-			if cfg.Mode == "pipeline" {
+			if cfg.Draft != "" {
+				if cfg.Draft, err = resolveModel(c.Context, cfg.Draft); err != nil {
+					return err
+				}
+			}
+			if strings.HasPrefix(cfg.Mode, "pipeline") {
 				var p bench.Pipelines
 				defer p.Close()
 				if res, err = p.Run(c.Context, dir, cfg, onToken); err != nil {
@@ -97,13 +105,7 @@ func runCommand() *cli.Command {
 				}
 				defer e.Close()
 				if cfg.Mode == "spec" {
-					draftDir := cfg.Draft
-					if draftDir != "" {
-						if draftDir, err = resolveModel(c.Context, draftDir); err != nil {
-							return err
-						}
-					}
-					d, de, err := bench.NewDrafter(c.Context, cfg.Drafter, draftDir, cfg.Dtype)
+					d, de, err := bench.NewDrafter(c.Context, cfg.Drafter, cfg.Draft, cfg.Dtype)
 					if err != nil {
 						return err
 					}
@@ -129,7 +131,7 @@ func runCommand() *cli.Command {
 			if a := res.Acceptance; a != nil {
 				fmt.Printf("spec: drafted %d, accepted %d (rate %.2f, %.2f per step), by position %.2f\n", a.Drafted, a.Accepted, a.Rate, a.MeanAccepted, a.ByPosition)
 			}
-			if res.Mode == "pipeline" && len(res.Steps) > 0 {
+			if strings.HasPrefix(res.Mode, "pipeline") && len(res.Steps) > 0 {
 				var fwd, net, bytes float64
 				for _, s := range res.Steps {
 					fwd += s.ForwardMS

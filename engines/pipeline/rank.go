@@ -144,18 +144,29 @@ func (r *Rank) forward(ctx context.Context, st *engines.Stage, down *transport.C
 	if len(fw.Shape) != 2 || fw.Shape[0] != fw.Tokens || fw.Shape[1] != st.Config().HiddenSize {
 		return fmt.Errorf("rank %d: hidden state of shape %v; want [%d %d]", r.Stage, fw.Shape, fw.Tokens, st.Config().HiddenSize)
 	}
+	reply.Tokens, reply.TopK, reply.Timings = reply.Tokens[:0], reply.TopK[:0], reply.Timings[:0]
+	if st.Last() && fw.Outputs > 1 {
+		ids, took, err := st.Verify(ctx, engines.Activation{Hidden: fw.Data, Len: fw.Tokens}, fw.Outputs)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			reply.Tokens = append(reply.Tokens, int32(id))
+		}
+		reply.AddTiming(r.Stage, took)
+		return nil
+	}
 	res, err := st.Forward(ctx, engines.Activation{Hidden: fw.Data, Len: fw.Tokens}, true, fw.TopK)
 	if err != nil {
 		return err
 	}
-	reply.Tokens, reply.TopK, reply.Timings = reply.Tokens[:0], reply.TopK[:0], reply.Timings[:0]
 	if st.Last() {
 		reply.Tokens = append(reply.Tokens, int32(res.Token))
 		for _, c := range res.TopK {
 			reply.TopK = append(reply.TopK, transport.Candidate{ID: int32(c.ID), Logit: c.LogProb})
 		}
 	} else {
-		next := transport.Forward{Position: fw.Position, Tokens: fw.Tokens, TopK: fw.TopK, DType: fw.DType,
+		next := transport.Forward{Position: fw.Position, Tokens: fw.Tokens, TopK: fw.TopK, Outputs: fw.Outputs, DType: fw.DType,
 			Shape: fw.Shape, Data: res.Hidden.Hidden}
 		if err := down.Call(ctx, f.Session, f.Seq, &next, reply); err != nil {
 			return err

@@ -17,8 +17,8 @@ func TestParseSplit(t *testing.T) {
 		want   []model.Range
 		err    string
 	}{
-		{"even", "0:14,14:28", 28, []model.Range{{0, 14}, {14, 28}}, ""},
-		{"three uneven", "0:1,1:3,3:4", 4, []model.Range{{0, 1}, {1, 3}, {3, 4}}, ""},
+		{"even", "0:14,14:28", 28, []model.Range{{From: 0, To: 14}, {From: 14, To: 28}}, ""},
+		{"three uneven", "0:1,1:3,3:4", 4, []model.Range{{From: 0, To: 1}, {From: 1, To: 3}, {From: 3, To: 4}}, ""},
 		{"gap", "0:10,12:28", 28, nil, "must start at layer 10"},
 		{"short", "0:10,10:20", 28, nil, "model has 28 layers"},
 		{"one stage", "0:28", 28, nil, "at least 2"},
