@@ -21,6 +21,11 @@ setup:
       sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
       $sudo apt-get update -qq && $sudo apt-get install -y -qq libopenblas-dev >/dev/null
     fi
+    if [ "$(uname -s)" = Linux ] && { ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; }; then
+      # serve tests: a real Prometheus checks the Grafana dashboard's queries; headless Chromium drives the web chat.
+      sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+      $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null
+    fi
     if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.stamp; then
       python3 -m venv .venv
       .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt

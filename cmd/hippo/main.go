@@ -45,6 +45,7 @@ func main() {
 			synthCommand(),
 			benchCommand(),
 			rankCommand(),
+			serveCommand(),
 			sweepCommand(),
 			plotCommand(),
 			reportCommand(),

@@ -1,0 +1,117 @@
+package serve
+
+import (
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the server's Prometheus collectors, all in base units (seconds, bytes). The
+// pipeline and speculative collectors are defined now so that dashboards and alerts can be
+// written against stable names; ObserveNetwork and ObserveSpec feed them once those modes serve.
+type Metrics struct {
+	Requests        *prometheus.CounterVec   // endpoint, code
+	PromptTokens    *prometheus.CounterVec   // model
+	GeneratedTokens *prometheus.CounterVec   // model
+	TTFT            *prometheus.HistogramVec // model
+	InterToken      *prometheus.HistogramVec // model
+	RequestDuration *prometheus.HistogramVec // endpoint
+	QueueWait       prometheus.Histogram
+	Forward         *prometheus.HistogramVec // model, stage
+	Sample          *prometheus.HistogramVec // model
+	QueueDepth      prometheus.Gauge
+	ModelMemory     *prometheus.GaugeVec // model
+	BuildInfo       *prometheus.GaugeVec // version, revision, go_version
+
+	// Pipeline: time on the wire per decode step and hop, remote forward time excluded.
+	Network *prometheus.HistogramVec // model, hop
+	// Speculative decoding: drafted and accepted tokens, in total and by draft position (0 is the
+	// first drafted token), so acceptance by position is accepted/drafted per position.
+	Drafted            *prometheus.CounterVec // model
+	Accepted           *prometheus.CounterVec // model
+	DraftedByPosition  *prometheus.CounterVec // model, position
+	AcceptedByPosition *prometheus.CounterVec // model, position
+}
+
+// Latency buckets from 0.5 ms to ~65 s: decode steps on a laptop CPU are milliseconds to a second,
+// prefill and whole requests are seconds.
+var latencyBuckets = prometheus.ExponentialBuckets(0.0005, 2, 18)
+
+// NewMetrics creates the collectors and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	hist := func(name, help string, labels ...string) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: latencyBuckets}, labels)
+	}
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	}
+	m := &Metrics{
+		Requests:        counter("hippo_requests_total", "HTTP requests by endpoint and status code (499: the client went away).", "endpoint", "code"),
+		PromptTokens:    counter("hippo_prompt_tokens_total", "Prompt tokens processed.", "model"),
+		GeneratedTokens: counter("hippo_generated_tokens_total", "Tokens generated.", "model"),
+		TTFT:            hist("hippo_time_to_first_token_seconds", "Time from receiving a generation request to its first token, queueing included.", "model"),
+		InterToken:      hist("hippo_inter_token_latency_seconds", "Wall time between consecutive generated tokens of a request.", "model"),
+		RequestDuration: hist("hippo_request_duration_seconds", "Time to serve a request, from receipt to the last byte.", "endpoint"),
+		QueueWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "hippo_queue_wait_seconds",
+			Help: "Time a generation request waited for its model.", Buckets: latencyBuckets}),
+		Forward: hist("hippo_forward_seconds", "Model forward time of one decode step, measured after evaluation, per pipeline stage (0 when standalone).", "model", "stage"),
+		Sample:  hist("hippo_sample_seconds", "Sampling time of one decode step.", "model"),
+		QueueDepth: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hippo_queue_depth",
+			Help: "Generation requests waiting for a model."}),
+		ModelMemory: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hippo_model_memory_bytes",
+			Help: "Memory taken by a served model's weights."}, []string{"model"}),
+		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hippo_build_info",
+			Help: "Always 1; labels identify the build."}, []string{"version", "revision", "go_version"}),
+		Network:            hist("hippo_network_seconds", "Pipeline: time on the wire per decode step and hop, remote forward excluded.", "model", "hop"),
+		Drafted:            counter("hippo_spec_drafted_tokens_total", "Speculative decoding: tokens drafted.", "model"),
+		Accepted:           counter("hippo_spec_accepted_tokens_total", "Speculative decoding: drafted tokens the target accepted.", "model"),
+		DraftedByPosition:  counter("hippo_spec_drafted_by_position_total", "Speculative decoding: drafts that reached each draft position.", "model", "position"),
+		AcceptedByPosition: counter("hippo_spec_accepted_by_position_total", "Speculative decoding: drafts accepted at each draft position.", "model", "position"),
+	}
+	reg.MustRegister(m.Requests, m.PromptTokens, m.GeneratedTokens, m.TTFT, m.InterToken, m.RequestDuration,
+		m.QueueWait, m.Forward, m.Sample, m.QueueDepth, m.ModelMemory, m.BuildInfo,
+		m.Network, m.Drafted, m.Accepted, m.DraftedByPosition, m.AcceptedByPosition)
+	version, revision := buildVersion()
+	m.BuildInfo.WithLabelValues(version, revision, runtime.Version()).Set(1)
+	return m
+}
+
+// ObserveNetwork records the wire time of one hop of one pipeline decode step.
+func (m *Metrics) ObserveNetwork(model string, hop int, d time.Duration) {
+	m.Network.WithLabelValues(model, strconv.Itoa(hop)).Observe(d.Seconds())
+}
+
+// ObserveSpec records one speculative step: drafted tokens proposed, of which the first accepted
+// were accepted.
+func (m *Metrics) ObserveSpec(model string, drafted, accepted int) {
+	m.Drafted.WithLabelValues(model).Add(float64(drafted))
+	m.Accepted.WithLabelValues(model).Add(float64(accepted))
+	for p := range drafted {
+		pos := strconv.Itoa(p)
+		m.DraftedByPosition.WithLabelValues(model, pos).Inc()
+		if p < accepted {
+			m.AcceptedByPosition.WithLabelValues(model, pos).Inc()
+		}
+	}
+}
+
+// buildVersion reads the module version and VCS revision the binary was built from.
+func buildVersion() (version, revision string) {
+	version, revision = "devel", "unknown"
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		version = v
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			revision = s.Value
+		}
+	}
+	return
+}

@@ -1,0 +1,74 @@
+package serve
+
+import (
+	"context"
+	"time"
+
+	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/tokenizer"
+)
+
+// Generator runs one generation, calling emit for each token as it is produced. Calls may come
+// from many goroutines; the server never overlaps two calls on one Generator. emit may run on
+// another goroutine (the engine's MLX thread) and must not call the Generator; an error from emit
+// stops generation and is returned. Generate must return soon after ctx ends. *engines.Engine
+// implements it.
+type Generator interface {
+	Generate(ctx context.Context, r engines.Request, emit func(engines.Token) error) (engines.Stats, error)
+}
+
+var _ Generator = (*engines.Engine)(nil)
+
+// Tokenizer is what the server needs of a model's tokenizer. Its methods may be called from many
+// goroutines at once.
+type Tokenizer interface {
+	// Encode turns text into ids, with the tokenizer's special tokens (BOS) when addSpecial.
+	Encode(text string, addSpecial bool) []int
+	// ApplyChatTemplate renders a conversation with the model's chat template.
+	ApplyChatTemplate(msgs []tokenizer.Message, addGenerationPrompt bool) (string, error)
+	// EOS lists the end-of-sequence ids; their text is never sent to clients.
+	EOS() []int
+	// VocabSize bounds the token ids a client may send as a prompt.
+	VocabSize() int
+	// NewDecoder starts decoding one stream of ids.
+	NewDecoder() Decoder
+}
+
+// Decoder turns a stream of ids into text (see tokenizer.StreamDecoder). It is for one goroutine.
+type Decoder interface {
+	// Add returns the text id completes ("" while a multi-byte character is incomplete).
+	Add(id int) string
+	// Flush returns the text still held back.
+	Flush() string
+}
+
+// Model is one served model.
+type Model struct {
+	// ID is the name clients send as "model".
+	ID        string
+	Generator Generator
+	Tokenizer Tokenizer
+	// Context is the longest prompt plus completion the model accepts (default 4096).
+	Context int
+	// MemoryBytes is what the model's weights take (reported as hippo_model_memory_bytes).
+	MemoryBytes int64
+	// Created is reported by /v1/models (default: when the server was made).
+	Created time.Time
+}
+
+// EngineTokenizer adapts a real tokenizer to Tokenizer.
+func EngineTokenizer(t *tokenizer.Tokenizer) Tokenizer { return engineTokenizer{t} }
+
+type engineTokenizer struct{ *tokenizer.Tokenizer }
+
+var (
+	_ Tokenizer = engineTokenizer{}
+	_ Decoder   = (*tokenizer.StreamDecoder)(nil)
+)
+
+func (t engineTokenizer) NewDecoder() Decoder { return t.NewStreamDecoder() }
+
+// EngineModel describes an open engine as a served model called id.
+func EngineModel(id string, e *engines.Engine, context int) Model {
+	return Model{ID: id, Generator: e, Tokenizer: EngineTokenizer(e.Tokenizer()), Context: context, MemoryBytes: e.WeightBytes()}
+}
