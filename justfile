@@ -96,3 +96,11 @@ grafana:
 # Standalone vs 2-stage pipeline per token on loopback and each link profile, measured network time vs the profile's prediction.
 bench-pipeline: build
     ./bin/hippo bench pipeline
+
+# Speculative vs standalone decoding on the trained target/draft pair, K = 1..8, each drafter, with the analytic expectation.
+bench-spec: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    pair=engines/spec/testdata/pair; [ -d "$pair/target" ] || pair=models/pair
+    [ -d "$pair/target" ] || { echo "no trained pair: run just train-pair"; exit 1; }
+    ./bin/hippo bench spec --model "$pair/target" --draft "$pair/draft"

@@ -42,6 +42,25 @@ func benchCommand() *cli.Command {
 				return err
 			},
 		}, {
+			Name:      "spec",
+			Usage:     "speculative vs standalone decoding for K = 1..N and each drafter, measured speedup beside the analytic one",
+			UsageText: "hippo bench spec --model DIR --draft DIR [--drafter model --drafter lookup] [--max-k 8] [--rounds N]",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "model", Required: true, Usage: "target checkpoint (e.g. the trained pair from `just train-pair`)"},
+				&cli.StringFlag{Name: "draft", Usage: "draft checkpoint for the model drafter"},
+				&cli.StringSliceFlag{Name: "drafter", Value: cli.NewStringSlice("model", "lookup"), Usage: "drafters"},
+				&cli.IntFlag{Name: "max-k", Value: 8, Usage: "largest draft length"},
+				&cli.IntFlag{Name: "rounds", Value: 2, Usage: "measured rounds per row"},
+				&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens per run"},
+				&cli.StringSliceFlag{Name: "prompt", Value: cli.NewStringSlice("func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {\n", "// Package sort provides primitives for sorting slices", "for i := 0; i < len(b); i++ {\n"), Usage: "prompts"},
+			},
+			Action: func(c *cli.Context) error {
+				return bench.CompareSpec(c.Context, bench.SpecCompareOptions{
+					Target: c.String("model"), Draft: c.String("draft"), Drafters: c.StringSlice("drafter"),
+					MaxK: c.Int("max-k"), Rounds: c.Int("rounds"), MaxTokens: c.Int("max-tokens"), Prompts: c.StringSlice("prompt"),
+				}, os.Stdout)
+			},
+		}, {
 			Name:      "pipeline",
 			Usage:     "standalone vs 2-stage pipeline per token, on loopback and each link profile, measured network vs predicted",
 			UsageText: "hippo bench pipeline [--model DIR|synth:PRESET] [--link NAME ...] [--rounds N] [--max-tokens N]",
