@@ -46,6 +46,7 @@ func main() {
 			benchCommand(),
 			rankCommand(),
 			serveCommand(),
+			modelsCommand(),
 			sweepCommand(),
 			plotCommand(),
 			reportCommand(),
