@@ -14,6 +14,8 @@ type Executor struct {
 	Resolve func(ctx context.Context, name string) (string, error)
 	// Pipelines runs pipeline configurations (the zero value launches local stages).
 	Pipelines Pipelines
+	// OpenAI runs configurations of mode "openai" against a server.
+	OpenAI OpenAI
 
 	key string
 	eng *engines.Engine
@@ -25,6 +27,9 @@ type Executor struct {
 
 // Run executes one configuration.
 func (x *Executor) Run(ctx context.Context, c Config) (Result, error) {
+	if c.Mode == "openai" { // the model is a name on the server, not a checkpoint
+		return x.OpenAI.Run(ctx, c)
+	}
 	dir := c.Model
 	if x.Resolve != nil {
 		var err error
@@ -73,7 +78,7 @@ func (x *Executor) Run(ctx context.Context, c Config) (Result, error) {
 		}
 		return x.Pipelines.Run(ctx, dir, c, nil)
 	}
-	return Result{}, fmt.Errorf("mode %q is not implemented yet: use standalone, pipeline or spec", c.Mode)
+	return Result{}, fmt.Errorf("mode %q is not implemented yet: use standalone, pipeline, spec, pipeline+spec or openai", c.Mode)
 }
 
 func (x *Executor) engine(ctx context.Context, dir, dtype string) (*engines.Engine, error) {
