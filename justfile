@@ -104,3 +104,7 @@ bench-spec: build
     pair=engines/spec/testdata/pair; [ -d "$pair/target" ] || pair=models/pair
     [ -d "$pair/target" ] || { echo "no trained pair: run just train-pair"; exit 1; }
     ./bin/hippo bench spec --model "$pair/target" --draft "$pair/draft"
+
+# hippo serve vs mlx_lm.server on the same checkpoint: added TTFT and aggregate tok/s at 1, 4 and 16 streams.
+bench-serve: build
+    ./bin/hippo bench serve

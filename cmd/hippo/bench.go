@@ -42,6 +42,31 @@ func benchCommand() *cli.Command {
 				return err
 			},
 		}, {
+			Name:      "serve",
+			Usage:     "hippo serve vs mlx_lm.server on the same checkpoint: TTFT and aggregate tok/s at 1, 4 and 16 streams",
+			UsageText: "hippo bench serve [--model DIR|synth:PRESET] [--concurrency 1 --concurrency 4 ...] [--rounds N]",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "model", Value: "synth:tiny-qwen3", Usage: "checkpoint"},
+				&cli.IntSliceFlag{Name: "concurrency", Value: cli.NewIntSlice(1, 4, 16), Usage: "concurrent streams"},
+				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "measured rounds per row"},
+				&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens per stream"},
+				&cli.StringFlag{Name: "prompt", Value: "Write a haiku about latency.", Usage: "prompt"},
+			},
+			Action: func(c *cli.Context) error {
+				dir, err := synth.Resolve(c.Context, c.String("model"), modelsDir(), tokenizersDir())
+				if err != nil {
+					return err
+				}
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				return bench.CompareServers(c.Context, bench.ServeCompareOptions{
+					Model: dir, Exe: exe, Root: home(), Concurrency: c.IntSlice("concurrency"),
+					Rounds: c.Int("rounds"), MaxTokens: c.Int("max-tokens"), Prompt: c.String("prompt"),
+				}, os.Stdout)
+			},
+		}, {
 			Name:      "spec",
 			Usage:     "speculative vs standalone decoding for K = 1..N and each drafter, measured speedup beside the analytic one",
 			UsageText: "hippo bench spec --model DIR --draft DIR [--drafter model --drafter lookup] [--max-k 8] [--rounds N]",
