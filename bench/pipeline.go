@@ -136,6 +136,9 @@ func (p *Pipelines) Run(ctx context.Context, dir string, c Config, onToken func(
 		}
 		p.key = key
 	}
+	if p.driver.ReplyTopK, err = ParseReply(c.Reply); err != nil {
+		return Result{}, err
+	}
 	c.Model = dir
 	if c.Mode != "pipeline+spec" {
 		c.Mode = "pipeline"
@@ -180,3 +183,15 @@ func (p *Pipelines) Close() error {
 
 // Local returns the running child stages (nil before the first run), for tests.
 func (p *Pipelines) Local() *pipeline.Local { return p.local }
+
+// ParseReply reads --reply: "" or "token" (0), or "topk:K".
+func ParseReply(s string) (int, error) {
+	if s == "" || s == "token" {
+		return 0, nil
+	}
+	var k int
+	if n, err := fmt.Sscanf(s, "topk:%d", &k); n != 1 || err != nil || k < 1 || k > 65535 {
+		return 0, fmt.Errorf("reply %q: use token or topk:K with 1 <= K <= 65535", s)
+	}
+	return k, nil
+}

@@ -60,6 +60,7 @@ func TestPipelineMatchesStandalone(t *testing.T) {
 		{"qwen3 2 stages", "tiny-qwen3", Config{Stages: 2}},
 		{"qwen3 3 stages", "tiny-qwen3", Config{Stages: 3}},
 		{"qwen3 uneven split", "tiny-qwen3", Config{Split: "0:1,1:4"}},
+		{"qwen3 top-k replies", "tiny-qwen3", Config{Stages: 2, Reply: "topk:8"}},
 		{"qwen3 bf16 over thunderbolt", "tiny-qwen3", Config{Stages: 2, Link: "thunderbolt", Dtype: "bf16"}},
 		{"llama 2 stages", "tiny-llama", Config{Stages: 2}},
 		{"llama uneven 3 stages", "tiny-llama", Config{Split: "0:2,2:3,3:4"}},

@@ -30,6 +30,9 @@ type Config struct {
 	// Hosts is a hosts file (see LoadHosts) naming ranks already running on other machines;
 	// empty starts the other stages as local processes.
 	Hosts string `json:"hosts,omitempty" yaml:"hosts"`
+	// Reply is what the last stage sends back: "token" (it samples; the default) or "topk:K"
+	// (its K most likely tokens with log-probabilities; the driver samples).
+	Reply string `json:"reply,omitempty" yaml:"reply"`
 
 	// Speculative settings.
 	Drafter     string `json:"drafter,omitempty" yaml:"drafter"`

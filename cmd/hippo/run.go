@@ -39,6 +39,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced)"},
 			&cli.StringFlag{Name: "link", Value: "loopback", Usage: "pipeline: link profile (loopback, thunderbolt, wifi, ethernet-1g, ethernet-10g, custom:latency=..,jitter=..,bandwidth=..)"},
 			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "pipeline: tcp"},
+			&cli.StringFlag{Name: "reply", Value: "token", Usage: "pipeline: the last stage replies with the sampled token, or topk:K candidates the driver samples from"},
 			&cli.StringFlag{Name: "hosts", Usage: "pipeline: YAML file with the address of each stage's `hippo rank` on other machines (default: start the stages here)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -47,7 +48,7 @@ func runCommand() *cli.Command {
 				Chat: c.Bool("chat"), MaxTokens: c.Int("max-tokens"), IgnoreEOS: c.Bool("ignore-eos"),
 				Temperature: c.Float64("temperature"), TopP: c.Float64("top-p"), Seed: c.Uint64("seed"),
 				Dtype: c.String("dtype"), Mode: c.String("mode"), Stages: c.Int("stages"), Split: c.String("split"),
-				Link: c.String("link"), Transport: c.String("transport"), Hosts: c.String("hosts"),
+				Link: c.String("link"), Transport: c.String("transport"), Hosts: c.String("hosts"), Reply: c.String("reply"),
 				Drafter: c.String("drafter"), Draft: c.String("draft"), DraftTokens: c.Int("draft-tokens"),
 			}
 			switch cfg.Mode {

@@ -27,6 +27,9 @@ type Driver struct {
 	session uint64
 	hidden  int
 	dtype   transport.DType
+	// ReplyTopK, when > 0, asks the last stage for its top-k candidates on every step and samples
+	// at the driver (also for greedy decoding); 0 lets the last stage sample greedy steps itself.
+	ReplyTopK int
 }
 
 // OpenDriver loads stage 0 of plan and connects to stage 1 at addr, retrying until ctx ends (so
@@ -82,8 +85,8 @@ func (d *Driver) Generate(ctx context.Context, r engines.Request, emit func(engi
 		return st, err
 	}
 	rng := rand.New(rand.NewPCG(r.Seed, 0x9E3779B97F4A7C15))
-	topK := 0
-	if r.Temperature > 0 {
+	topK := d.ReplyTopK
+	if r.Temperature > 0 && topK == 0 {
 		topK = SampleTopK
 	}
 	start := time.Now()
@@ -171,6 +174,9 @@ func (d *Driver) Generate(ctx context.Context, r engines.Request, emit func(engi
 // pick chooses the next token: the last stage's greedy choice, or a draw from its top candidates
 // at the request's temperature and top-p.
 func (d *Driver) pick(reply transport.Reply, r engines.Request, rng *rand.Rand) (int, error) {
+	if r.Temperature == 0 && len(reply.TopK) > 0 {
+		return int(reply.TopK[0].ID), nil // candidates come most likely first
+	}
 	if r.Temperature == 0 {
 		if len(reply.Tokens) == 0 {
 			return 0, fmt.Errorf("pipeline: the last stage replied without a token")
