@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -91,7 +92,7 @@ func TestPipelineMatchesStandalone(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !equalInts(got.Tokens, want.Tokens) {
+			if !slices.Equal(got.Tokens, want.Tokens) {
 				t.Fatalf("pipeline tokens = %v; standalone %v", got.Tokens, want.Tokens)
 			}
 			stages := max(c.Stages, strings.Count(c.Split, ",")+1)
@@ -102,18 +103,6 @@ func TestPipelineMatchesStandalone(t *testing.T) {
 			}
 		})
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestPipelineStageKilled: a stage that dies mid-generation makes the driver fail within 5 s with
@@ -234,7 +223,7 @@ func TestPipelineSpecMatchesStandalone(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !equalInts(got.Tokens, want.Tokens) {
+			if !slices.Equal(got.Tokens, want.Tokens) {
 				t.Fatalf("pipeline+spec tokens = %v; standalone %v", got.Tokens, want.Tokens)
 			}
 			if got.Acceptance == nil {

@@ -37,25 +37,9 @@ func Spec(ctx context.Context, e SpecGenerator, d engines.Drafter, c Config, onT
 	if k == 0 {
 		k = 4
 	}
-	dec := e.Tokenizer().NewStreamDecoder()
-	var text []byte
-	st, ss, err := e.GenerateSpec(ctx, engines.Request{
-		Tokens: prompt, MaxTokens: c.MaxTokens, Temperature: c.Temperature, TopP: c.TopP,
-		Seed: c.Seed, IgnoreEOS: c.IgnoreEOS,
-	}, d, k, func(t engines.Token) error {
-		s := dec.Add(t.ID)
-		text = append(text, s...)
-		if onToken != nil && s != "" {
-			onToken(s)
-		}
-		return nil
-	})
-	tail := dec.Flush()
-	text = append(text, tail...)
-	if onToken != nil && tail != "" {
-		onToken(tail)
-	}
-	fill(&res, st, string(text))
+	out := newTextStream(e.Tokenizer(), onToken)
+	st, ss, err := e.GenerateSpec(ctx, request(c, prompt), d, k, out.emit)
+	fill(&res, st, out.finish())
 	for i := range res.Steps {
 		if i < len(ss.Steps) {
 			s := ss.Steps[i]

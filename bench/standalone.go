@@ -42,29 +42,48 @@ func Measure(ctx context.Context, e Generator, c Config, onToken func(text strin
 	if err != nil {
 		return res, err
 	}
-	dec := e.Tokenizer().NewStreamDecoder()
-	var text []byte
-	st, err := e.Generate(ctx, engines.Request{
-		Tokens: prompt, MaxTokens: c.MaxTokens, Temperature: c.Temperature, TopP: c.TopP,
-		Seed: c.Seed, IgnoreEOS: c.IgnoreEOS,
-	}, func(t engines.Token) error {
-		s := dec.Add(t.ID)
-		text = append(text, s...)
-		if onToken != nil && s != "" {
-			onToken(s)
-		}
-		return nil
-	})
-	tail := dec.Flush()
-	text = append(text, tail...)
-	if onToken != nil && tail != "" {
-		onToken(tail)
-	}
-	fill(&res, st, string(text))
+	out := newTextStream(e.Tokenizer(), onToken)
+	st, err := e.Generate(ctx, request(c, prompt), out.emit)
+	fill(&res, st, out.finish())
 	if err != nil {
 		return res, fmt.Errorf("%s run: %w", c.Mode, err)
 	}
 	return res, nil
+}
+
+// request is the engine request of a configuration.
+func request(c Config, prompt []int) engines.Request {
+	return engines.Request{Tokens: prompt, MaxTokens: c.MaxTokens, Temperature: c.Temperature, TopP: c.TopP,
+		Seed: c.Seed, IgnoreEOS: c.IgnoreEOS}
+}
+
+// textStream decodes generated tokens into text as they come, passing each piece to onToken.
+type textStream struct {
+	dec     *tokenizer.StreamDecoder
+	text    []byte
+	onToken func(string)
+}
+
+func newTextStream(tok *tokenizer.Tokenizer, onToken func(string)) *textStream {
+	return &textStream{dec: tok.NewStreamDecoder(), onToken: onToken}
+}
+
+func (t *textStream) emit(tk engines.Token) error {
+	t.add(t.dec.Add(tk.ID))
+	return nil
+}
+
+func (t *textStream) add(s string) {
+	t.text = append(t.text, s...)
+	if t.onToken != nil && s != "" {
+		t.onToken(s)
+	}
+}
+
+// finish flushes the decoder and returns the whole text.
+func (t *textStream) finish() string {
+	t.add(t.dec.Flush())
+	return string(t.text)
 }
 
 // fill copies engine statistics into a Result.

@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -77,7 +78,7 @@ func (w *Weights) raw(n string, want ...int) (mlx.Array, error) {
 	if !ok {
 		return mlx.Array{}, fmt.Errorf("model: %s: tensor %q is missing: %w (truncated download, or a config for a different model?)", w.dir, full, ErrCheckpoint)
 	}
-	if want != nil && !equalShape(info.Shape, want) {
+	if want != nil && !slices.Equal(info.Shape, want) {
 		return mlx.Array{}, fmt.Errorf("model: %s: tensor %q has shape %v, the config implies %v: %w", w.dir, full, info.Shape, want, ErrCheckpoint)
 	}
 	dt, ok := stDTypes[info.DType]
@@ -106,18 +107,6 @@ func (w *Weights) raw(n string, want ...int) (mlx.Array, error) {
 	w.owned = append(w.owned, a)
 	w.bytes += int64(a.NBytes())
 	return a, nil
-}
-
-func equalShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Tensor loads a dense tensor with the given shape.
