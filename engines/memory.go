@@ -32,6 +32,19 @@ func (e Estimate) Total() int64 { return e.Weights + e.KVCache + e.Overhead }
 // EstimateMemory predicts the memory of running c in compute dtype dt with context tokens of
 // KV cache, counting the compute dtype (float32 doubles a bf16 checkpoint) and quantization.
 func EstimateMemory(c *model.Config, dt mlx.DType, context int) Estimate {
+	p := weightParts(c, dt)
+	var cache int64
+	for i := 0; i < c.NumLayers; i++ {
+		cache += LayerKVBytes(c, dt, context, i)
+	}
+	return Estimate{Weights: int64(c.NumLayers)*p.layer + p.embed + p.head, KVCache: cache, Overhead: overhead(c, dt, context)}
+}
+
+// parts are the weight bytes of one layer, of the embedding table and of the head (final norm,
+// plus lm_head when it is not tied to the embeddings).
+type parts struct{ layer, embed, head int64 }
+
+func weightParts(c *model.Config, dt mlx.DType) parts {
 	el := int64(dt.Size())
 	hd := c.KVHeadDim()
 	h, inter, v := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.VocabSize)
@@ -43,18 +56,36 @@ func EstimateMemory(c *model.Config, dt mlx.DType, context int) Estimate {
 		g := int64(c.Quantization.GroupSize)
 		return out*in*int64(c.Quantization.Bits)/8 + 2*out*(in/g)*el
 	}
-	perLayer := matrix(q, h) + 2*matrix(kv, h) + matrix(h, q) + 3*matrix(inter, h) + 4*h*el + 2*int64(hd)*el
-	w := int64(c.NumLayers)*perLayer + matrix(v, h) + h*el
-	if !c.Tied() {
-		w += matrix(v, h)
+	p := parts{
+		layer: matrix(q, h) + 2*matrix(kv, h) + matrix(h, q) + 3*matrix(inter, h) + 4*h*el + 2*int64(hd)*el,
+		embed: matrix(v, h),
+		head:  h * el,
 	}
-	// KV cache grows in 256-position chunks.
-	ctx := int64((context + 255) / 256 * 256)
-	cache := 2 * int64(c.NumLayers) * kv * ctx * el
-	// Activations of one prefill chunk (attention scores dominate) plus logits, and the runtime.
+	if !c.Tied() {
+		p.head += matrix(v, h)
+	}
+	return p
+}
+
+// LayerKVBytes is the KV cache of layer i after context tokens. A full-attention cache grows in
+// 256-position chunks. A sliding-window layer's rotating cache (Gemma 3's local layers) holds its
+// window while decoding, but right after a prefill chunk it holds window-1 old positions plus the
+// whole chunk (as mlx-lm's does), and that peak is what must fit.
+func LayerKVBytes(c *model.Config, dt mlx.DType, context, i int) int64 {
+	per := 2 * int64(c.NumKVHeads*c.KVHeadDim()) * int64(dt.Size())
+	if w := c.LayerWindow(i); w > 0 {
+		return per * int64(min(context, w-1+min(context, PrefillChunk)))
+	}
+	return per * int64((context+255)/256*256)
+}
+
+// overhead is the activations of one prefill chunk (attention scores dominate) plus logits, and
+// the runtime.
+func overhead(c *model.Config, dt mlx.DType, context int) int64 {
+	el := int64(dt.Size())
 	chunk := int64(min(context, PrefillChunk))
-	act := int64(c.NumHeads)*chunk*chunk*4 + 4*chunk*max(inter, h)*el + 2*v*4
-	return Estimate{Weights: w, KVCache: cache, Overhead: act + 256<<20}
+	act := int64(c.NumHeads)*chunk*chunk*4 + 4*chunk*int64(max(c.IntermediateSize, c.HiddenSize))*el + 2*int64(c.VocabSize)*4
+	return act + 256<<20
 }
 
 // BytesPerToken is the weight bytes one decode step reads: every matrix once, except that only one

@@ -47,6 +47,7 @@ func main() {
 			rankCommand(),
 			serveCommand(),
 			modelsCommand(),
+			planCommand(),
 			sweepCommand(),
 			plotCommand(),
 			reportCommand(),

@@ -112,6 +112,9 @@ func ParseConfig(b []byte, name string) (*Config, error) {
 			merged["model_type"] = "gemma3_text"
 		}
 	}
+	if mt, _ := merged["model_type"].(string); configDefaults[mt] != nil {
+		configDefaults[mt](merged, raw)
+	}
 	if _, ok := merged["quantization"]; !ok {
 		if q, ok := merged["quantization_config"]; ok {
 			merged["quantization"] = q
@@ -175,6 +178,11 @@ func (c *Config) validate() error {
 type builder func(c *Config, w *Weights) (Model, error)
 
 var registry = map[string]builder{}
+
+// configDefaults fill in, before validation, the fields an architecture's config.json may leave
+// out, as the reference implementation's defaults do. merged is the (text) model's config, top the
+// whole file.
+var configDefaults = map[string]func(merged, top map[string]any){}
 
 // register makes an architecture loadable by its config.json model_type.
 func register(modelType string, b builder) { registry[modelType] = b }

@@ -45,6 +45,39 @@ type tensor struct {
 // Write synthesizes the checkpoint described by o and returns the config it wrote. Must run on
 // the MLX thread.
 func Write(o Options) (map[string]any, error) {
+	c, err := prepare(o)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return nil, fmt.Errorf("synth: %w", err)
+	}
+	if err := writeTensors(o, c.tensors, c.dt, c.stDT, c.gs); err != nil {
+		return nil, err
+	}
+	b, _ := json.MarshalIndent(c.file, "", "  ")
+	if err := os.WriteFile(filepath.Join(o.Out, "config.json"), append(b, '\n'), 0o644); err != nil {
+		return nil, fmt.Errorf("synth: %w", err)
+	}
+	if o.Tokenizer != "" {
+		if err := copyTokenizer(o.Tokenizer, o.Out); err != nil {
+			return nil, err
+		}
+	}
+	return c.file, nil
+}
+
+// checkpoint is what Write would write for some Options, before any tensor is generated.
+type checkpoint struct {
+	file    map[string]any // config.json as written
+	tensors []tensor
+	dt      mlx.DType
+	stDT    safetensors.DType
+	gs      int
+}
+
+// prepare resolves o into a config and a tensor layout, without MLX.
+func prepare(o Options) (*checkpoint, error) {
 	p, err := Lookup(o.Preset)
 	if err != nil {
 		return nil, err
@@ -88,22 +121,11 @@ func Write(o Options) (map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("synth: %w", err)
+	file := cfg
+	if cfg["model_type"] == "gemma3" {
+		file = multimodalConfig(cfg)
 	}
-	if err := writeTensors(o, ts, dt, stDT, gs); err != nil {
-		return nil, err
-	}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
-	if err := os.WriteFile(filepath.Join(o.Out, "config.json"), append(b, '\n'), 0o644); err != nil {
-		return nil, fmt.Errorf("synth: %w", err)
-	}
-	if o.Tokenizer != "" {
-		if err := copyTokenizer(o.Tokenizer, o.Out); err != nil {
-			return nil, err
-		}
-	}
-	return cfg, nil
+	return &checkpoint{file: file, tensors: ts, dt: dt, stDT: stDT, gs: gs}, nil
 }
 
 func storageDType(s string) (mlx.DType, safetensors.DType, error) {
@@ -145,15 +167,25 @@ func layout(arch string, cfg map[string]any) ([]tensor, error) {
 		return tensor{name: name, shape: []int{out, in}, std: 1 / math.Sqrt(float64(in)), quantize: true}
 	}
 	norm := func(name string, n int) tensor { return tensor{name: name, shape: []int{n}, ones: true} }
+	if arch == "gemma3" {
+		// Gemma scales by 1 + weight: a weight near 0 is the near-identity norm the others get.
+		norm = func(name string, n int) tensor { return tensor{name: name, shape: []int{n}, std: 0.1} }
+	}
+	pre := tensorPrefix(cfg)
 	// Embeddings are small next to what the layers add, so that a tied lm_head does not simply
 	// echo the input token: random models then generate varied text, which parity tests need.
-	ts := []tensor{{name: "model.embed_tokens.weight", shape: []int{vocab, h}, std: 0.1, quantize: true}, norm("model.norm.weight", h)}
+	embStd := 0.1
+	if arch == "gemma3" {
+		// Gemma multiplies embeddings by sqrt(hidden): keep the scaled ones at std 0.25.
+		embStd = 0.25 / math.Sqrt(float64(h))
+	}
+	ts := []tensor{{name: pre + "model.embed_tokens.weight", shape: []int{vocab, h}, std: embStd, quantize: true}, norm(pre+"model.norm.weight", h)}
 	tied, _ := cfg["tie_word_embeddings"].(bool)
 	if !tied {
-		ts = append(ts, lin("lm_head.weight", vocab, h))
+		ts = append(ts, lin(pre+"lm_head.weight", vocab, h))
 	}
 	for i := 0; i < l; i++ {
-		p := fmt.Sprintf("model.layers.%d.", i)
+		p := fmt.Sprintf("%smodel.layers.%d.", pre, i)
 		ts = append(ts,
 			lin(p+"self_attn.q_proj.weight", heads*hd, h),
 			lin(p+"self_attn.k_proj.weight", kv*hd, h),
@@ -183,15 +215,16 @@ type entry struct {
 	part string // "", "weight", "scales", "biases"
 }
 
-func writeTensors(o Options, ts []tensor, dt mlx.DType, stDT safetensors.DType, gs int) error {
+// stored lists the tensors as stored, sorted by name: a quantized matrix becomes three.
+func stored(ts []tensor, bits, gs int, stDT safetensors.DType) []entry {
 	var entries []entry
 	for i := range ts {
 		t := &ts[i]
-		if o.Bits != 0 && t.quantize && t.shape[1]%gs == 0 {
+		if bits != 0 && t.quantize && t.shape[1]%gs == 0 {
 			base := strings.TrimSuffix(t.name, ".weight")
 			out, in := t.shape[0], t.shape[1]
 			entries = append(entries,
-				entry{safetensors.TensorInfo{Name: base + ".weight", DType: "U32", Shape: []int{out, in * o.Bits / 32}}, t, "weight"},
+				entry{safetensors.TensorInfo{Name: base + ".weight", DType: "U32", Shape: []int{out, in * bits / 32}}, t, "weight"},
 				entry{safetensors.TensorInfo{Name: base + ".scales", DType: stDT, Shape: []int{out, in / gs}}, t, "scales"},
 				entry{safetensors.TensorInfo{Name: base + ".biases", DType: stDT, Shape: []int{out, in / gs}}, t, "biases"})
 			continue
@@ -199,8 +232,12 @@ func writeTensors(o Options, ts []tensor, dt mlx.DType, stDT safetensors.DType, 
 		entries = append(entries, entry{safetensors.TensorInfo{Name: t.name, DType: stDT, Shape: t.shape}, t, ""})
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].info.Name < entries[j].info.Name })
+	return entries
+}
 
-	limit := o.ShardBytes
+// shard splits entries into files of at most limit bytes of data (0 means 4 GiB) and returns the
+// total data size.
+func shard(entries []entry, limit int64) ([][]entry, int64) {
 	if limit == 0 {
 		limit = 4 << 30
 	}
@@ -216,6 +253,22 @@ func writeTensors(o Options, ts []tensor, dt mlx.DType, stDT safetensors.DType, 
 		size += n
 		total += n
 	}
+	return shards, total
+}
+
+// shardName is the file name of shard i of n, as Hugging Face names them.
+func shardName(i, n int) string {
+	if n == 1 {
+		return "model.safetensors"
+	}
+	return fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, n)
+}
+
+// fileMetadata is the safetensors metadata mlx-lm writes.
+var fileMetadata = map[string]string{"format": "mlx"}
+
+func writeTensors(o Options, ts []tensor, dt mlx.DType, stDT safetensors.DType, gs int) error {
+	shards, total := shard(stored(ts, o.Bits, gs, stDT), o.ShardBytes)
 	weightMap := map[string]string{}
 	// Quantized tensors come in threes from one source matrix; cache the last quantization.
 	var cache struct {
@@ -223,16 +276,13 @@ func writeTensors(o Options, ts []tensor, dt mlx.DType, stDT safetensors.DType, 
 		parts map[string][]byte
 	}
 	for si, shard := range shards {
-		name := "model.safetensors"
-		if len(shards) > 1 {
-			name = fmt.Sprintf("model-%05d-of-%05d.safetensors", si+1, len(shards))
-		}
+		name := shardName(si, len(shards))
 		infos := make([]safetensors.TensorInfo, len(shard))
 		for i, e := range shard {
 			infos[i] = e.info
 			weightMap[e.info.Name] = name
 		}
-		w, err := safetensors.Create(filepath.Join(o.Out, name), infos, map[string]string{"format": "mlx"})
+		w, err := safetensors.Create(filepath.Join(o.Out, name), infos, fileMetadata)
 		if err != nil {
 			return fmt.Errorf("synth: %w", err)
 		}

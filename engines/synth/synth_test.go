@@ -21,6 +21,8 @@ func TestWriteLoadsAndRuns(t *testing.T) {
 		{"llama f32", Options{Preset: "tiny-llama", DType: "f32"}},
 		{"qwen3 4-bit", Options{Preset: "tiny-qwen3", Bits: 4}},
 		{"llama 8-bit sharded", Options{Preset: "tiny-llama", Bits: 8, ShardBytes: 1 << 20}},
+		{"gemma3 bf16", Options{Preset: "tiny-gemma3"}},
+		{"gemma3 multimodal layout 4-bit", Options{Preset: "tiny-gemma3-mm", Bits: 4}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
