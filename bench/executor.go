@@ -22,7 +22,7 @@ type Executor struct {
 
 	draftKey string
 	draft    engines.Drafter
-	draftEng *engines.Engine
+	draftEng Closer
 }
 
 // Run executes one configuration.
@@ -60,7 +60,7 @@ func (x *Executor) Run(ctx context.Context, c Config) (Result, error) {
 		key := c.Drafter + "\x00" + draftDir + "\x00" + c.Dtype
 		if x.draft == nil || x.draftKey != key {
 			x.closeDraft()
-			if x.draft, x.draftEng, err = NewDrafter(ctx, c.Drafter, draftDir, c.Dtype); err != nil {
+			if x.draft, x.draftEng, err = NewDrafter(ctx, c.Drafter, draftDir, c.Dtype, e); err != nil {
 				return Result{}, err
 			}
 			x.draftKey = key
@@ -103,6 +103,9 @@ func (x *Executor) closeDraft() {
 }
 
 func (x *Executor) closeEngine() {
+	if _, ok := x.draft.(engines.FeatureDrafter); ok {
+		x.closeDraft() // a dflash drafter lives on the engine's thread and dies with it
+	}
 	if x.eng != nil {
 		x.eng.Close()
 		x.eng, x.key = nil, ""
@@ -111,7 +114,7 @@ func (x *Executor) closeEngine() {
 
 // Close frees the loaded engines and stops any pipeline.
 func (x *Executor) Close() error {
-	x.closeEngine()
 	x.closeDraft()
+	x.closeEngine()
 	return x.Pipelines.Close()
 }

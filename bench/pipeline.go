@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/pipeline"
 	"github.com/hippo-bench/hippo/transport"
@@ -25,7 +26,7 @@ type Pipelines struct {
 
 	draftKey string
 	draft    engines.Drafter
-	draftEng *engines.Engine
+	draftEng Closer
 }
 
 func (p *Pipelines) closeDraft() {
@@ -61,7 +62,29 @@ func PlanFor(dir string, c Config) (pipeline.Plan, error) {
 		if stages == 0 {
 			stages = 2
 		}
-		split, err = pipeline.Balance(cfg.NumLayers, stages)
+		// Balance the bytes each stage reads per token, the lm_head included.
+		dt, derr := mlx.ParseDType(orDefault(c.Dtype, engines.DefaultDType()))
+		if derr != nil {
+			return pipeline.Plan{}, derr
+		}
+		one := *cfg
+		one.NumLayers = 1
+		perLayer := engines.BytesPerToken(&one, dt)
+		one.NumLayers = 0
+		head := engines.BytesPerToken(&one, dt)
+		layer := make([]int64, cfg.NumLayers)
+		for i := range layer {
+			layer[i] = perLayer - head
+		}
+		if stages < 2 || stages > cfg.NumLayers {
+			return pipeline.Plan{}, fmt.Errorf("%d stages for %d layers: use 2 to %d stages", stages, cfg.NumLayers, cfg.NumLayers)
+		}
+		split = engines.BalanceBytes(layer, stages, func(s int) int64 {
+			if s == stages-1 {
+				return head
+			}
+			return 0
+		})
 	}
 	if err != nil {
 		return pipeline.Plan{}, err
@@ -70,8 +93,12 @@ func PlanFor(dir string, c Config) (pipeline.Plan, error) {
 	if err != nil {
 		return pipeline.Plan{}, err
 	}
-	if c.Transport != "" && c.Transport != "tcp" {
-		return pipeline.Plan{}, fmt.Errorf("transport %q is not available: use tcp", c.Transport)
+	tr, err := pipeline.ParseTransport(c.Transport)
+	if err != nil {
+		return pipeline.Plan{}, err
+	}
+	if tr == pipeline.TransportRing && link.Name != "loopback" {
+		return pipeline.Plan{}, fmt.Errorf("link %s with transport %s: link profiles shape the project's TCP framing only; MLX's ring runs on its own sockets: use --link loopback (or real interfaces)", link.Name, tr)
 	}
 	fp, err := model.Fingerprint(dir)
 	if err != nil {
@@ -82,7 +109,7 @@ func PlanFor(dir string, c Config) (pipeline.Plan, error) {
 		dt = engines.DefaultDType()
 	}
 	return pipeline.Plan{Model: dir, DType: dt, Split: split, Link: link, Fingerprint: fp, Layers: cfg.NumLayers,
-		Secret: os.Getenv(transport.SecretEnv)}, nil
+		Secret: os.Getenv(transport.SecretEnv), Transport: tr}, nil
 }
 
 func orDefault(s, d string) string {
@@ -98,7 +125,12 @@ func (p *Pipelines) Run(ctx context.Context, dir string, c Config, onToken func(
 	if err != nil {
 		return Result{}, err
 	}
-	key := fmt.Sprintf("%s|%s|%s|%s|%s", dir, plan.DType, pipeline.FormatSplit(plan.Split), plan.Link, c.Hosts)
+	if c.Mode == "pipeline+spec" && plan.Transport == pipeline.TransportRing {
+		// The drafter runs MLX on its own thread while the ring waits on another, and this
+		// process's MLX scope state is not safe for that overlap.
+		return Result{}, fmt.Errorf("pipeline+spec runs over --transport tcp only (its drafter would run MLX beside the ring's thread)")
+	}
+	key := fmt.Sprintf("%s|%s|%s|%s|%s|%s", dir, plan.DType, pipeline.FormatSplit(plan.Split), plan.Link, c.Hosts, plan.Transport)
 	if p.driver == nil || p.key != key {
 		p.Close()
 		addr := ""
@@ -110,7 +142,9 @@ func (p *Pipelines) Run(ctx context.Context, dir string, c Config, onToken func(
 			if len(h.Stages) != len(plan.Split) {
 				return Result{}, fmt.Errorf("hosts: %s lists %d stages, the split has %d", c.Hosts, len(h.Stages), len(plan.Split))
 			}
-			addr = h.Stages[1].Addr
+			if addr = h.Stages[1].Addr; plan.Transport == pipeline.TransportRing {
+				addr = "" // each machine's MLX_RANK and MLX_HOSTFILE describe the ring
+			}
 		} else {
 			exe := p.Exe
 			if exe == "" {
@@ -145,13 +179,13 @@ func (p *Pipelines) Run(ctx context.Context, dir string, c Config, onToken func(
 	}
 	c.Stages = len(plan.Split)
 	c.Link = plan.Link.String()
-	c.Transport = "tcp"
+	c.Transport = plan.Transport
 	var res Result
 	if c.Mode == "pipeline+spec" {
 		// The drafter lives on the driver's machine, next to stage 0.
 		if p.draft == nil || p.draftKey != c.Drafter+"\x00"+c.Draft {
 			p.closeDraft()
-			if p.draft, p.draftEng, err = NewDrafter(ctx, c.Drafter, c.Draft, c.Dtype); err != nil {
+			if p.draft, p.draftEng, err = NewDrafter(ctx, c.Drafter, c.Draft, c.Dtype, nil); err != nil {
 				return Result{}, err
 			}
 			p.draftKey = c.Drafter + "\x00" + c.Draft

@@ -36,6 +36,9 @@ func Spec(ctx context.Context, e SpecGenerator, d engines.Drafter, c Config, onT
 	k := c.DraftTokens
 	if k == 0 {
 		k = 4
+		if b, ok := d.(interface{ BlockSize() int }); ok { // dflash: fill its trained block
+			k = b.BlockSize() - 1
+		}
 	}
 	out := newTextStream(e.Tokenizer(), onToken)
 	st, ss, err := e.GenerateSpec(ctx, request(c, prompt), d, k, out.emit)
@@ -72,9 +75,14 @@ func Spec(ctx context.Context, e SpecGenerator, d engines.Drafter, c Config, onT
 	return res, nil
 }
 
+// Closer frees what NewDrafter opened.
+type Closer interface{ Close() }
+
 // NewDrafter builds the drafter a configuration names. A model drafter opens its checkpoint
-// (draftDir); the caller closes the returned engine, if any.
-func NewDrafter(ctx context.Context, name, draftDir, dtype string) (engines.Drafter, *engines.Engine, error) {
+// (draftDir); a dflash drafter loads its draft checkpoint (draftDir) onto target, the engine it
+// will draft for (nil in pipeline modes, which dflash does not support). The caller closes the
+// returned Closer, if any, before target.
+func NewDrafter(ctx context.Context, name, draftDir, dtype string, target *engines.Engine) (engines.Drafter, Closer, error) {
 	switch name {
 	case "lookup":
 		return engines.LookupDrafter{}, nil, nil
@@ -88,7 +96,17 @@ func NewDrafter(ctx context.Context, name, draftDir, dtype string) (engines.Draf
 		}
 		return engines.NewModelDrafter(de), de, nil
 	case "dflash":
-		return nil, nil, fmt.Errorf("drafter dflash is not implemented yet: use model or lookup")
+		if draftDir == "" {
+			return nil, nil, fmt.Errorf("drafter dflash needs a DFlash draft checkpoint: give --draft DIR (e.g. one written by `hippo synth --arch dflash`)")
+		}
+		if target == nil {
+			return nil, nil, fmt.Errorf("drafter dflash drafts from the target's hidden states, which only the standalone spec mode records: use mode spec, or drafter model or lookup with pipelines")
+		}
+		d, err := engines.NewDFlashDrafter(ctx, target, draftDir)
+		if err != nil {
+			return nil, nil, err
+		}
+		return d, d, nil
 	}
 	return nil, nil, fmt.Errorf("unknown drafter %q: use model, lookup or dflash", name)
 }

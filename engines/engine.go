@@ -36,6 +36,9 @@ type Engine struct {
 	dtype  mlx.DType
 	// fed is what the caches hold, for speculative decoding's trims.
 	fed fed
+	// taps records tapped hidden states while GenerateSpec runs with a FeatureDrafter; nil
+	// otherwise.
+	taps *taps
 }
 
 // DefaultDType is the fastest compute dtype of this build's MLX backend: float32 on the CPU
@@ -101,6 +104,7 @@ func (e *Engine) Close() {
 		for _, c := range e.caches {
 			c.Free()
 		}
+		e.setTaps(nil)
 		e.model.Close()
 		return nil
 	})
@@ -272,10 +276,9 @@ func (e *Engine) forward(tokens []int, head bool) (mlx.Array, error) {
 	}
 	s := mlx.NewScope()
 	m := e.model
-	h := m.Embed(mlx.FromInt32s(ids, 1, len(ids)))
-	for i, c := range e.caches {
-		h = m.Layer(i, h, c)
-	}
+	start := e.caches[0].Offset()
+	h, feat := e.layers(m.Embed(mlx.FromInt32s(ids, 1, len(ids))))
+	defer e.record(start, tokens, feat)
 	var logits mlx.Array
 	if head {
 		last := mlx.Slice(h, []int{0, len(tokens) - 1, 0}, []int{1, len(tokens), h.Dim(2)})

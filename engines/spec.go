@@ -65,10 +65,9 @@ func (e *Engine) scoreAll(tokens []int, wantProbs bool) (argmax []int, logProbs 
 	s := mlx.NewScope()
 	defer s.Close()
 	m := e.model
-	h := m.Embed(mlx.FromInt32s(ids, 1, len(ids)))
-	for i, c := range e.caches {
-		h = m.Layer(i, h, c)
-	}
+	start := e.caches[0].Offset()
+	h, feat := e.layers(m.Embed(mlx.FromInt32s(ids, 1, len(ids))))
+	defer e.record(start, tokens, feat)
 	logits := mlx.Reshape(m.Head(h), len(tokens), -1)
 	// As in sampling: normalise first, so that greedy picks what the standalone sampler picks.
 	lp := mlx.Sub(logits, mlx.LogSumExp(logits, true, -1))
@@ -124,6 +123,16 @@ func (e *Engine) GenerateSpec(ctx context.Context, r Request, d Drafter, k int, 
 	if err := d.Reset(ctx); err != nil {
 		return st, ss, err
 	}
+	// A drafter that reads the target's hidden states (DFlash) gets them recorded for the
+	// request; the plain path records nothing.
+	var tapped []int
+	if fd, ok := d.(FeatureDrafter); ok {
+		var err error
+		if tapped, err = fd.TapLayers(e); err != nil {
+			return st, ss, err
+		}
+		defer e.worker.Do(context.Background(), func() error { e.setTaps(nil); return nil })
+	}
 	rng := rand.New(rand.NewPCG(r.Seed, 0xD1B54A32D192ED03))
 	ss.ByPosition = make([]int, k)
 	ss.DraftedByPosition = make([]int, k)
@@ -135,6 +144,7 @@ func (e *Engine) GenerateSpec(ctx context.Context, r Request, d Drafter, k int, 
 			c.Reset()
 		}
 		e.fed = e.fed[:0]
+		e.setTaps(tapped)
 		mlx.ResetPeakMemory()
 		// Prefill exactly as Generate does, then sample the first token from the last position.
 		logits, err := e.prefill(r.Tokens)

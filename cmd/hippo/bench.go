@@ -87,12 +87,13 @@ func benchCommand() *cli.Command {
 			},
 		}, {
 			Name:      "pipeline",
-			Usage:     "standalone vs 2-stage pipeline per token, on loopback and each link profile, measured network vs predicted",
-			UsageText: "hippo bench pipeline [--model DIR|synth:PRESET] [--link NAME ...] [--rounds N] [--max-tokens N]",
+			Usage:     "standalone vs 2-stage pipeline per token, per link profile and transport (tcp, mlx-ring), measured network vs predicted",
+			UsageText: "hippo bench pipeline [--model DIR|synth:PRESET] [--link NAME ...] [--transport tcp --transport mlx-ring] [--rounds N] [--max-tokens N]",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "model", Value: "synth:qwen3-demo", Usage: "checkpoint"},
 				&cli.StringFlag{Name: "dtype", Usage: "compute dtype"},
 				&cli.StringSliceFlag{Name: "link", Value: cli.NewStringSlice("loopback", "ethernet-10g", "thunderbolt", "ethernet-1g", "wifi"), Usage: "link profiles"},
+				&cli.StringSliceFlag{Name: "transport", Value: cli.NewStringSlice("tcp", "mlx-ring"), Usage: "transports: tcp (the project's framing), mlx-ring (MLX's ring; loopback only)"},
 				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "measured rounds per link"},
 				&cli.IntFlag{Name: "max-tokens", Value: 32, Usage: "tokens per round"},
 				&cli.StringFlag{Name: "prompt", Value: "Describe the harbour at dawn.", Usage: "prompt"},
@@ -107,7 +108,7 @@ func benchCommand() *cli.Command {
 					return err
 				}
 				return bench.ComparePipeline(c.Context, bench.PipelineCompareOptions{
-					Model: dir, DType: c.String("dtype"), Links: c.StringSlice("link"), Rounds: c.Int("rounds"),
+					Model: dir, DType: c.String("dtype"), Links: c.StringSlice("link"), Transports: c.StringSlice("transport"), Rounds: c.Int("rounds"),
 					MaxTokens: c.Int("max-tokens"), Prompt: c.String("prompt"), Exe: exe,
 				}, os.Stdout)
 			},

@@ -16,7 +16,7 @@ func rankCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "rank",
 		Usage:     "serve one pipeline stage (layers FROM:TO of a model) for a driver on another process or machine",
-		UsageText: "hippo rank --model DIR --split 0:14,14:28 --stage 1 --listen ADDR [--next ADDR] [--dtype f32|bf16] [--link NAME] [--secret S]",
+		UsageText: "hippo rank --model DIR --split 0:14,14:28 --stage 1 --listen ADDR [--next ADDR] [--dtype f32|bf16] [--link NAME] [--secret S] [--transport tcp|mlx-ring]",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "model", Required: true, Usage: "checkpoint directory (this machine's copy), or synth:PRESET"},
 			&cli.StringFlag{Name: "split", Required: true, Usage: "every stage's layer range, as the driver uses it"},
@@ -26,13 +26,14 @@ func rankCommand() *cli.Command {
 			&cli.StringFlag{Name: "dtype", Usage: "compute dtype, the same as the driver's"},
 			&cli.StringFlag{Name: "link", Value: "loopback", Usage: "emulated link profile for what this rank sends"},
 			&cli.StringFlag{Name: "secret", Usage: "shared secret (default $" + transport.SecretEnv + ")"},
+			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "tcp, or mlx-ring: join MLX's ring as rank --stage (MLX_RANK and MLX_HOSTFILE set; --listen and --next unused)"},
 		},
 		Action: func(c *cli.Context) error {
 			dir, err := resolveModel(c.Context, c.String("model"))
 			if err != nil {
 				return err
 			}
-			plan, err := bench.PlanFor(dir, bench.Config{Split: c.String("split"), Link: c.String("link"), Dtype: c.String("dtype")})
+			plan, err := bench.PlanFor(dir, bench.Config{Split: c.String("split"), Link: c.String("link"), Dtype: c.String("dtype"), Transport: c.String("transport")})
 			if err != nil {
 				return err
 			}
@@ -40,6 +41,10 @@ func rankCommand() *cli.Command {
 				plan.Secret = s
 			}
 			stage := c.Int("stage")
+			if plan.Transport == pipeline.TransportRing {
+				r := &pipeline.Rank{Plan: plan, Stage: stage, Log: log.New(os.Stderr, fmt.Sprintf("hippo rank %d: ", stage), log.LstdFlags)}
+				return r.ServeRing(c.Context)
+			}
 			if stage < len(plan.Split)-1 && c.String("next") == "" {
 				return fmt.Errorf("stage %d is not the last of %d: give --next ADDR of stage %d", stage, len(plan.Split), stage+1)
 			}

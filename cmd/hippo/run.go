@@ -32,13 +32,13 @@ func runCommand() *cli.Command {
 			&cli.IntFlag{Name: "context", Usage: "context length the memory guard plans for (default: prompt + max tokens)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
 			&cli.StringFlag{Name: "mode", Value: "standalone", Usage: "standalone, pipeline or spec"},
-			&cli.StringFlag{Name: "drafter", Value: "model", Usage: "spec: model, lookup (or dflash)"},
-			&cli.StringFlag{Name: "draft", Usage: "spec: draft checkpoint for --drafter model (DIR or synth:PRESET)"},
+			&cli.StringFlag{Name: "drafter", Value: "model", Usage: "spec: model, lookup or dflash"},
+			&cli.StringFlag{Name: "draft", Usage: "spec: draft checkpoint for --drafter model or dflash (DIR or synth:PRESET)"},
 			&cli.IntFlag{Name: "draft-tokens", Value: 4, Usage: "spec: tokens drafted per step (K)"},
 			&cli.IntFlag{Name: "stages", Value: 2, Usage: "pipeline: number of stages"},
 			&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced)"},
 			&cli.StringFlag{Name: "link", Value: "loopback", Usage: "pipeline: link profile (loopback, thunderbolt, wifi, ethernet-1g, ethernet-10g, custom:latency=..,jitter=..,bandwidth=..)"},
-			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "pipeline: tcp"},
+			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "pipeline: tcp (the project's framing) or mlx-ring (MLX's distributed ring backend; loopback link only)"},
 			&cli.StringFlag{Name: "reply", Value: "token", Usage: "pipeline: the last stage replies with the sampled token, or topk:K candidates the driver samples from"},
 			&cli.StringFlag{Name: "hosts", Usage: "pipeline: YAML file with the address of each stage's `hippo rank` on other machines (default: start the stages here)"},
 		},
@@ -106,7 +106,7 @@ func runCommand() *cli.Command {
 				}
 				defer e.Close()
 				if cfg.Mode == "spec" {
-					d, de, err := bench.NewDrafter(c.Context, cfg.Drafter, cfg.Draft, cfg.Dtype)
+					d, de, err := bench.NewDrafter(c.Context, cfg.Drafter, cfg.Draft, cfg.Dtype, e)
 					if err != nil {
 						return err
 					}

@@ -16,7 +16,8 @@ func synthCommand() *cli.Command {
 		Usage:     "write a shape-faithful checkpoint with seeded random weights",
 		UsageText: "hippo synth --preset NAME --out DIR [--arch qwen3|llama|gemma3] [--seed N] [--tokenizer DIR] [--layers N] [--dtype bf16|f16|f32] [--bits 4|8] [--set key=value ...]",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "arch", Usage: "architecture (checked against the preset)"},
+			&cli.StringFlag{Name: "arch", Usage: "architecture (checked against the preset); dflash writes a DFlash draft: " + fmt.Sprint(synth.DFlashNames())},
+			&cli.StringFlag{Name: "target", Usage: "with --arch dflash: the target checkpoint the draft must fit"},
 			&cli.StringFlag{Name: "preset", Required: true, Usage: "shape to reproduce: " + fmt.Sprint(synth.Names())},
 			&cli.Uint64Flag{Name: "seed", Usage: "random seed"},
 			&cli.StringFlag{Name: "tokenizer", Usage: "directory with tokenizer.json to copy (default: the preset's real tokenizer from `just setup`)"},
@@ -28,6 +29,9 @@ func synthCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "set", Usage: "override a config.json field (key=value, value as JSON)"},
 		},
 		Action: func(c *cli.Context) error {
+			if c.String("arch") == "dflash" {
+				return synthDFlash(c)
+			}
 			p, err := synth.Lookup(c.String("preset"))
 			if err != nil {
 				return err

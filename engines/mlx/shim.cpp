@@ -388,3 +388,44 @@ void hp_reset_peak_memory(void) { mx::reset_peak_memory(); }
 void hp_clear_cache(void) { mx::clear_cache(); }
 
 }  // extern "C"
+
+namespace dist = mx::distributed;
+
+struct hp_group_s {
+  dist::Group g;
+};
+
+extern "C" {
+
+int hp_dist_init(hp_group* out, const char* backend, int rank, const char* hostfile) {
+  HP_TRY({
+    std::string bk = backend ? backend : "";
+    if (bk.empty()) throw std::invalid_argument("no distributed backend named");
+    if (!dist::is_available(bk)) {
+      throw std::runtime_error("distributed backend \"" + bk + "\" is not available in MLX " + mx::version());
+    }
+    if (hostfile != nullptr) {
+      if (rank < 0) throw std::invalid_argument("negative rank " + std::to_string(rank));
+      std::string r = std::to_string(rank);
+      if (setenv("MLX_RANK", r.c_str(), 1) != 0 || setenv("MLX_HOSTFILE", hostfile, 1) != 0) {
+        throw std::runtime_error("setenv MLX_RANK/MLX_HOSTFILE failed");
+      }
+    }
+    dist::clear_backends();
+    *out = new hp_group_s{dist::init(true, bk)};
+  })
+}
+
+void hp_dist_free(hp_group g) { delete g; }
+
+int hp_dist_rank(hp_group g) { return g->g.rank(); }
+
+int hp_dist_size(hp_group g) { return g->g.size(); }
+
+int hp_dist_send(hp_array* out, hp_group g, hp_array x, int dst) { HP_TRY(*out = wrap(dist::send(x->a, dst, g->g))) }
+
+int hp_dist_recv(hp_array* out, hp_group g, const int* shape, int ndim, int dtype, int src) {
+  HP_TRY(*out = wrap(dist::recv(to_shape(shape, ndim), to_dtype(dtype), src, g->g)))
+}
+
+}  // extern "C"

@@ -110,6 +110,25 @@ size_t hp_cache_memory(void);
 void hp_reset_peak_memory(void);
 void hp_clear_cache(void);
 
+// Distributed communication (mlx::core::distributed). A group is an opaque owning handle freed
+// with hp_dist_free; MLX keeps the group alive while unevaluated send/recv arrays refer to it.
+typedef struct hp_group_s* hp_group;
+
+// hp_dist_init joins a new group of the given backend ("ring", ...) strictly: it fails, never
+// falls back to a single-process group. With hostfile non-NULL it first sets MLX_RANK=rank and
+// MLX_HOSTFILE=hostfile in the process environment, which is where MLX's ring backend reads
+// them; with hostfile NULL the environment is used as it is. It drops MLX's cache of groups
+// first, so a process may build a new group after freeing the previous one. The ring backend
+// blocks until every rank of the hostfile is connected.
+int hp_dist_init(hp_group* out, const char* backend, int rank, const char* hostfile);
+void hp_dist_free(hp_group g);
+int hp_dist_rank(hp_group g);
+int hp_dist_size(hp_group g);
+// hp_dist_send returns an empty array whose evaluation sends x to rank dst.
+int hp_dist_send(hp_array* out, hp_group g, hp_array x, int dst);
+// hp_dist_recv returns an array of the given shape and dtype whose evaluation receives it from src.
+int hp_dist_recv(hp_array* out, hp_group g, const int* shape, int ndim, int dtype, int src);
+
 #ifdef __cplusplus
 }
 #endif

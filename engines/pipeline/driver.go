@@ -23,7 +23,7 @@ type Driver struct {
 	plan    Plan
 	first   *engines.Stage
 	tok     *tokenizer.Tokenizer
-	next    *transport.Conn
+	next    link
 	session uint64
 	hidden  int
 	dtype   transport.DType
@@ -33,17 +33,23 @@ type Driver struct {
 }
 
 // OpenDriver loads stage 0 of plan and connects to stage 1 at addr, retrying until ctx ends (so
-// ranks may start after the driver).
+// ranks may start after the driver). With plan.Transport mlx-ring, addr is MLX's hostfile ("" for
+// $MLX_HOSTFILE) and the driver joins the ring as rank 0.
 func OpenDriver(ctx context.Context, plan Plan, addr string) (*Driver, error) {
 	tok, err := tokenizer.Load(plan.Model)
 	if err != nil {
 		return nil, err
 	}
-	first, err := engines.OpenStage(ctx, engines.StageOptions{Model: plan.Model, DType: plan.DType, Range: plan.Split[0]})
+	start, err := startLink(plan, addr)
 	if err != nil {
 		return nil, err
 	}
-	next, err := transport.Dial(ctx, addr, plan.options(0, true))
+	first, err := engines.OpenStage(ctx, engines.StageOptions{Model: plan.Model, DType: plan.DType, Range: plan.Split[0]})
+	if err != nil {
+		start.abandon()
+		return nil, err
+	}
+	next, err := start.open(ctx, first)
 	if err != nil {
 		first.Close()
 		return nil, fmt.Errorf("pipeline: stage 1: %w", err)

@@ -16,10 +16,11 @@ import (
 // Local is a pipeline whose stages 1..N-1 run as child processes of this one (`hippo rank`), on
 // loopback: the single-machine stand-in for two Macs.
 type Local struct {
-	// Addr is stage 1's address.
-	Addr  string
-	procs []*exec.Cmd
-	logs  []*syncBuffer
+	// Addr is stage 1's address; with mlx-ring, MLX's hostfile (removed by Stop).
+	Addr     string
+	procs    []*exec.Cmd
+	logs     []*syncBuffer
+	hostfile string
 }
 
 type syncBuffer struct {
@@ -52,6 +53,13 @@ func Launch(ctx context.Context, exe string, plan Plan) (*Local, error) {
 		addrs[k] = a
 	}
 	l := &Local{Addr: addrs[1]}
+	if plan.Transport == TransportRing {
+		hf, err := WriteHostfile(n)
+		if err != nil {
+			return nil, err
+		}
+		l.Addr, l.hostfile = hf, hf
+	}
 	for k := n - 1; k >= 1; k-- {
 		args := []string{"rank", "--model", plan.Model, "--split", FormatSplit(plan.Split), "--stage", strconv.Itoa(k),
 			"--listen", addrs[k], "--link", plan.Link.String()}
@@ -64,6 +72,10 @@ func Launch(ctx context.Context, exe string, plan Plan) (*Local, error) {
 		cmd := exec.Command(exe, args...)
 		if plan.Secret != "" {
 			cmd.Env = append(cmd.Environ(), "HIPPO_SECRET="+plan.Secret)
+		}
+		if plan.Transport == TransportRing { // the ring's rank is the stage
+			cmd.Args = append(cmd.Args, "--transport", TransportRing)
+			cmd.Env = append(cmd.Environ(), "MLX_RANK="+strconv.Itoa(k), "MLX_HOSTFILE="+l.hostfile)
 		}
 		logs := &syncBuffer{}
 		cmd.Stdout, cmd.Stderr = logs, logs
@@ -89,6 +101,9 @@ func (l *Local) Logs() string {
 
 // Stop terminates the children and waits for them.
 func (l *Local) Stop() {
+	if l.hostfile != "" {
+		defer os.Remove(l.hostfile)
+	}
 	for _, c := range l.procs {
 		if c.Process != nil {
 			c.Process.Signal(syscall.SIGTERM)

@@ -22,6 +22,8 @@ type Plan struct {
 	// Fingerprint of the checkpoint, compared in every handshake.
 	Fingerprint string
 	Layers      int
+	// Transport is TransportTCP ("" too) or TransportRing.
+	Transport string
 }
 
 func (p Plan) identity(stage int) transport.Identity {

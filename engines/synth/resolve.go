@@ -33,6 +33,9 @@ func Resolve(ctx context.Context, name, modelsDir, tokenizersDir string) (string
 		return name, nil
 	}
 	p, err := Lookup(preset)
+	if _, derr := LookupDFlash(preset); err != nil && derr == nil {
+		return resolveDFlash(ctx, name, preset, modelsDir)
+	}
 	if err != nil {
 		return "", err
 	}

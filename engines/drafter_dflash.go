@@ -1,0 +1,198 @@
+package engines
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/model"
+)
+
+// DFlashDrafter drafts with a DFlash block draft model (z-lab's DFlash): one non-causal forward
+// over [anchor, mask x (B-1)] proposes a whole block, conditioned on the hidden states the target
+// recorded at every earlier position (see model.DFlash for the checkpoint and the forward). The
+// draft shares the target's embedding and lm_head, so it runs on the target's MLX thread and only
+// with that target's Engine.GenerateSpec (a FeatureDrafter). Calls must not overlap; Close it
+// before closing the target.
+type DFlashDrafter struct {
+	target *Engine
+	m      *model.DFlash
+	head   model.Unembedder
+	caches []model.Cache
+	// fed is the context the caches hold: the tokens at positions [0, len(fed)).
+	fed []int
+}
+
+var _ FeatureDrafter = (*DFlashDrafter)(nil)
+
+// NewDFlashDrafter loads the DFlash draft checkpoint in dir for target, in the target's compute
+// dtype, after checking that it was made for a target of this shape.
+func NewDFlashDrafter(ctx context.Context, target *Engine, dir string) (*DFlashDrafter, error) {
+	d := &DFlashDrafter{target: target}
+	err := target.worker.Do(ctx, func() error {
+		head, ok := target.model.Model.(model.Unembedder)
+		if !ok {
+			return fmt.Errorf("dflash: target architecture %s does not share its lm_head with drafters: DFlash runs with qwen3 and llama targets", target.model.Config().ModelType)
+		}
+		m, err := model.LoadDFlash(dir, target.dtype, target.model.Config())
+		if err != nil {
+			return err
+		}
+		d.m, d.head, d.caches = m, head, m.NewCaches()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dflash drafter: %w", err)
+	}
+	return d, nil
+}
+
+// BlockSize is the draft's block: one forward proposes up to BlockSize-1 tokens.
+func (d *DFlashDrafter) BlockSize() int { return d.m.Config().BlockSize }
+
+// TapLayers implements FeatureDrafter.
+func (d *DFlashDrafter) TapLayers(e *Engine) ([]int, error) {
+	if e != d.target {
+		return nil, fmt.Errorf("dflash: the drafter was built for another target engine: build one with NewDFlashDrafter for this engine")
+	}
+	return append([]int(nil), d.m.TargetLayers()...), nil
+}
+
+// Reset implements Drafter.
+func (d *DFlashDrafter) Reset(ctx context.Context) error {
+	return d.target.worker.Do(ctx, func() error {
+		d.reset()
+		return nil
+	})
+}
+
+func (d *DFlashDrafter) reset() {
+	for _, c := range d.caches {
+		c.Reset()
+	}
+	d.fed = d.fed[:0]
+}
+
+// Close frees the draft's weights and caches (on the target's thread: call it before the target's
+// Close).
+func (d *DFlashDrafter) Close() {
+	d.target.worker.Do(context.Background(), func() error {
+		for _, c := range d.caches {
+			c.Free()
+		}
+		d.m.Close()
+		return nil
+	})
+}
+
+// Draft implements Drafter: one draft forward over the full trained block, whose first
+// min(k, B-1) mask positions are the drafts (greedy argmax each; with a temperature each is drawn
+// from its own distribution, returned for rejection sampling: the positions are drafted in
+// parallel, so each distribution is exactly the proposal for its token). The block is never
+// shortened to k: the draft was trained on blocks of B, and its attention over the block is
+// non-causal, so a shorter block would change the drafts; only the lm_head, the costly part, is
+// limited to the k positions used. z-lab's reference instead shrinks the block near max_tokens.
+func (d *DFlashDrafter) Draft(ctx context.Context, history []int, k int, temperature float64, rng *rand.Rand) ([]int, [][]float32, error) {
+	n := min(k, d.BlockSize()-1)
+	if n < 1 || len(history) < 2 { // no context: the prompt's hidden states come with the first token
+		return nil, nil, nil
+	}
+	var out []int
+	var dists [][]float32
+	err := d.target.worker.Do(ctx, func() error {
+		s := mlx.NewScope()
+		defer s.Close()
+		logits, err := d.logits(history, n)
+		if err != nil {
+			return err
+		}
+		if temperature == 0 {
+			am := mlx.AsType(mlx.Argmax(logits, -1, false), mlx.Int32)
+			if err := mlx.Eval(am); err != nil {
+				return err
+			}
+			ids, err := am.Int32s()
+			if err != nil {
+				return err
+			}
+			for _, id := range ids {
+				out = append(out, int(id))
+			}
+			return nil
+		}
+		lp := mlx.Sub(logits, mlx.LogSumExp(logits, true, -1))
+		flat, err := mlx.AsType(lp, mlx.Float32).Float32s()
+		if err != nil {
+			return err
+		}
+		v := len(flat) / n
+		for i := range n {
+			p := probs(flat[i*v:(i+1)*v], temperature)
+			w := make([]float64, len(p))
+			var sum float64
+			for j, x := range p {
+				w[j] = float64(x)
+				sum += w[j]
+			}
+			out = append(out, draw(w, sum, rng))
+			dists = append(dists, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("dflash: %w", err)
+	}
+	return out, dists, nil
+}
+
+// logits runs the draft for history and returns the evaluated logits of the first n drafted
+// positions, [n, vocab], in the open scope. The context is every position before the last token of
+// history (the anchor); the caches take the part they do not hold yet. Must run on the target's
+// thread.
+func (d *DFlashDrafter) logits(history []int, n int) (mlx.Array, error) {
+	t := d.target.taps
+	if t == nil {
+		return mlx.Array{}, fmt.Errorf("the target is not recording hidden states: a DFlash drafter runs only inside its target's Engine.GenerateSpec")
+	}
+	end := len(history) - 1
+	keep := commonPrefix(d.fed, history[:end])
+	if keep == end { // nothing new: feed the last context position again, the forward needs one
+		keep--
+	}
+	if drop := len(d.fed) - keep; drop > 0 {
+		for _, c := range d.caches {
+			c.Trim(drop)
+		}
+		d.fed = d.fed[:keep]
+	}
+	ctx, err := t.view(keep, end, history)
+	if err != nil {
+		return mlx.Array{}, err
+	}
+	cfg := d.m.Config()
+	vocab := d.target.model.Config().VocabSize
+	if a := history[end]; a < 0 || a >= vocab {
+		return mlx.Array{}, fmt.Errorf("anchor token %d is outside the vocabulary of %d", a, vocab)
+	}
+	ids := make([]int32, cfg.BlockSize)
+	ids[0] = int32(history[end])
+	for i := 1; i < len(ids); i++ {
+		ids[i] = int32(cfg.MaskTokenID)
+	}
+	block := d.target.model.Embed(mlx.FromInt32s(ids, 1, len(ids)))
+	h := d.m.Forward(block, ctx, d.caches)
+	h = mlx.Slice(h, []int{0, 1, 0}, []int{1, 1 + n, h.Dim(2)})
+	logits := mlx.Reshape(d.head.Unembed(h), n, -1)
+	state := []mlx.Array{logits}
+	for _, c := range d.caches {
+		state = append(state, c.State()...)
+	}
+	if err := mlx.Eval(state...); err != nil {
+		d.reset() // the caches may hold part of this step
+		return mlx.Array{}, err
+	}
+	d.fed = append(d.fed, history[keep:end]...)
+	// Keep the last context position recorded, for a repeated Draft of the same history.
+	return logits, t.discard(end - 1)
+}

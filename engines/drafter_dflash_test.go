@@ -1,0 +1,271 @@
+package engines
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/synth"
+)
+
+func synthesizeDFlash(t *testing.T, o synth.DFlashOptions) string {
+	t.Helper()
+	o.Out = t.TempDir()
+	w := mlx.NewWorker()
+	defer w.Close()
+	if err := w.Do(context.Background(), func() error { _, err := synth.WriteDFlash(o); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return o.Out
+}
+
+// recordingDFlash is a DFlashDrafter that keeps, for every draft, the history it drafted for and
+// the logits it drafted from. With oracle set it runs the draft forward as usual but proposes the
+// oracle's continuation instead, so that every draft is accepted.
+type recordingDFlash struct {
+	*DFlashDrafter
+	oracle    []int // prompt + the standalone tokens
+	histories [][]int
+	drafted   [][]float32 // logits
+}
+
+func (r *recordingDFlash) Draft(ctx context.Context, history []int, k int, _ float64, _ *rand.Rand) ([]int, [][]float32, error) {
+	n := min(k, r.BlockSize()-1)
+	var out []int
+	err := r.target.worker.Do(ctx, func() error {
+		s := mlx.NewScope()
+		defer s.Close()
+		logits, err := r.logits(history, n)
+		if err != nil {
+			return err
+		}
+		flat, err := logits.Float32s()
+		if err != nil {
+			return err
+		}
+		r.histories = append(r.histories, append([]int(nil), history...))
+		r.drafted = append(r.drafted, flat)
+		if r.oracle != nil {
+			out = append(out, r.oracle[len(history):min(len(history)+n, len(r.oracle))]...)
+			return nil
+		}
+		v := len(flat) / n
+		for i := range n {
+			best := 0
+			for j, x := range flat[i*v : (i+1)*v] {
+				if x > flat[i*v+best] {
+					best = j
+				}
+			}
+			out = append(out, best)
+		}
+		return nil
+	})
+	return out, nil, err
+}
+
+// TestDFlashMatchesStandalone is invariant 3 for the DFlash drafter: greedy speculative decoding
+// gives the standalone tokens for every K. With random weights almost every draft is rejected, so
+// trims and the re-recording of hidden states after rejections are exercised; an oracle run (the
+// draft forward runs, the standalone tokens are proposed) has every draft accepted, so the context
+// grows by whole blocks whose hidden states come from verify steps. In both, what the drafter
+// computes from its incremental state (caches grown step by step, hidden states recorded in
+// prefill chunks and verify steps) must equal a draft computed from scratch on the same history.
+func TestDFlashMatchesStandalone(t *testing.T) {
+	const n = 24
+	target := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 11})
+	draft := synthesizeDFlash(t, synth.DFlashOptions{Options: synth.Options{Preset: "dflash-tiny", Seed: 3}, Target: target})
+	ctx := context.Background()
+	e, err := Open(ctx, Options{Model: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	d, err := NewDFlashDrafter(ctx, e, draft)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ref, err := Open(ctx, Options{Model: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ref.Close()
+	rd, err := NewDFlashDrafter(ctx, ref, draft)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	ids, err := e.Prompt("one two three four, one two three four, one two three", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := Request{Tokens: ids, MaxTokens: n, IgnoreEOS: true}
+	want, err := e.Generate(ctx, req, func(Token) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		k       int
+		oracle  bool
+		scratch bool // compare with drafts from scratch
+	}{
+		{"k1", 1, false, false},
+		{"k2", 2, false, false},
+		{"k4", 4, false, false},
+		{"k8", 8, false, true},
+		{"oracle/k8", 8, true, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recordingDFlash{DFlashDrafter: d}
+			if tc.oracle {
+				rec.oracle = append(append([]int(nil), ids...), want.Tokens...)
+			}
+			var emitted []int
+			got, ss, err := e.GenerateSpec(ctx, req, rec, tc.k, func(tk Token) error {
+				emitted = append(emitted, tk.ID)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(got.Tokens) != fmt.Sprint(want.Tokens) || fmt.Sprint(emitted) != fmt.Sprint(want.Tokens) {
+				t.Fatalf("dflash speculative tokens = %v; standalone %v", got.Tokens, want.Tokens)
+			}
+			if cap := min(tc.k, d.BlockSize()-1); ss.Drafted > cap*len(ss.Steps) {
+				t.Errorf("drafted %d tokens in %d steps; want at most %d a step", ss.Drafted, len(ss.Steps), cap)
+			}
+			if tc.oracle && ss.Accepted != ss.Drafted {
+				t.Errorf("oracle drafts: accepted %d of %d; want all", ss.Accepted, ss.Drafted)
+			}
+			t.Logf("drafted %d, accepted %d, steps %d", ss.Drafted, ss.Accepted, len(got.Steps))
+			if !tc.scratch {
+				return
+			}
+			for i, h := range rec.histories {
+				if i%2 != 0 && i != len(rec.histories)-1 {
+					continue // a sample of the steps keeps the test quick
+				}
+				got := rec.drafted[i]
+				want := scratchLogits(t, ref, rd, h, len(got)/e.Config().VocabSize)
+				var diff float64
+				for j := range want {
+					diff = math.Max(diff, math.Abs(float64(got[j]-want[j])))
+				}
+				if diff > 1e-3 {
+					t.Errorf("step %d (history of %d tokens): incremental draft logits differ from scratch by %g", i, len(h), diff)
+				}
+			}
+		})
+	}
+	if e.taps != nil {
+		t.Errorf("the target still records hidden states after GenerateSpec returned")
+	}
+}
+
+// scratchLogits drafts n tokens for history with fresh state: the target scores history[:-1] in
+// one forward, recording hidden states, and the drafter starts from empty caches.
+func scratchLogits(t *testing.T, e *Engine, d *DFlashDrafter, history []int, n int) []float32 {
+	t.Helper()
+	var out []float32
+	err := e.worker.Do(context.Background(), func() error {
+		for _, c := range e.caches {
+			c.Reset()
+		}
+		e.fed = e.fed[:0]
+		e.setTaps(d.m.TargetLayers())
+		defer e.setTaps(nil)
+		if _, _, err := e.scoreAll(history[:len(history)-1], false); err != nil {
+			return err
+		}
+		d.reset()
+		s := mlx.NewScope()
+		defer s.Close()
+		logits, err := d.logits(history, n)
+		if err != nil {
+			return err
+		}
+		out, err = logits.Float32s()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestDFlashSampling runs the drafter at a temperature: every draft comes with its distribution,
+// and generation completes (that rejection sampling keeps the target's distribution is
+// TestRejectionSamplingKeepsTargetDistribution's job).
+func TestDFlashSampling(t *testing.T) {
+	target := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 11})
+	draft := synthesizeDFlash(t, synth.DFlashOptions{Options: synth.Options{Preset: "dflash-tiny", Seed: 3}})
+	ctx := context.Background()
+	e, err := Open(ctx, Options{Model: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	d, err := NewDFlashDrafter(ctx, e, draft)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ids, err := e.Prompt("count: one two three", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Outside GenerateSpec the target records nothing: a clear error, not a crash.
+	if _, _, err := d.Draft(ctx, append(ids, 1), 4, 0, nil); err == nil {
+		t.Errorf("Draft outside GenerateSpec succeeded; want an error")
+	}
+	var dists int
+	probe := &probeDrafter{FeatureDrafter: d, check: func(tokens []int, ds [][]float32) {
+		if len(ds) != len(tokens) {
+			t.Errorf("drafted %d tokens with %d distributions; want one each", len(tokens), len(ds))
+		}
+		for i, p := range ds {
+			if p[tokens[i]] <= 0 {
+				t.Errorf("draft %d has probability %g in its own distribution", tokens[i], p[tokens[i]])
+			}
+		}
+		dists += len(ds)
+	}}
+	st, _, err := e.GenerateSpec(ctx, Request{Tokens: ids, MaxTokens: 16, Temperature: 0.8, Seed: 4, IgnoreEOS: true}, probe, 4, func(Token) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Tokens) != 16 || dists == 0 {
+		t.Errorf("sampled %d tokens with %d draft distributions; want 16 tokens and some distributions", len(st.Tokens), dists)
+	}
+	// Another engine's GenerateSpec refuses the drafter up front.
+	other, err := Open(ctx, Options{Model: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, _, err := other.GenerateSpec(ctx, Request{Tokens: ids, MaxTokens: 4}, d, 4, func(Token) error { return nil }); err == nil {
+		t.Errorf("GenerateSpec on another engine accepted the drafter; want an error")
+	}
+}
+
+type probeDrafter struct {
+	FeatureDrafter
+	check func(tokens []int, dists [][]float32)
+}
+
+func (p *probeDrafter) Draft(ctx context.Context, history []int, k int, temperature float64, rng *rand.Rand) ([]int, [][]float32, error) {
+	tokens, dists, err := p.FeatureDrafter.Draft(ctx, history, k, temperature, rng)
+	if err == nil {
+		p.check(tokens, dists)
+	}
+	return tokens, dists, err
+}
