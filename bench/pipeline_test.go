@@ -31,22 +31,24 @@ func hippoBinary(t *testing.T) string {
 
 func synthesize(t *testing.T, preset string, bits int) string {
 	t.Helper()
-	p, err := synth.Lookup(preset)
+	return synthesizeWith(t, synth.Options{Preset: preset, Seed: 5, Bits: bits})
+}
+
+// synthesizeWith writes o (into a temporary directory) with the preset's real tokenizer.
+func synthesizeWith(t *testing.T, o synth.Options) string {
+	t.Helper()
+	p, err := synth.Lookup(o.Preset)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	o.Out = t.TempDir()
+	o.Tokenizer = testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))
 	w := mlx.NewWorker()
 	defer w.Close()
-	err = w.Do(context.Background(), func() error {
-		_, err := synth.Write(synth.Options{Preset: preset, Out: dir, Seed: 5, Bits: bits,
-			Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))})
-		return err
-	})
-	if err != nil {
+	if err := w.Do(context.Background(), func() error { _, err := synth.Write(o); return err }); err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	return o.Out
 }
 
 const pipelinePrompt = "Pipeline parallelism splits the layers; the hidden state crosses the link."
@@ -141,42 +143,38 @@ func TestPipelineStageKilled(t *testing.T) {
 }
 
 // TestPipelineRefusesOtherCheckpoint: a stage serving different weights is refused at the
-// handshake with an error that says what to do.
+// handshake, over either transport, with an error that says what to do.
 func TestPipelineRefusesOtherCheckpoint(t *testing.T) {
 	exe := hippoBinary(t)
 	a := synthesize(t, "tiny-qwen3", 0)
-	b := t.TempDir()
-	w := mlx.NewWorker()
-	err := w.Do(context.Background(), func() error {
-		_, err := synth.Write(synth.Options{Preset: "tiny-qwen3", Out: b, Seed: 99, Tokenizer: testenv.Tokenizer(t, "qwen3")})
-		return err
-	})
-	w.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	planA, err := PlanFor(a, Config{Stages: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	planB, err := PlanFor(b, Config{Stages: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, err := pipeline.Launch(context.Background(), exe, planB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer local.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	d, err := pipeline.OpenDriver(ctx, planA, local.Addr)
-	if err == nil {
-		d.Close()
-		t.Fatal("driver accepted a stage that serves another checkpoint")
-	}
-	if !errors.Is(err, transport.ErrModelMismatch) || !strings.Contains(err.Error(), "same checkpoint") {
-		t.Errorf("OpenDriver error = %v; want a model mismatch that says to use the same checkpoint", err)
+	b := synthesizeWith(t, synth.Options{Preset: "tiny-qwen3", Seed: 99})
+	for _, tr := range []string{"tcp", pipeline.TransportRing} {
+		t.Run(tr, func(t *testing.T) {
+			c := Config{Stages: 2, Transport: tr}
+			planA, err := PlanFor(a, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			planB, err := PlanFor(b, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			local, err := pipeline.Launch(context.Background(), exe, planB)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer local.Stop()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			d, err := pipeline.OpenDriver(ctx, planA, local.Addr)
+			if err == nil {
+				d.Close()
+				t.Fatal("driver accepted a stage that serves another checkpoint")
+			}
+			if !errors.Is(err, transport.ErrModelMismatch) || !strings.Contains(err.Error(), "same checkpoint") {
+				t.Errorf("OpenDriver error = %v; want a model mismatch that says to use the same checkpoint", err)
+			}
+		})
 	}
 }
 
@@ -185,15 +183,8 @@ func TestPipelineRefusesOtherCheckpoint(t *testing.T) {
 func TestPipelineSpecMatchesStandalone(t *testing.T) {
 	exe := hippoBinary(t)
 	dir := synthesize(t, "tiny-qwen3", 0)
-	other := t.TempDir() // the same shape with other weights: drafts are mostly rejected
-	w := mlx.NewWorker()
-	if err := w.Do(context.Background(), func() error {
-		_, err := synth.Write(synth.Options{Preset: "tiny-qwen3", Out: other, Seed: 77, Layers: 2, Tokenizer: testenv.Tokenizer(t, "qwen3")})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	w.Close()
+	// The same shape with other weights: drafts are mostly rejected.
+	other := synthesizeWith(t, synth.Options{Preset: "tiny-qwen3", Seed: 77, Layers: 2})
 	self := dir
 	c := Config{Model: dir, Prompt: "one two three, one two three, one two", MaxTokens: 32, IgnoreEOS: true}
 	e, err := engines.Open(context.Background(), engines.Options{Model: dir})

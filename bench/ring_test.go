@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -10,11 +9,7 @@ import (
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
-	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/pipeline"
-	"github.com/hippo-bench/hippo/engines/synth"
-	"github.com/hippo-bench/hippo/internal/testenv"
-	"github.com/hippo-bench/hippo/transport"
 )
 
 // TestRingPipelineMatchesStandalone is invariant 2 over MLX's ring: stage k is MLX rank k, hidden
@@ -117,47 +112,6 @@ func TestRingPipelineStageKilled(t *testing.T) {
 		t.Errorf("error %q does not say the ring broke", err)
 	}
 	t.Logf("error after kill: %v", err)
-}
-
-// TestRingRefusesOtherCheckpoint: the ring's hello refuses a stage that loaded other weights, with
-// the same sentinel and advice as the TCP handshake.
-func TestRingRefusesOtherCheckpoint(t *testing.T) {
-	exe := hippoBinary(t)
-	a := synthesize(t, "tiny-qwen3", 0)
-	b := t.TempDir()
-	w := mlx.NewWorker()
-	err := w.Do(context.Background(), func() error {
-		_, err := synth.Write(synth.Options{Preset: "tiny-qwen3", Out: b, Seed: 99, Tokenizer: testenv.Tokenizer(t, "qwen3")})
-		return err
-	})
-	w.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ring := Config{Stages: 2, Transport: pipeline.TransportRing}
-	planA, err := PlanFor(a, ring)
-	if err != nil {
-		t.Fatal(err)
-	}
-	planB, err := PlanFor(b, ring)
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, err := pipeline.Launch(context.Background(), exe, planB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer local.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	d, err := pipeline.OpenDriver(ctx, planA, local.Addr)
-	if err == nil {
-		d.Close()
-		t.Fatal("driver accepted a stage that serves another checkpoint")
-	}
-	if !errors.Is(err, transport.ErrModelMismatch) || !strings.Contains(err.Error(), "same checkpoint") {
-		t.Errorf("OpenDriver error = %v; want a model mismatch that says to use the same checkpoint", err)
-	}
 }
 
 // TestRingPlanErrors: configurations the ring cannot run are refused with what to do.

@@ -6,7 +6,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hippo-bench/hippo/bench"
-	"github.com/hippo-bench/hippo/engines/synth"
 )
 
 func benchCommand() *cli.Command {
@@ -28,7 +27,7 @@ func benchCommand() *cli.Command {
 			Action: func(c *cli.Context) error {
 				var dirs []string
 				for _, m := range c.StringSlice("model") {
-					d, err := synth.Resolve(c.Context, m, modelsDir(), tokenizersDir())
+					d, err := resolveModel(c.Context, m)
 					if err != nil {
 						return err
 					}
@@ -53,11 +52,7 @@ func benchCommand() *cli.Command {
 				&cli.StringFlag{Name: "prompt", Value: "Write a haiku about latency.", Usage: "prompt"},
 			},
 			Action: func(c *cli.Context) error {
-				dir, err := synth.Resolve(c.Context, c.String("model"), modelsDir(), tokenizersDir())
-				if err != nil {
-					return err
-				}
-				exe, err := os.Executable()
+				dir, exe, err := modelAndExe(c)
 				if err != nil {
 					return err
 				}
@@ -99,11 +94,7 @@ func benchCommand() *cli.Command {
 				&cli.StringFlag{Name: "prompt", Value: "Describe the harbour at dawn.", Usage: "prompt"},
 			},
 			Action: func(c *cli.Context) error {
-				dir, err := synth.Resolve(c.Context, c.String("model"), modelsDir(), tokenizersDir())
-				if err != nil {
-					return err
-				}
-				exe, err := os.Executable()
+				dir, exe, err := modelAndExe(c)
 				if err != nil {
 					return err
 				}
@@ -114,4 +105,14 @@ func benchCommand() *cli.Command {
 			},
 		}},
 	}
+}
+
+// modelAndExe resolves --model and finds this binary, which the benchmarks start as stages or
+// servers.
+func modelAndExe(c *cli.Context) (dir, exe string, err error) {
+	if dir, err = resolveModel(c.Context, c.String("model")); err != nil {
+		return "", "", err
+	}
+	exe, err = os.Executable()
+	return dir, exe, err
 }
