@@ -44,26 +44,6 @@ func checkSplit(rs []model.Range, layers int) error {
 	return nil
 }
 
-// Balance splits layers into stages contiguous ranges with as equal a number of layers as
-// possible (layers of one architecture have equal bytes, so this also balances bytes); earlier
-// stages get the extra layer, the last stage also holds the head.
-func Balance(layers, stages int) ([]model.Range, error) {
-	if stages < 2 || stages > layers {
-		return nil, fmt.Errorf("%d stages for %d layers: use 2 to %d stages", stages, layers, layers)
-	}
-	rs := make([]model.Range, stages)
-	from := 0
-	for i := range rs {
-		n := layers / stages
-		if i < layers%stages {
-			n++
-		}
-		rs[i] = model.Range{From: from, To: from + n}
-		from += n
-	}
-	return rs, nil
-}
-
 // FormatSplit is the inverse of ParseSplit.
 func FormatSplit(rs []model.Range) string {
 	parts := make([]string, len(rs))

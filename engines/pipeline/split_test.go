@@ -46,27 +46,3 @@ func TestParseSplit(t *testing.T) {
 		})
 	}
 }
-
-func TestBalance(t *testing.T) {
-	cases := []struct {
-		layers, stages int
-		want           string
-	}{
-		{28, 2, "0:14,14:28"},
-		{4, 3, "0:2,2:3,3:4"},
-		{48, 2, "0:24,24:48"},
-		{5, 2, "0:3,3:5"},
-	}
-	for _, tc := range cases {
-		got, err := Balance(tc.layers, tc.stages)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if s := FormatSplit(got); s != tc.want {
-			t.Errorf("Balance(%d, %d) = %s; want %s", tc.layers, tc.stages, s, tc.want)
-		}
-	}
-	if _, err := Balance(4, 5); err == nil {
-		t.Errorf("Balance(4 layers, 5 stages) succeeded; want an error")
-	}
-}
