@@ -65,8 +65,7 @@ demo: build
     ./bin/hippo run --model synth:qwen3-demo --prompt "Explain pipeline parallelism in one sentence." --max-tokens 48 --chat
 
 # Run every test (the MLX parity and tokenizer parity tests included; nothing is skipped), then short fuzz runs.
-test: build
-    go vet ./...
+test: build lint
     go test -count=1 -timeout 25m ./...
     just fuzz 10s
 

@@ -31,7 +31,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "ram", Usage: "plan for this much RAM instead of the detected amount (e.g. 16GB)"},
 			&cli.IntFlag{Name: "context", Usage: "context length the memory guard plans for (default: prompt + max tokens)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
-			&cli.StringFlag{Name: "mode", Value: "standalone", Usage: "standalone, pipeline or spec"},
+			&cli.StringFlag{Name: "mode", Value: "standalone", Usage: "standalone, pipeline, spec or pipeline+spec (speculation across the pipeline)"},
 			&cli.StringFlag{Name: "drafter", Value: "model", Usage: "spec: model, lookup or dflash"},
 			&cli.StringFlag{Name: "draft", Usage: "spec: draft checkpoint for --drafter model or dflash (DIR or synth:PRESET)"},
 			&cli.IntFlag{Name: "draft-tokens", Value: 4, Usage: "spec: tokens drafted per step (K)"},
