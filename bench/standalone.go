@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/launch"
 	"github.com/hippo-bench/hippo/engines/pipeline"
 	"github.com/hippo-bench/hippo/engines/tokenizer"
 )
@@ -14,7 +15,8 @@ import (
 // ms converts a duration to float milliseconds.
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// Generator is what Measure drives: the standalone engine or a pipeline driver.
+// Generator is what Measure drives: a launch.Generator, or an engine or pipeline driver opened
+// directly. In speculative modes it returns engines.Stats.Spec.
 type Generator interface {
 	Tokenizer() *tokenizer.Tokenizer
 	Generate(ctx context.Context, r engines.Request, emit func(engines.Token) error) (engines.Stats, error)
@@ -23,6 +25,7 @@ type Generator interface {
 var (
 	_ Generator = (*engines.Engine)(nil)
 	_ Generator = (*pipeline.Driver)(nil)
+	_ Generator = launch.Generator(nil)
 )
 
 // Standalone runs c on an open engine and measures it. onToken, if not nil, is called with the
@@ -35,7 +38,7 @@ func Standalone(ctx context.Context, e *engines.Engine, c Config, onToken func(t
 // Measure runs c on g and measures it; c.Mode names the result.
 func Measure(ctx context.Context, e Generator, c Config, onToken func(text string)) (Result, error) {
 	res := Result{Mode: c.Mode, Model: filepath.Base(c.Model), Link: c.Link, Transport: c.Transport, Stages: c.Stages}
-	if res.Mode == "standalone" {
+	if c.Stages == 0 { // not a pipeline
 		res.Link, res.Transport, res.Stages = "", "", 0
 	}
 	prompt, err := engines.Prompt(e.Tokenizer(), c.Prompt, c.Chat)
@@ -112,4 +115,38 @@ func fill(res *Result, st engines.Stats, text string) {
 	if st.Decode > 0 {
 		res.DecodeTokS = float64(len(st.Steps)) / st.Decode.Seconds()
 	}
+	if st.Spec != nil {
+		fillSpec(res, st, *st.Spec)
+	}
+}
+
+// fillSpec adds what speculation did: per-step draft times and accepted tokens, and the
+// acceptance statistics.
+func fillSpec(res *Result, st engines.Stats, ss engines.SpecStats) {
+	for i := range res.Steps {
+		if i < len(ss.Steps) {
+			s := ss.Steps[i]
+			res.Steps[i].DraftMS = ms(s.Draft)
+			res.Steps[i].Accepted = s.Accepted
+			res.Steps[i].Tokens = s.Accepted + 1
+			res.Steps[i].SampleMS = 0
+		}
+	}
+	// A speculative step emits several tokens: decode tok/s counts tokens, not steps.
+	if st.Decode > 0 {
+		res.DecodeTokS = float64(len(st.Tokens)-1) / st.Decode.Seconds()
+	}
+	acc := &Acceptance{Drafted: ss.Drafted, Accepted: ss.Accepted, ByPosition: make([]float64, len(ss.ByPosition))}
+	if ss.Drafted > 0 {
+		acc.Rate = float64(ss.Accepted) / float64(ss.Drafted)
+	}
+	if len(ss.Steps) > 0 {
+		acc.MeanAccepted = float64(ss.Accepted) / float64(len(ss.Steps))
+	}
+	for i := range ss.ByPosition {
+		if ss.DraftedByPosition[i] > 0 {
+			acc.ByPosition[i] = float64(ss.ByPosition[i]) / float64(ss.DraftedByPosition[i])
+		}
+	}
+	res.Acceptance = acc
 }

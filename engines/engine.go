@@ -153,6 +153,8 @@ type Stats struct {
 	Tokens       []int
 	FinishReason string // "stop" or "length"
 	PeakMemory   int64
+	// Spec holds the acceptance statistics of a speculative generation (nil otherwise).
+	Spec *SpecStats
 }
 
 // ErrCanceled is returned (wrapped) when the context ends mid-generation; Stats still holds what

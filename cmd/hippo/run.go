@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/hippo-bench/hippo/bench"
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/launch"
 	"github.com/hippo-bench/hippo/engines/synth"
 )
 
@@ -51,10 +53,8 @@ func runCommand() *cli.Command {
 				Link: c.String("link"), Transport: c.String("transport"), Hosts: c.String("hosts"), Reply: c.String("reply"),
 				Drafter: c.String("drafter"), Draft: c.String("draft"), DraftTokens: c.Int("draft-tokens"),
 			}
-			switch cfg.Mode {
-			case "standalone", "pipeline", "spec", "pipeline+spec":
-			default:
-				return fmt.Errorf("--mode %q: use standalone, pipeline, spec or pipeline+spec", cfg.Mode)
+			if !slices.Contains(launch.Modes, cfg.Mode) {
+				return fmt.Errorf("--mode %q: use %s", cfg.Mode, strings.Join(launch.Modes, ", "))
 			}
 			if strings.HasSuffix(cfg.Mode, "spec") && cfg.DraftTokens < 1 {
 				return fmt.Errorf("--draft-tokens %d: must be at least 1", cfg.DraftTokens)
@@ -83,44 +83,23 @@ func runCommand() *cli.Command {
 			if !asJSON {
 				onToken = func(s string) { fmt.Print(s) }
 			}
-			var res bench.Result
-			dtype := cfg.Dtype
 			if cfg.Draft != "" {
 				if cfg.Draft, err = resolveModel(c.Context, cfg.Draft); err != nil {
 					return err
 				}
 			}
-			if strings.HasPrefix(cfg.Mode, "pipeline") {
-				var p bench.Pipelines
-				defer p.Close()
-				if res, err = p.Run(c.Context, dir, cfg, onToken); err != nil {
-					return err
-				}
-				if dtype == "" {
-					dtype = engines.DefaultDType()
-				}
-			} else {
-				e, err := engines.Open(c.Context, engines.Options{Model: dir, DType: cfg.Dtype, RAM: ram, Context: ctxLen})
-				if err != nil {
-					return err
-				}
-				defer e.Close()
-				if cfg.Mode == "spec" {
-					d, de, err := bench.NewDrafter(c.Context, cfg.Drafter, cfg.Draft, cfg.Dtype, e)
-					if err != nil {
-						return err
-					}
-					if de != nil {
-						defer de.Close()
-					}
-					if res, err = bench.Spec(c.Context, e, d, cfg, onToken); err != nil {
-						return err
-					}
-				} else if res, err = bench.Standalone(c.Context, e, cfg, onToken); err != nil {
-					return err
-				}
-				dtype = e.DType().String()
+			lc := cfg.Launch()
+			lc.RAM, lc.Context = ram, ctxLen
+			g, err := launch.Open(c.Context, lc)
+			if err != nil {
+				return err
 			}
+			defer g.Close()
+			res, err := bench.Run(c.Context, g, cfg, onToken)
+			if err != nil {
+				return err
+			}
+			dtype := g.Info().DType
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				return enc.Encode(res)
