@@ -13,6 +13,7 @@ import (
 
 	"github.com/hippo-bench/hippo/bench"
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/launch"
 	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/synth"
@@ -55,13 +56,39 @@ type Choice struct {
 // Describe says what was chosen and why, for the log.
 func (c Choice) Describe() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "chose %s (mode %s, dtype %s): mean decode %.2f tok/s over %d runs, the fastest servable of %d configurations",
-		c.Best.Config.Model, orDefault(c.Best.Config.Mode, "standalone"), orDefault(c.Best.Config.Dtype, "default"),
-		c.Best.MeanDecodeTokS, c.Best.Runs, c.Candidates)
+	fmt.Fprintf(&b, "chose %s (%s): mean decode %.2f tok/s over %d runs, the fastest servable of %d configurations",
+		c.Best.Config.Model, describeConfig(c.Best.Config), c.Best.MeanDecodeTokS, c.Best.Runs, c.Candidates)
 	for _, r := range c.Rejected {
-		fmt.Fprintf(&b, "; passed over %s (mode %s, %.2f tok/s): %s", r.Config.Model, orDefault(r.Config.Mode, "standalone"), r.MeanDecodeTokS, r.Reason)
+		fmt.Fprintf(&b, "; passed over %s (%s, %.2f tok/s): %s", r.Config.Model, describeConfig(r.Config), r.MeanDecodeTokS, r.Reason)
 	}
 	return b.String()
+}
+
+// describeConfig names how a configuration runs: mode, dtype, and the settings of its mode.
+func describeConfig(c bench.Config) string {
+	parts := []string{"mode " + orDefault(c.Mode, "standalone"), "dtype " + orDefault(c.Dtype, "default")}
+	if c.Drafter != "" && strings.HasSuffix(c.Mode, "spec") {
+		d := "drafter " + c.Drafter
+		if c.Draft != "" {
+			d += " " + c.Draft
+		}
+		parts = append(parts, d, fmt.Sprintf("K %d", c.DraftTokens))
+	}
+	if strings.HasPrefix(c.Mode, "pipeline") {
+		if c.Split != "" {
+			parts = append(parts, "split "+c.Split)
+		} else if c.Stages > 0 {
+			parts = append(parts, fmt.Sprintf("%d stages", c.Stages))
+		}
+		parts = append(parts, "link "+orDefault(c.Link, "loopback"))
+		if c.Transport != "" {
+			parts = append(parts, "transport "+c.Transport)
+		}
+		if c.Hosts != "" {
+			parts = append(parts, "hosts "+c.Hosts)
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 func orDefault(s, def string) string {
@@ -175,24 +202,54 @@ func ChooseBest(r io.Reader, check func(bench.Config) error) (Choice, error) {
 	return choice, fmt.Errorf("%w: all %d configurations were rejected (%s)", ErrNoCandidate, len(cands), choice.Rejected[0].Reason)
 }
 
-// Servable accepts the configurations `hippo serve` can run on this machine: standalone mode
-// (the only one it serves yet) and a model that passes engines.CheckMemory for context tokens with
-// ram bytes (0 detects it).
+// Servable accepts the configurations `hippo serve` can run on this machine: every mode
+// launch.Check accepts (not "openai", which measured another server), with a model (and a draft
+// model) that pass engines.CheckMemory for context tokens with ram bytes (0 detects it). A
+// pipeline whose stages run on other machines (a hosts file) is checked for its hosts file only.
 func Servable(ram int64, context int) func(bench.Config) error {
 	return func(c bench.Config) error {
-		if c.Mode != "" && c.Mode != "standalone" {
-			return fmt.Errorf("mode %s is not served yet (standalone only)", c.Mode)
+		if c.Mode == "openai" {
+			return errors.New("mode openai measured another server: there is nothing to load here")
 		}
-		cfg, err := modelConfig(c.Model)
-		if err != nil {
+		if err := launch.Check(c.Launch()); err != nil {
 			return err
+		}
+		if c.Hosts != "" {
+			return nil
 		}
 		dt, err := mlx.ParseDType(orDefault(c.Dtype, engines.DefaultDType()))
 		if err != nil {
 			return err
 		}
-		return engines.CheckMemory(cfg, dt, context, ram)
+		for _, name := range []string{c.Model, c.Draft} {
+			if name == "" || c.Drafter == "lookup" {
+				continue
+			}
+			cfg, err := modelConfig(name)
+			if err != nil {
+				return err
+			}
+			if err := engines.CheckMemory(cfg, dt, context, ram); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
+}
+
+// bench is m as a sweep configuration, for Servable.
+func (m ModelConfig) bench() bench.Config {
+	return bench.Config{Model: m.Model, Mode: m.Mode, Dtype: m.DType, Drafter: m.Drafter, Draft: m.Draft,
+		DraftTokens: m.DraftTokens, Stages: m.Stages, Split: m.Split, Link: m.Link, Transport: m.Transport,
+		Reply: m.Reply, Hosts: m.Hosts}
+}
+
+// FromSweep is the served model of a sweep configuration, with the memory guard planning for
+// context tokens.
+func FromSweep(c bench.Config, context int) ModelConfig {
+	return ModelConfig{Model: c.Model, Mode: c.Mode, DType: c.Dtype, Context: context, Drafter: c.Drafter, Draft: c.Draft,
+		DraftTokens: c.DraftTokens, Stages: c.Stages, Split: c.Split, Link: c.Link, Transport: c.Transport,
+		Reply: c.Reply, Hosts: c.Hosts}
 }
 
 // modelConfig reads a checkpoint's config, or a synth preset's without synthesizing it.

@@ -8,12 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/launch"
 	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/synth"
 )
@@ -48,6 +50,35 @@ type ModelConfig struct {
 	DType string `yaml:"dtype"`
 	// Context is the longest prompt plus completion served (DefaultContext).
 	Context int `yaml:"context"`
+
+	// Mode is how the model runs: standalone (the default), pipeline, spec or pipeline+spec; the
+	// fields below configure it as `hippo run`'s flags of the same names do.
+	Mode string `yaml:"mode"`
+	// Speculative modes: drafter model, lookup or dflash; its draft checkpoint (DIR or
+	// synth:PRESET); tokens drafted per step.
+	Drafter     string `yaml:"drafter"`
+	Draft       string `yaml:"draft"`
+	DraftTokens int    `yaml:"draft_tokens"`
+	// Pipeline modes: stages or split, link profile, transport, reply, and a hosts file of ranks
+	// on other machines (none starts the stages here).
+	Stages    int    `yaml:"stages"`
+	Split     string `yaml:"split"`
+	Link      string `yaml:"link"`
+	Transport string `yaml:"transport"`
+	Reply     string `yaml:"reply"`
+	Hosts     string `yaml:"hosts"`
+}
+
+// Launch is the launch configuration of m, with its model and draft resolved to the checkpoint
+// directories dir and draft.
+func (m ModelConfig) Launch(dir, draft string, ram int64) launch.Config {
+	ctxLen := m.Context
+	if ctxLen == 0 {
+		ctxLen = DefaultContext
+	}
+	return launch.Config{Mode: m.Mode, Model: dir, DType: m.DType, Context: ctxLen, RAM: ram,
+		Drafter: m.Drafter, Draft: draft, DraftTokens: m.DraftTokens, Stages: m.Stages, Split: m.Split,
+		Link: m.Link, Transport: m.Transport, Reply: m.Reply, Hosts: m.Hosts}
 }
 
 // Duration is a time.Duration written as "30s" or "5m" in YAML.
@@ -135,6 +166,12 @@ func (c *Config) Validate() error {
 			if _, err := mlx.ParseDType(m.DType); err != nil {
 				return fmt.Errorf("models[%d] (%s): %w", i, m.Model, err)
 			}
+		}
+		if m.Mode != "" && !slices.Contains(launch.Modes, m.Mode) {
+			return fmt.Errorf("models[%d] (%s): mode %q: use %s", i, m.Model, m.Mode, strings.Join(launch.Modes, ", "))
+		}
+		if m.DraftTokens < 0 || m.Stages < 0 {
+			return fmt.Errorf("models[%d] (%s): draft_tokens and stages must be positive", i, m.Model)
 		}
 		if m.Context < 0 {
 			return fmt.Errorf("models[%d] (%s): context %d: must be positive", i, m.Model, m.Context)

@@ -147,6 +147,31 @@ func TestChooseBest(t *testing.T) {
 	}
 }
 
+// TestChooseBestAcrossModes: every mode a sweep measured competes; what cannot be served here is
+// passed over with its reason.
+func TestChooseBestAcrossModes(t *testing.T) {
+	lines := []string{
+		`{"id":"1","config":{"model":"tiny","mode":"openai"},"result":{"decode_tok_s":90}}`,
+		`{"id":"2","config":{"model":"synth:tiny-qwen3","mode":"pipeline+spec","drafter":"dflash","draft":"d"},"result":{"decode_tok_s":80}}`,
+		`{"id":"3","config":{"model":"synth:tiny-qwen3","mode":"pipeline+spec","drafter":"lookup","stages":2,"draft_tokens":3},"result":{"decode_tok_s":70}}`,
+		`{"id":"4","config":{"model":"synth:tiny-qwen3","mode":"spec","drafter":"lookup"},"result":{"decode_tok_s":60}}`,
+		`{"id":"5","config":{"model":"synth:tiny-qwen3","mode":"standalone"},"result":{"decode_tok_s":50}}`,
+	}
+	c, err := ChooseBest(strings.NewReader(strings.Join(lines, "\n")), Servable(24<<30, 4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Best.Config; got.Mode != "pipeline+spec" || got.Drafter != "lookup" {
+		t.Errorf("best = %+v; want the pipeline+spec run with the lookup drafter", got)
+	}
+	d := c.Describe()
+	for _, want := range []string{"mode pipeline+spec", "drafter lookup", "K 3", "2 stages", "passed over tiny (mode openai", "another server", "only the standalone spec mode"} {
+		if !strings.Contains(d, want) {
+			t.Errorf("Describe() = %q; want it to contain %q", d, want)
+		}
+	}
+}
+
 func TestServable(t *testing.T) {
 	check := Servable(24<<30, 4096)
 	cases := []struct {
@@ -156,7 +181,18 @@ func TestServable(t *testing.T) {
 	}{
 		{"tiny fits", bench.Config{Model: "synth:tiny-qwen3", Mode: "standalone"}, ""},
 		{"8B in f32 does not fit 24 GiB", bench.Config{Model: "synth:qwen3-8b", Dtype: "f32"}, "does not fit"},
-		{"spec not served", bench.Config{Model: "synth:tiny-qwen3", Mode: "spec"}, "not served yet"},
+		{"spec with lookup", bench.Config{Model: "synth:tiny-qwen3", Mode: "spec", Drafter: "lookup"}, ""},
+		{"spec with a draft model", bench.Config{Model: "synth:tiny-qwen3", Mode: "spec", Drafter: "model", Draft: "synth:tiny-qwen3"}, ""},
+		{"spec with a draft model that does not fit", bench.Config{Model: "synth:tiny-qwen3", Mode: "spec", Drafter: "model", Draft: "synth:qwen3-8b", Dtype: "f32"}, "does not fit"},
+		{"spec without a drafter", bench.Config{Model: "synth:tiny-qwen3", Mode: "spec"}, "unknown drafter"},
+		{"spec model drafter without draft", bench.Config{Model: "synth:tiny-qwen3", Mode: "spec", Drafter: "model"}, "needs a draft checkpoint"},
+		{"pipeline over wifi", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline", Stages: 2, Link: "wifi"}, ""},
+		{"pipeline with a bad link", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline", Link: "pigeon"}, "pigeon"},
+		{"pipeline+spec with dflash", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline+spec", Drafter: "dflash", Draft: "d"}, "only the standalone spec mode"},
+		{"pipeline+spec over the ring", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline+spec", Drafter: "lookup", Transport: "mlx-ring"}, "tcp only"},
+		{"pipeline with a missing hosts file", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline", Hosts: filepath.Join(t.TempDir(), "hosts.yaml")}, "hosts"},
+		{"openai", bench.Config{Model: "tiny", Mode: "openai"}, "another server"},
+		{"unknown mode", bench.Config{Model: "synth:tiny-qwen3", Mode: "tensor"}, "use standalone"},
 		{"unknown preset", bench.Config{Model: "synth:nope"}, "unknown preset"},
 		{"missing directory", bench.Config{Model: filepath.Join(t.TempDir(), "none")}, "read config"},
 	}

@@ -95,7 +95,11 @@ func (g *fakeGenerator) Generate(ctx context.Context, r engines.Request, emit fu
 		}
 		st.Tokens = append(st.Tokens, id)
 		g.emitted.Add(1)
-		if err := emit(engines.Token{ID: id, Step: engines.Step{Forward: time.Millisecond, Sample: 100 * time.Microsecond}}); err != nil {
+		step := engines.Step{Forward: time.Millisecond, Sample: 100 * time.Microsecond}
+		if i > 0 {
+			st.Steps = append(st.Steps, step)
+		}
+		if err := emit(engines.Token{ID: id, Step: step}); err != nil {
 			return st, err
 		}
 		if id == g.eos {

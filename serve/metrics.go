@@ -4,14 +4,27 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hippo-bench/hippo/engines"
 )
 
-// Metrics are the server's Prometheus collectors, all in base units (seconds, bytes). The
-// pipeline and speculative collectors are defined now so that dashboards and alerts can be
-// written against stable names; ObserveNetwork and ObserveSpec feed them once those modes serve.
+// Metrics are the server's Prometheus collectors, all in base units (seconds, bytes). Every
+// generation's decode steps feed them through ObserveStats, whatever the mode: per-stage forward
+// time, per-hop network time (pipelines), sampling time, and drafted and accepted tokens by
+// position (speculative modes).
+//
+// Occupancy is read at every scrape, per model:
+//
+//	hippo_batch_size{model}               sequences decoding now (0 when idle)
+//	hippo_kv_cache_bytes{model}           KV cache those sequences hold
+//	hippo_kv_cache_capacity_bytes{model}  KV cache the model may hold (context x batch bound)
+//
+// A Generator that runs several sequences at once reports them itself (Occupier); for any other
+// the server counts its own calls, which it never overlaps: a batch of 1 while one runs.
 type Metrics struct {
 	Requests        *prometheus.CounterVec   // endpoint, code
 	PromptTokens    *prometheus.CounterVec   // model
@@ -34,6 +47,8 @@ type Metrics struct {
 	Accepted           *prometheus.CounterVec // model
 	DraftedByPosition  *prometheus.CounterVec // model, position
 	AcceptedByPosition *prometheus.CounterVec // model, position
+
+	occupancy *occupancyCollector
 }
 
 // Latency buckets from 0.5 ms to ~65 s: decode steps on a laptop CPU are milliseconds to a second,
@@ -71,12 +86,81 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		DraftedByPosition:  counter("hippo_spec_drafted_by_position_total", "Speculative decoding: drafts that reached each draft position.", "model", "position"),
 		AcceptedByPosition: counter("hippo_spec_accepted_by_position_total", "Speculative decoding: drafts accepted at each draft position.", "model", "position"),
 	}
+	m.occupancy = &occupancyCollector{models: map[string]func() (int, int64, int64){}}
+	reg.MustRegister(m.occupancy)
 	reg.MustRegister(m.Requests, m.PromptTokens, m.GeneratedTokens, m.TTFT, m.InterToken, m.RequestDuration,
 		m.QueueWait, m.Forward, m.Sample, m.QueueDepth, m.ModelMemory, m.BuildInfo,
 		m.Network, m.Drafted, m.Accepted, m.DraftedByPosition, m.AcceptedByPosition)
 	version, revision := buildVersion()
 	m.BuildInfo.WithLabelValues(version, revision, runtime.Version()).Set(1)
 	return m
+}
+
+// ObserveStats records the decode steps of one generation: forward time per stage ("0" when
+// standalone), network time per hop, sampling time (not in speculative modes, whose steps sample
+// nothing of their own), and what speculation drafted and accepted.
+func (m *Metrics) ObserveStats(model string, st engines.Stats) {
+	for _, s := range st.Steps {
+		if len(s.StageForward) == 0 {
+			m.Forward.WithLabelValues(model, "0").Observe(s.Forward.Seconds())
+		}
+		for k, f := range s.StageForward {
+			m.Forward.WithLabelValues(model, strconv.Itoa(k)).Observe(f.Seconds())
+		}
+		switch n := len(s.StageForward); {
+		case n == 2:
+			m.ObserveNetwork(model, 0, s.Network)
+		case n > 2:
+			// The driver measures its round trip through every stage; the hops are not told
+			// apart on the wire yet, so their sum goes under hop "all".
+			m.Network.WithLabelValues(model, "all").Observe(s.Network.Seconds())
+		}
+		if st.Spec == nil {
+			m.Sample.WithLabelValues(model).Observe(s.Sample.Seconds())
+		}
+	}
+	if st.Spec != nil {
+		for _, s := range st.Spec.Steps {
+			m.ObserveSpec(model, s.Drafted, s.Accepted)
+		}
+	}
+}
+
+// watch makes every scrape report model's occupancy as read by f (sequences decoding, KV bytes
+// they hold, KV bytes available).
+func (m *Metrics) watch(model string, f func() (running int, kvBytes, kvCapacity int64)) {
+	m.occupancy.mu.Lock()
+	defer m.occupancy.mu.Unlock()
+	m.occupancy.models[model] = f
+}
+
+// occupancyCollector reads each model's occupancy at scrape time.
+type occupancyCollector struct {
+	mu     sync.Mutex
+	models map[string]func() (int, int64, int64)
+}
+
+var (
+	batchDesc = prometheus.NewDesc("hippo_batch_size", "Sequences of a model decoding now (0 when idle; 1 at most for a generator that runs one at a time).", []string{"model"}, nil)
+	kvDesc    = prometheus.NewDesc("hippo_kv_cache_bytes", "KV cache held by the sequences decoding now.", []string{"model"}, nil)
+	kvCapDesc = prometheus.NewDesc("hippo_kv_cache_capacity_bytes", "KV cache a model may hold: its context times the sequences it may decode at once.", []string{"model"}, nil)
+)
+
+func (c *occupancyCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- batchDesc
+	ch <- kvDesc
+	ch <- kvCapDesc
+}
+
+func (c *occupancyCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for model, f := range c.models {
+		running, kv, capacity := f()
+		ch <- prometheus.MustNewConstMetric(batchDesc, prometheus.GaugeValue, float64(running), model)
+		ch <- prometheus.MustNewConstMetric(kvDesc, prometheus.GaugeValue, float64(kv), model)
+		ch <- prometheus.MustNewConstMetric(kvCapDesc, prometheus.GaugeValue, float64(capacity), model)
+	}
 }
 
 // ObserveNetwork records the wire time of one hop of one pipeline decode step.

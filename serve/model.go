@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/launch"
 	"github.com/hippo-bench/hippo/engines/tokenizer"
 )
 
@@ -18,6 +19,16 @@ type Generator interface {
 }
 
 var _ Generator = (*engines.Engine)(nil)
+
+// Occupier is an optional ability of a Generator that decodes several sequences at once
+// (continuous batching). The server reads it at every /metrics scrape, from any goroutine, as
+// hippo_batch_size, hippo_kv_cache_bytes and hippo_kv_cache_capacity_bytes; for a Generator
+// without it the server counts its own calls instead.
+type Occupier interface {
+	// Occupancy returns the sequences decoding now, the KV cache bytes they hold, and the KV
+	// cache bytes the generator may hold at most.
+	Occupancy() (running int, kvBytes, kvCapacity int64)
+}
 
 // Tokenizer is what the server needs of a model's tokenizer. Its methods may be called from many
 // goroutines at once.
@@ -54,6 +65,9 @@ type Model struct {
 	MemoryBytes int64
 	// Created is reported by /v1/models (default: when the server was made).
 	Created time.Time
+	// KVBytes, when set, is the KV cache a sequence of tokens positions holds: the server reports
+	// it as KV occupancy for a generator that does not report occupancy itself.
+	KVBytes func(tokens int) int64
 }
 
 // EngineTokenizer adapts a real tokenizer to Tokenizer.
@@ -68,7 +82,10 @@ var (
 
 func (t engineTokenizer) NewDecoder() Decoder { return t.NewStreamDecoder() }
 
-// EngineModel describes an open engine as a served model called id.
-func EngineModel(id string, e *engines.Engine, context int) Model {
-	return Model{ID: id, Generator: e, Tokenizer: EngineTokenizer(e.Tokenizer()), Context: context, MemoryBytes: e.WeightBytes()}
+// GeneratorModel describes an opened configuration as a served model called id, with the
+// context its memory guard planned for.
+func GeneratorModel(id string, g launch.Generator) Model {
+	info := g.Info()
+	return Model{ID: id, Generator: g, Tokenizer: EngineTokenizer(g.Tokenizer()), Context: info.Context(),
+		MemoryBytes: info.WeightBytes, KVBytes: info.KVBytes}
 }

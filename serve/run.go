@@ -12,8 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/hippo-bench/hippo/bench"
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/launch"
 	"github.com/hippo-bench/hippo/engines/synth"
 )
 
@@ -27,6 +27,8 @@ type RunOptions struct {
 	Registry *prometheus.Registry
 	// Ready, when set, is called with the listening address once connections are accepted.
 	Ready func(addr string)
+	// Exe is the hippo binary that serves local pipeline stages (default: this executable).
+	Exe string
 	// Grace is how long in-flight requests may finish after ctx ends (default 10 s); then their
 	// generations are cancelled.
 	Grace time.Duration
@@ -46,35 +48,41 @@ func Run(ctx context.Context, c Config, o RunOptions) error {
 		reg = NewRegistry()
 	}
 	var models []Model
-	var open []*engines.Engine
+	var open []launch.Generator
 	defer func() {
-		for _, e := range open {
-			e.Close()
+		for _, g := range open {
+			g.Close()
 		}
 	}()
 	for _, mc := range c.Models {
-		ctxLen := mc.Context
-		if ctxLen == 0 {
-			ctxLen = DefaultContext
-		}
+		lc := mc.Launch(mc.Model, mc.Draft, int64(c.RAM))
 		// Check memory before synthesizing a preset: writing a checkpoint that cannot run wastes
 		// minutes and gigabytes.
-		if err := Servable(int64(c.RAM), ctxLen)(bench.Config{Model: mc.Model, Dtype: mc.DType}); err != nil {
+		if err := Servable(int64(c.RAM), lc.Context)(mc.bench()); err != nil {
 			return fmt.Errorf("model %s: %w", mc.ID, err)
 		}
-		dir, err := synth.Resolve(ctx, mc.Model, o.ModelsDir, o.TokenizersDir)
-		if err != nil {
+		var err error
+		if lc.Model, err = synth.Resolve(ctx, mc.Model, o.ModelsDir, o.TokenizersDir); err != nil {
 			return err
 		}
+		if lc.Draft != "" {
+			if lc.Draft, err = synth.Resolve(ctx, mc.Draft, o.ModelsDir, o.TokenizersDir); err != nil {
+				return err
+			}
+		}
+		lc.Exe = o.Exe
 		start := time.Now()
-		e, err := engines.Open(ctx, engines.Options{Model: dir, DType: mc.DType, RAM: int64(c.RAM), Context: ctxLen})
+		g, err := launch.Open(ctx, lc)
 		if err != nil {
 			return fmt.Errorf("model %s: %w", mc.ID, err)
 		}
-		open = append(open, e)
-		models = append(models, EngineModel(mc.ID, e, ctxLen))
-		log.Info("model loaded", "id", mc.ID, "dir", dir, "dtype", e.DType(), "context", ctxLen,
-			"weights", engines.FormatBytes(e.WeightBytes()), "took", time.Since(start).Round(time.Millisecond))
+		open = append(open, g)
+		m := GeneratorModel(mc.ID, g)
+		models = append(models, m)
+		info := g.Info()
+		log.Info("model loaded", "id", mc.ID, "dir", lc.Model, "mode", info.Mode, "dtype", info.DType, "context", m.Context,
+			"stages", info.Stages, "link", info.Link, "drafter", mc.Drafter, "draft_tokens", info.DraftTokens,
+			"weights", engines.FormatBytes(info.WeightBytes), "took", time.Since(start).Round(time.Millisecond))
 	}
 	s, err := New(Options{Models: models, APIKeys: c.APIKeys, MaxQueue: c.MaxQueue, Timeout: time.Duration(c.Timeout),
 		MaxBody: int64(c.MaxBody), Registry: reg, Logger: log})

@@ -83,6 +83,24 @@ type served struct {
 	// slot holds a token while a generation runs: the engine runs one at a time.
 	slot chan struct{}
 	eos  map[int]bool
+	// running and positions count the generations in progress and the positions their KV
+	// caches hold, for the occupancy metrics of a Generator that is not an Occupier.
+	running, positions atomic.Int64
+}
+
+// occupancy is what m holds now: sequences decoding, their KV bytes, and the KV bytes it may hold.
+func (m *served) occupancy() (int, int64, int64) {
+	if o, ok := m.Generator.(Occupier); ok {
+		return o.Occupancy()
+	}
+	if m.KVBytes == nil {
+		return int(m.running.Load()), 0, 0
+	}
+	var kv int64
+	if p := m.positions.Load(); p > 0 {
+		kv = m.KVBytes(int(p))
+	}
+	return int(m.running.Load()), kv, m.KVBytes(m.Context)
 }
 
 // New checks o and builds a Server.
@@ -141,6 +159,7 @@ func New(o Options) (*Server, error) {
 		// Zero series, so dashboards show 0 instead of "no data" before the first request.
 		s.metrics.PromptTokens.WithLabelValues(m.ID)
 		s.metrics.GeneratedTokens.WithLabelValues(m.ID)
+		s.metrics.watch(m.ID, sv.occupancy)
 	}
 	for _, k := range o.APIKeys {
 		if k == "" {
@@ -506,17 +525,18 @@ func (s *Server) generate(w *recorder, r *http.Request, j job) {
 	stop := NewStopScanner(j.Stop)
 	var generated int
 	last := time.Now()
+	m.running.Add(1)
+	m.positions.Add(int64(len(j.prompt)))
 	stats, err := m.Generator.Generate(ctx, engines.Request{
 		Tokens: j.prompt, MaxTokens: j.MaxTokens, Temperature: j.Temperature, TopP: j.TopP, Seed: j.Seed,
 	}, func(t engines.Token) error {
 		now := time.Now()
 		generated++
+		m.positions.Add(1)
 		if generated == 1 {
 			s.metrics.TTFT.WithLabelValues(m.ID).Observe(now.Sub(j.start).Seconds())
 		} else {
 			s.metrics.InterToken.WithLabelValues(m.ID).Observe(now.Sub(last).Seconds())
-			s.metrics.Forward.WithLabelValues(m.ID, "0").Observe(t.Step.Forward.Seconds())
-			s.metrics.Sample.WithLabelValues(m.ID).Observe(t.Step.Sample.Seconds())
 		}
 		last = now
 		if m.eos[t.ID] {
@@ -531,6 +551,9 @@ func (s *Server) generate(w *recorder, r *http.Request, j job) {
 		}
 		return nil
 	})
+	m.running.Add(-1)
+	m.positions.Add(-int64(len(j.prompt) + generated))
+	s.metrics.ObserveStats(m.ID, stats)
 	s.metrics.PromptTokens.WithLabelValues(m.ID).Add(float64(len(j.prompt)))
 	s.metrics.GeneratedTokens.WithLabelValues(m.ID).Add(float64(generated))
 	finish := stats.FinishReason

@@ -17,6 +17,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/hippo-bench/hippo/engines"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -568,6 +571,7 @@ func TestMetricsExposed(t *testing.T) {
 		"hippo_sample_seconds_bucket", "hippo_queue_depth", "hippo_model_memory_bytes", "hippo_build_info",
 		"hippo_network_seconds_bucket", "hippo_spec_drafted_tokens_total", "hippo_spec_accepted_tokens_total",
 		"hippo_spec_drafted_by_position_total", "hippo_spec_accepted_by_position_total",
+		"hippo_batch_size", "hippo_kv_cache_bytes", "hippo_kv_cache_capacity_bytes",
 	} {
 		if !strings.Contains(string(b), "\n"+name) {
 			t.Errorf("/metrics lacks %s", name)
@@ -587,6 +591,53 @@ func TestMetricsExposed(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(s.Metrics().ModelMemory.WithLabelValues("fake")); got != 1234 {
 		t.Errorf("hippo_model_memory_bytes = %v; want 1234", got)
+	}
+}
+
+// TestObserveStats: a generation's steps feed the per-stage, per-hop and speculative collectors.
+func TestObserveStats(t *testing.T) {
+	ms := time.Millisecond
+	cases := []struct {
+		name  string
+		st    engines.Stats
+		count map[string]int // histogram series -> observations
+		spec  [2]float64     // drafted, accepted
+	}{
+		{"standalone", engines.Stats{Steps: []engines.Step{{Forward: ms, Sample: ms}, {Forward: ms, Sample: ms}}},
+			map[string]int{"forward 0": 2, "sample": 2}, [2]float64{}},
+		{"pipeline 2 stages", engines.Stats{Steps: []engines.Step{{Forward: 2 * ms, StageForward: []time.Duration{ms, ms}, Network: ms}}},
+			map[string]int{"forward 0": 1, "forward 1": 1, "network 0": 1, "sample": 1}, [2]float64{}},
+		{"pipeline 3 stages", engines.Stats{Steps: []engines.Step{{StageForward: []time.Duration{ms, ms, ms}, Network: ms}}},
+			map[string]int{"forward 0": 1, "forward 2": 1, "network all": 1, "sample": 1}, [2]float64{}},
+		{"spec", engines.Stats{Steps: []engines.Step{{Forward: ms}, {Forward: ms}},
+			Spec: &engines.SpecStats{Steps: []engines.SpecStep{{Drafted: 4, Accepted: 4}, {Drafted: 4, Accepted: 1}}}},
+			map[string]int{"forward 0": 2, "sample": 0}, [2]float64{8, 5}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMetrics(prometheus.NewRegistry())
+			m.ObserveStats("x", tc.st)
+			for series, want := range tc.count {
+				var h prometheus.Observer
+				switch kind, label, _ := strings.Cut(series, " "); kind {
+				case "forward":
+					h = m.Forward.WithLabelValues("x", label)
+				case "network":
+					h = m.Network.WithLabelValues("x", label)
+				default:
+					h = m.Sample.WithLabelValues("x")
+				}
+				var pb dto.Metric
+				h.(prometheus.Metric).Write(&pb)
+				if got := int(pb.GetHistogram().GetSampleCount()); got != want {
+					t.Errorf("%s: %d observations; want %d", series, got, want)
+				}
+			}
+			got := [2]float64{testutil.ToFloat64(m.Drafted.WithLabelValues("x")), testutil.ToFloat64(m.Accepted.WithLabelValues("x"))}
+			if got != tc.spec {
+				t.Errorf("drafted, accepted = %v; want %v", got, tc.spec)
+			}
+		})
 	}
 }
 

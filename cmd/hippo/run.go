@@ -20,7 +20,7 @@ func runCommand() *cli.Command {
 		Name:      "run",
 		Usage:     "generate from a model once and report its timing",
 		UsageText: "hippo run --model DIR|synth:PRESET --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--chat] [--ignore-eos] [--dtype f32|bf16|f16] [--ram SIZE] [--json]",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "model", Required: true, Usage: "checkpoint directory, or synth:PRESET"},
 			&cli.StringFlag{Name: "prompt", Value: "The quick brown fox", Usage: "prompt text"},
 			&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens to generate at most"},
@@ -33,17 +33,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "ram", Usage: "plan for this much RAM instead of the detected amount (e.g. 16GB)"},
 			&cli.IntFlag{Name: "context", Usage: "context length the memory guard plans for (default: prompt + max tokens)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
-			&cli.StringFlag{Name: "mode", Value: "standalone", Usage: "standalone, pipeline, spec or pipeline+spec (speculation across the pipeline)"},
-			&cli.StringFlag{Name: "drafter", Value: "model", Usage: "spec: model, lookup or dflash"},
-			&cli.StringFlag{Name: "draft", Usage: "spec: draft checkpoint for --drafter model or dflash (DIR or synth:PRESET)"},
-			&cli.IntFlag{Name: "draft-tokens", Value: 4, Usage: "spec: tokens drafted per step (K)"},
-			&cli.IntFlag{Name: "stages", Value: 2, Usage: "pipeline: number of stages"},
-			&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced)"},
-			&cli.StringFlag{Name: "link", Value: "loopback", Usage: "pipeline: link profile (loopback, thunderbolt, wifi, ethernet-1g, ethernet-10g, custom:latency=..,jitter=..,bandwidth=..)"},
-			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "pipeline: tcp (the project's framing) or mlx-ring (MLX's distributed ring backend; loopback link only)"},
-			&cli.StringFlag{Name: "reply", Value: "token", Usage: "pipeline: the last stage replies with the sampled token, or topk:K candidates the driver samples from"},
-			&cli.StringFlag{Name: "hosts", Usage: "pipeline: YAML file with the address of each stage's `hippo rank` on other machines (default: start the stages here)"},
-		},
+		}, modeFlags()...),
 		Action: func(c *cli.Context) error {
 			cfg := bench.Config{
 				Model: c.String("model"), Prompt: c.String("prompt"),
@@ -123,5 +113,21 @@ func runCommand() *cli.Command {
 			}
 			return nil
 		},
+	}
+}
+
+// modeFlags are the flags that choose how a model runs, shared by run and serve.
+func modeFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "mode", Value: "standalone", Usage: "standalone, pipeline, spec or pipeline+spec (speculation across the pipeline)"},
+		&cli.StringFlag{Name: "drafter", Value: "model", Usage: "spec: model, lookup or dflash"},
+		&cli.StringFlag{Name: "draft", Usage: "spec: draft checkpoint for --drafter model or dflash (DIR or synth:PRESET)"},
+		&cli.IntFlag{Name: "draft-tokens", Value: 4, Usage: "spec: tokens drafted per step (K)"},
+		&cli.IntFlag{Name: "stages", Value: 2, Usage: "pipeline: number of stages"},
+		&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced)"},
+		&cli.StringFlag{Name: "link", Value: "loopback", Usage: "pipeline: link profile (loopback, thunderbolt, wifi, ethernet-1g, ethernet-10g, custom:latency=..,jitter=..,bandwidth=..)"},
+		&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "pipeline: tcp (the project's framing) or mlx-ring (MLX's distributed ring backend; loopback link only)"},
+		&cli.StringFlag{Name: "reply", Value: "token", Usage: "pipeline: the last stage replies with the sampled token, or topk:K candidates the driver samples from"},
+		&cli.StringFlag{Name: "hosts", Usage: "pipeline: YAML file with the address of each stage's `hippo rank` on other machines (default: start the stages here)"},
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -17,9 +18,10 @@ func serveCommand() *cli.Command {
 		Name:  "serve",
 		Usage: "serve models through an OpenAI-compatible API, with /metrics and a web chat",
 		UsageText: "hippo serve --model DIR|synth:PRESET [--dtype f32|bf16|f16] [--listen ADDR] [--api-key KEY ...] [--max-queue N] [--timeout D] [--max-body SIZE]\n" +
+			"hippo serve --model DIR --mode pipeline|spec|pipeline+spec [the mode flags of hippo run: --stages, --split, --link, --hosts, --drafter, --draft, --draft-tokens ...]\n" +
 			"hippo serve --best results/<sweep>/<stamp>   (the fastest servable configuration of a sweep)\n" +
 			"hippo serve --config hippo.yaml              (several models; flags override the file)",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "model", Usage: "checkpoint directory or synth:PRESET (repeat to serve several)"},
 			&cli.StringFlag{Name: "best", Usage: "serve the configuration with the best mean decode tok/s in this sweep output directory"},
 			&cli.StringFlag{Name: "config", Usage: "hippo.yaml with listen, api_keys, max_queue, timeout, max_body, ram and models"},
@@ -31,7 +33,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "max-body", Value: "1MiB", Usage: "largest request body"},
 			&cli.IntFlag{Name: "context", Value: serve.DefaultContext, Usage: "longest prompt + completion served (the memory guard plans for it)"},
 			&cli.StringFlag{Name: "ram", Usage: "plan for this much RAM instead of the detected amount (e.g. 16GB)"},
-		},
+		}, modeFlags()...),
 		Action: func(c *cli.Context) error {
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			cfg, err := serveConfig(c, log)
@@ -91,15 +93,21 @@ func serveConfig(c *cli.Context, log *slog.Logger) (serve.Config, error) {
 			return cfg, err
 		}
 		log.Info("best configuration", "choice", choice.Describe())
-		dtype := choice.Best.Config.Dtype
+		m := serve.FromSweep(choice.Best.Config, c.Int("context"))
 		if c.IsSet("dtype") {
-			dtype = c.String("dtype")
+			m.DType = c.String("dtype")
 		}
-		cfg.Models = []serve.ModelConfig{{Model: choice.Best.Config.Model, DType: dtype, Context: c.Int("context")}}
+		cfg.Models = []serve.ModelConfig{m}
 	case len(models) > 0:
 		cfg.Models = nil
-		for _, m := range models {
-			cfg.Models = append(cfg.Models, serve.ModelConfig{Model: m, DType: c.String("dtype"), Context: c.Int("context")})
+		for _, name := range models {
+			m := serve.ModelConfig{Model: name, DType: c.String("dtype"), Context: c.Int("context"), Mode: c.String("mode"),
+				Stages: c.Int("stages"), Split: c.String("split"), Link: c.String("link"), Transport: c.String("transport"),
+				Reply: c.String("reply"), Hosts: c.String("hosts")}
+			if strings.HasSuffix(m.Mode, "spec") {
+				m.Drafter, m.Draft, m.DraftTokens = c.String("drafter"), c.String("draft"), c.Int("draft-tokens")
+			}
+			cfg.Models = append(cfg.Models, m)
 		}
 	case len(cfg.Models) == 0:
 		return cfg, errors.New("no model: give --model DIR|synth:PRESET, --best results/<sweep>/<stamp> or --config hippo.yaml")

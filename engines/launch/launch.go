@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
@@ -15,6 +17,7 @@ import (
 	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/pipeline"
 	"github.com/hippo-bench/hippo/engines/tokenizer"
+	"github.com/hippo-bench/hippo/transport"
 )
 
 // The execution modes.
@@ -103,6 +106,55 @@ func (i Info) KVBytes(tokens int) int64 {
 // Context is the longest prompt plus generation the memory guard planned for.
 func (i Info) Context() int { return i.context }
 
+// Check refuses a configuration that cannot run, without loading anything: an unknown mode,
+// drafter, transport, link or reply, a speculative mode without the draft its drafter needs, and
+// combinations the engines do not support.
+func Check(c Config) error {
+	mode := orDefault(c.Mode, Standalone)
+	if !slices.Contains(Modes, mode) {
+		return fmt.Errorf("mode %q: use %s", c.Mode, strings.Join(Modes, ", "))
+	}
+	speculative := mode == Spec || mode == PipelineSpec
+	if speculative {
+		switch c.Drafter {
+		case "lookup":
+		case "model", "dflash":
+			if c.Draft == "" {
+				return fmt.Errorf("drafter %s needs a draft checkpoint: give --draft DIR", c.Drafter)
+			}
+		default:
+			return fmt.Errorf("unknown drafter %q: use model, lookup or dflash", c.Drafter)
+		}
+	}
+	if mode != Pipeline && mode != PipelineSpec {
+		return nil
+	}
+	if c.Drafter == "dflash" && speculative {
+		return fmt.Errorf("drafter dflash drafts from the target's hidden states, which only the standalone spec mode records: use mode spec, or drafter model or lookup with pipelines")
+	}
+	tr, err := pipeline.ParseTransport(c.Transport)
+	if err != nil {
+		return err
+	}
+	if mode == PipelineSpec && tr == pipeline.TransportRing {
+		// The drafter runs MLX on its own thread while the ring waits on another, and this
+		// process's MLX scope state is not safe for that overlap.
+		return fmt.Errorf("pipeline+spec runs over --transport tcp only (its drafter would run MLX beside the ring's thread)")
+	}
+	if _, err := transport.ParseProfile(orDefault(c.Link, "loopback")); err != nil {
+		return err
+	}
+	if _, err := ParseReply(c.Reply); err != nil {
+		return err
+	}
+	if c.Hosts != "" {
+		if _, err := pipeline.LoadHosts(c.Hosts); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Open loads c. The returned Generator owns everything it loaded; Close it.
 func Open(ctx context.Context, c Config) (Generator, error) {
 	l := &Loader{}
@@ -144,6 +196,9 @@ type Loader struct {
 func (l *Loader) Load(ctx context.Context, c Config) (Generator, error) {
 	if c.Model == "" {
 		return nil, errors.New("launch: no model: give a checkpoint directory")
+	}
+	if err := Check(c); err != nil {
+		return nil, err
 	}
 	if c.DType == "" {
 		c.DType = engines.DefaultDType()
@@ -223,11 +278,6 @@ func (l *Loader) pipeline(ctx context.Context, c Config, info Info) (Generator, 
 	plan, err := Plan(c)
 	if err != nil {
 		return nil, err
-	}
-	if info.Mode == PipelineSpec && plan.Transport == pipeline.TransportRing {
-		// The drafter runs MLX on its own thread while the ring waits on another, and this
-		// process's MLX scope state is not safe for that overlap.
-		return nil, fmt.Errorf("pipeline+spec runs over --transport tcp only (its drafter would run MLX beside the ring's thread)")
 	}
 	topK, err := ParseReply(c.Reply)
 	if err != nil {
