@@ -38,12 +38,19 @@ func synthesize(t *testing.T, preset string) string {
 // returns its base URL; it is shut down when the test ends.
 func startServe(t *testing.T, c Config) string {
 	t.Helper()
+	return startServeWith(t, c, RunOptions{})
+}
+
+// startServeWith is startServe with options (its Logger and Ready are replaced).
+func startServeWith(t *testing.T, c Config, o RunOptions) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	c.Listen = "127.0.0.1:0"
 	go func() {
-		done <- Run(ctx, c, RunOptions{Logger: slog.New(slog.DiscardHandler), Ready: func(addr string) { ready <- addr }})
+		o.Logger, o.Ready = slog.New(slog.DiscardHandler), func(addr string) { ready <- addr }
+		done <- Run(ctx, c, o)
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -44,7 +44,9 @@ package pipeline
 // depend on the stage's arrays. The payoff is that a receive MLX cannot interrupt (a peer that
 // is silent but alive) blocks only the ring's thread: the stage can still be closed, and the
 // driver can return a timeout. The ring worker and the stage never run at the same time (each
-// process alternates them), which the mlx package's per-process scope state requires.
+// process alternates them), which the mlx package's per-process scope state requires; the ring's
+// worker is therefore an overlapping one, outside the process-wide turn, so a stuck receive
+// cannot block the stage's Close.
 
 import (
 	"context"
@@ -391,7 +393,7 @@ func (j *ringJoin) node(ctx context.Context, plan Plan, st *engines.Stage) (*rin
 	}
 	sizes := ringSizes{stages: len(plan.Split), header: ringHeaderSize(len(plan.Split)),
 		pos: st.Config().HiddenSize * st.DType().Size()}
-	return &ringNode{ringSizes: sizes, w: mlx.NewWorker(), g: g, stage: j.stage}, nil
+	return &ringNode{ringSizes: sizes, w: mlx.NewOverlappingWorker(), g: g, stage: j.stage}, nil
 }
 
 // ringIdentity is what every stage must agree on, checked by the hello.
