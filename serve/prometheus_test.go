@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,9 +19,11 @@ import (
 	"github.com/hippo-bench/hippo/internal/testenv"
 )
 
-// TestDashboardQueries runs a real Prometheus with deploy/prometheus.yml against a server under
-// traffic and checks that every PromQL expression of the Grafana dashboard returns data. The
-// pipeline and speculative hooks are fed directly, as those engines will feed them.
+// TestDashboardQueries runs a real Prometheus with deploy/prometheus.yml against serve.Run serving
+// every mode (standalone, spec, pipeline, pipeline+spec over 3 stages) under real traffic, and
+// checks that every PromQL expression of the Grafana dashboard returns data, and that each mode
+// fed its own series: per-stage forward and per-hop network time for the pipelines, acceptance
+// for the speculative modes, batch size and KV occupancy for all. Nothing is fed by hand.
 func TestDashboardQueries(t *testing.T) {
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
@@ -30,22 +31,16 @@ func TestDashboardQueries(t *testing.T) {
 	}
 	root := testenv.Root(t)
 	exprs := dashboardExprs(t, filepath.Join(root, "deploy", "grafana", "dashboards", "hippo.json"))
-
-	m, g := fakeModel(strings.Fields("one two three four five six")...)
-	g.delay = time.Millisecond
-	s, err := New(Options{Models: []Model{m}, Registry: NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewServer(s)
-	defer ts.Close()
+	began := time.Now()
+	base, models := startModes(t)
+	t.Logf("serving after %v", time.Since(began).Round(time.Millisecond))
 
 	cfg, err := os.ReadFile(filepath.Join(root, "deploy", "prometheus.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := string(cfg)
-	for old, repl := range map[string]string{"127.0.0.1:8002": strings.TrimPrefix(ts.URL, "http://"), "scrape_interval: 5s": "scrape_interval: 1s"} {
+	for old, repl := range map[string]string{"127.0.0.1:8002": strings.TrimPrefix(base, "http://"), "scrape_interval: 5s": "scrape_interval: 1s"} {
 		if !strings.Contains(text, old) {
 			t.Fatalf("deploy/prometheus.yml no longer contains %q", old)
 		}
@@ -71,28 +66,37 @@ func TestDashboardQueries(t *testing.T) {
 		cmd.Wait()
 	}()
 
-	// Traffic until the queries are answered.
+	// Traffic until the queries are answered: two clients per model, streamed and not, so that
+	// a second request waits in the queue while the first runs.
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			body := fmt.Sprintf(`{"model":"fake","messages":[{"role":"user","content":"hi"}],"stream":%t}`, i%2 == 0)
-			if resp, err := http.Post(ts.URL+"/v1/chat/completions", "application/json", strings.NewReader(body)); err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-			s.Metrics().ObserveNetwork("fake", 0, 300*time.Microsecond)
-			s.Metrics().ObserveSpec("fake", 4, i%5)
-			time.Sleep(5 * time.Millisecond)
+	for _, m := range models {
+		for c := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"one two three, one two three %d"}],"max_tokens":12,"temperature":0,"stream":%t}`,
+						m.ID, i, (i+c)%2 == 0)
+					resp, err := http.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(body))
+					if err != nil {
+						continue
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						t.Errorf("%s: status %d", m.ID, resp.StatusCode)
+						return
+					}
+				}
+			}()
 		}
-	}()
+	}
 	defer func() {
 		close(stop)
 		wg.Wait()
@@ -102,7 +106,27 @@ func TestDashboardQueries(t *testing.T) {
 	for _, e := range exprs {
 		pending[strings.ReplaceAll(e, "$__rate_interval", "15s")] = true
 	}
-	deadline := time.Now().Add(45 * time.Second)
+	for _, m := range models {
+		pending[fmt.Sprintf(`max_over_time(hippo_batch_size{model=%q}[1m]) > 0`, m.ID)] = true
+		pending[fmt.Sprintf(`max_over_time(hippo_kv_cache_bytes{model=%q}[1m]) > 0`, m.ID)] = true
+		pending[fmt.Sprintf(`hippo_kv_cache_capacity_bytes{model=%q} > 0`, m.ID)] = true
+		pending[fmt.Sprintf(`hippo_forward_seconds_count{model=%q,stage="0"} > 0`, m.ID)] = true
+		pending[fmt.Sprintf(`hippo_inter_token_latency_seconds_count{model=%q} > 0`, m.ID)] = true
+	}
+	for _, e := range []string{
+		`hippo_sample_seconds_count{model="alone"} > 0`,
+		`hippo_forward_seconds_count{model="pipe",stage="1"} > 0`,
+		`hippo_network_seconds_count{model="pipe",hop="0"} > 0`,
+		`hippo_forward_seconds_count{model="pipespec",stage="2"} > 0`,
+		`hippo_network_seconds_count{model="pipespec",hop="all"} > 0`,
+		`hippo_spec_drafted_tokens_total{model="spec"} > 0`,
+		`hippo_spec_accepted_by_position_total{model="spec",position="2"} > 0`,
+		`hippo_spec_drafted_by_position_total{model="pipespec",position="0"} > 0`,
+		`hippo_queue_wait_seconds_count > 0`,
+	} {
+		pending[e] = true
+	}
+	deadline := time.Now().Add(60 * time.Second)
 	for len(pending) > 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Second)
 		for e := range pending {
@@ -112,6 +136,9 @@ func TestDashboardQueries(t *testing.T) {
 				}
 			} else if ok {
 				delete(pending, e)
+				if testing.Verbose() {
+					t.Logf("%v: data for %s", time.Since(began).Round(time.Second), e)
+				}
 			}
 		}
 	}
