@@ -132,6 +132,9 @@ type Step struct {
 	StageForward []time.Duration
 	Network      time.Duration
 	Bytes        int64
+	// Hops splits Network by hop (Hops[k] is stage k to k+1 and back), where the transport
+	// reports it (the project's TCP framing; not mlx-ring).
+	Hops []time.Duration
 }
 
 // Token is one generated token and how long it took.

@@ -107,12 +107,15 @@ func (m *Metrics) ObserveStats(model string, st engines.Stats) {
 		for k, f := range s.StageForward {
 			m.Forward.WithLabelValues(model, strconv.Itoa(k)).Observe(f.Seconds())
 		}
+		for k, h := range s.Hops {
+			m.ObserveNetwork(model, k, h)
+		}
 		switch n := len(s.StageForward); {
+		case len(s.Hops) > 0:
 		case n == 2:
 			m.ObserveNetwork(model, 0, s.Network)
 		case n > 2:
-			// The driver measures its round trip through every stage; the hops are not told
-			// apart on the wire yet, so their sum goes under hop "all".
+			// Over mlx-ring the stages report no hop times: the sum goes under hop "all".
 			m.Network.WithLabelValues(model, "all").Observe(s.Network.Seconds())
 		}
 		if st.Spec == nil {

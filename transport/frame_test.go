@@ -50,7 +50,7 @@ func sampleMessages() []struct {
 		{"reply token", &Reply{Tokens: []int32{151643}, Timings: []StageTiming{{Stage: 1, Forward: 41 * time.Millisecond}}}},
 		{"reply top-k and hops", &Reply{
 			TopK:    []Candidate{{ID: 7, Logit: 3.5}, {ID: 0, Logit: float32(math.Inf(-1))}, {ID: 9, Logit: -0.25}},
-			Timings: []StageTiming{{Stage: 2, Forward: 30 * time.Millisecond}, {Stage: 1, Forward: 29 * time.Millisecond}, {Stage: 0, Forward: time.Microsecond}},
+			Timings: []StageTiming{{Stage: 2, Forward: 30 * time.Millisecond}, {Stage: 1, Forward: 29 * time.Millisecond, Network: 170 * time.Microsecond}, {Stage: 0, Forward: time.Microsecond, Network: time.Millisecond}},
 		}},
 		{"reply empty", &Reply{}},
 		{"error", &Error{Code: CodeModel, Message: "stage 1 runs model abc, driver has def"}},
@@ -280,6 +280,7 @@ func TestEncodeRejectsInvalidMessages(t *testing.T) {
 		{name: "reset negative", msg: &Reset{Position: -1}, want: ErrBadFrame},
 		{name: "reply negative token", msg: &Reply{Tokens: []int32{-1}}, want: ErrBadFrame},
 		{name: "reply negative time", msg: &Reply{Timings: []StageTiming{{Stage: 1, Forward: -1}}}, want: ErrBadFrame},
+		{name: "reply negative network time", msg: &Reply{Timings: []StageTiming{{Stage: 1, Network: -1}}}, want: ErrBadFrame},
 		{name: "hello bad range", msg: &Hello{Expect: Identity{TotalLayers: 4, Start: 3, End: 2}}, want: ErrRange},
 		{name: "hello model id too long", msg: &Hello{Expect: Identity{Model: string(make([]byte, 70000))}}, want: ErrBadFrame},
 	} {

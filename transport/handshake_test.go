@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -136,8 +137,8 @@ func TestHandshake(t *testing.T) {
 			dialer:       Options{Self: driver, Peer: stage1, version: Version + 1},
 			listener:     Options{Self: stage1},
 			want:         ErrVersion,
-			dialerSays:   "speaks wire version 2, this build speaks 3: run the same hippo build on every rank",
-			listenerSays: "speaks wire version 3, this build speaks 2",
+			dialerSays:   fmt.Sprintf("speaks wire version %d, this build speaks %d: run the same hippo build on every rank", Version, Version+1),
+			listenerSays: fmt.Sprintf("speaks wire version %d, this build speaks %d", Version+1, Version),
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

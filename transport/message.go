@@ -437,15 +437,19 @@ type Candidate struct {
 }
 
 // StageTiming is one stage's own forward time for a step, measured by that stage after its
-// result was evaluated.
+// result was evaluated, and, for a stage that passed the step on, the time its call to the next
+// stage spent on the wire: its round trip minus what every later stage reported (their forward
+// and wire times), so the hops of a pipeline add up to the driver's time on the wire.
 type StageTiming struct {
 	Stage   int
 	Forward time.Duration
+	// Network is the hop from Stage to Stage+1 (0 on the last stage, and over mlx-ring).
+	Network time.Duration
 }
 
 // Reply answers a Forward. The last stage fills Tokens (or TopK) and its timing; every stage on
 // the way back appends its own timing, so the driver receives the whole list. Payload: u32
-// count + u32 ids; u32 count + (u32 id, f32 logit) pairs; u16 count + (u16 stage, u64 ns).
+// count + u32 ids; u32 count + (u32 id, f32 logit) pairs; u16 count + (u16 stage, u64 forward ns, u64 network ns).
 type Reply struct {
 	// Tokens holds the sampled token ids, one per position that was asked for.
 	Tokens []int32
@@ -457,6 +461,9 @@ type Reply struct {
 
 // Type implements Message.
 func (*Reply) Type() Type { return TypeReply }
+
+// timingSize is the encoded size of a StageTiming.
+const timingSize = 18
 
 // AddTiming appends one stage's forward time.
 func (m *Reply) AddTiming(stage int, forward time.Duration) {
@@ -488,11 +495,12 @@ func (m *Reply) AppendBinary(b []byte) ([]byte, error) {
 		if err := checkU16("timing stage", t.Stage); err != nil {
 			return b, err
 		}
-		if t.Forward < 0 {
-			return b, fmt.Errorf("transport: encode reply: stage %d has negative forward time %v: %w", t.Stage, t.Forward, ErrBadFrame)
+		if t.Forward < 0 || t.Network < 0 {
+			return b, fmt.Errorf("transport: encode reply: stage %d has negative forward time %v or network time %v: %w", t.Stage, t.Forward, t.Network, ErrBadFrame)
 		}
 		b = binary.LittleEndian.AppendUint16(b, uint16(t.Stage))
 		b = binary.LittleEndian.AppendUint64(b, uint64(t.Forward))
+		b = binary.LittleEndian.AppendUint64(b, uint64(t.Network))
 	}
 	return b, nil
 }
@@ -513,16 +521,16 @@ func (m *Reply) UnmarshalBinary(data []byte) error {
 	}
 	timings := m.Timings[:0]
 	nt := int(d.u16())
-	if d.err == nil && nt*10 > len(data)-d.off {
-		d.fail("timing count %d needs %d bytes, only %d left", nt, nt*10, len(data)-d.off)
+	if d.err == nil && nt*timingSize > len(data)-d.off {
+		d.fail("timing count %d needs %d bytes, only %d left", nt, nt*timingSize, len(data)-d.off)
 	}
 	for i := 0; i < nt && d.err == nil; i++ {
 		stage := int(d.u16())
-		ns := d.u64()
-		if ns > math.MaxInt64 {
-			d.fail("stage %d forward time %d ns is out of range", stage, ns)
+		fw, net := d.u64(), d.u64()
+		if fw > math.MaxInt64 || net > math.MaxInt64 {
+			d.fail("stage %d forward time %d ns or network time %d ns is out of range", stage, fw, net)
 		}
-		timings = append(timings, StageTiming{Stage: stage, Forward: time.Duration(ns)})
+		timings = append(timings, StageTiming{Stage: stage, Forward: time.Duration(fw), Network: time.Duration(net)})
 	}
 	if err := d.done(); err != nil {
 		return err

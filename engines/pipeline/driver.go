@@ -116,16 +116,8 @@ func (d *Driver) Generate(ctx context.Context, r engines.Request, emit func(engi
 		pos += len(tokens)
 		s.StageForward = []time.Duration{res.Forward}
 		s.Forward = res.Forward
-		timings := append([]transport.StageTiming(nil), reply.Timings...)
-		sort.Slice(timings, func(i, j int) bool { return timings[i].Stage < timings[j].Stage })
-		var remote time.Duration
-		for _, t := range timings {
-			s.StageForward = append(s.StageForward, t.Forward)
-			remote += t.Forward
-		}
-		s.Forward += remote
-		s.Network = max(rtt-remote, 0)
-		s.Bytes = int64(len(fw.Data)) + int64(8*len(reply.TopK)+4*len(reply.Tokens)+10*len(reply.Timings))
+		s.Forward += d.timings(&s, rtt, reply.Timings)
+		s.Bytes = int64(len(fw.Data)) + int64(8*len(reply.TopK)+4*len(reply.Tokens)+18*len(reply.Timings))
 		return reply, s, nil
 	}
 	// Prefill: all prompt tokens but the last, in chunks, then the last one alone.
@@ -175,6 +167,28 @@ func (d *Driver) Generate(ctx context.Context, r engines.Request, emit func(engi
 		}
 		next = []int{id}
 	}
+}
+
+// timings fills s's per-stage forward times (after stage 0's, already there), its time on the
+// wire, and, over the project's TCP framing, the time of each hop, from the round trip rtt and
+// the remote stages' timings. It returns the remote stages' forward time.
+func (d *Driver) timings(s *engines.Step, rtt time.Duration, reported []transport.StageTiming) time.Duration {
+	timings := append([]transport.StageTiming(nil), reported...)
+	sort.Slice(timings, func(i, j int) bool { return timings[i].Stage < timings[j].Stage })
+	var remote, hops time.Duration
+	for _, t := range timings {
+		s.StageForward = append(s.StageForward, t.Forward)
+		remote += t.Forward
+		hops += t.Network
+	}
+	s.Network = max(rtt-remote, 0)
+	if d.plan.Transport != TransportRing { // the ring's stages report no hop times
+		s.Hops = append(s.Hops[:0], max(s.Network-hops, 0))
+		for _, t := range timings[:max(len(timings)-1, 0)] {
+			s.Hops = append(s.Hops, t.Network)
+		}
+	}
+	return remote
 }
 
 // pick chooses the next token: the last stage's greedy choice, or a draw from its top candidates

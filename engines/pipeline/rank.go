@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"time"
 
 	"github.com/hippo-bench/hippo/engines"
 	"github.com/hippo-bench/hippo/engines/model"
@@ -170,9 +171,17 @@ func (r *Rank) forward(ctx context.Context, st *engines.Stage, down *transport.C
 	} else {
 		next := transport.Forward{Position: fw.Position, Tokens: fw.Tokens, TopK: fw.TopK, Outputs: fw.Outputs, DType: fw.DType,
 			Shape: fw.Shape, Data: res.Hidden.Hidden}
+		t0 := time.Now()
 		if err := down.Call(ctx, f.Session, f.Seq, &next, reply); err != nil {
 			return err
 		}
+		// The hop to the next stage is the round trip minus what the later stages report.
+		hop := time.Since(t0)
+		for _, t := range reply.Timings {
+			hop -= t.Forward + t.Network
+		}
+		reply.Timings = append(reply.Timings, transport.StageTiming{Stage: r.Stage, Forward: res.Forward, Network: max(hop, 0)})
+		return nil
 	}
 	reply.AddTiming(r.Stage, res.Forward)
 	return nil

@@ -123,14 +123,8 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		} else if len(g.tokens) > 1 && g.tokens[0] == kept[len(kept)-1] {
 			ready = g.tokens[1:]
 		}
-		var remote time.Duration
-		stageTimes := []time.Duration{res.Forward}
-		for _, t := range reply.Timings {
-			stageTimes = append(stageTimes, t.Forward)
-			remote += t.Forward
-		}
-		step := engines.Step{Forward: res.Forward + remote, StageForward: stageTimes, Network: max(rtt-remote, 0),
-			Bytes: int64(len(fw.Data) + 4*len(reply.Tokens))}
+		step := engines.Step{StageForward: []time.Duration{res.Forward}, Bytes: int64(len(fw.Data) + 4*len(reply.Tokens))}
+		step.Forward = res.Forward + d.timings(&step, rtt, reply.Timings)
 		st.Steps = append(st.Steps, step)
 		ss.Steps = append(ss.Steps, engines.SpecStep{Draft: draftTime, Drafted: len(drafts), Accepted: n})
 		ss.Drafted += len(drafts)
