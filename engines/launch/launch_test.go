@@ -1,0 +1,101 @@
+package launch
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/synth"
+	"github.com/hippo-bench/hippo/internal/testenv"
+)
+
+func TestCheck(t *testing.T) {
+	cases := []struct {
+		name string
+		c    Config
+		want string // "" accepts
+	}{
+		{"standalone", Config{}, ""},
+		{"unknown mode", Config{Mode: "tensor"}, "use standalone, pipeline, spec, pipeline+spec"},
+		{"spec lookup", Config{Mode: Spec, Drafter: "lookup"}, ""},
+		{"spec without drafter", Config{Mode: Spec}, "unknown drafter"},
+		{"spec model without draft", Config{Mode: Spec, Drafter: "model"}, "needs a draft checkpoint"},
+		{"pipeline", Config{Mode: Pipeline, Link: "wifi"}, ""},
+		{"pipeline bad link", Config{Mode: Pipeline, Link: "pigeon"}, "pigeon"},
+		{"pipeline bad reply", Config{Mode: Pipeline, Reply: "topk:0"}, "topk:K"},
+		{"pipeline bad transport", Config{Mode: Pipeline, Transport: "udp"}, "use tcp or mlx-ring"},
+		{"pipeline+spec dflash", Config{Mode: PipelineSpec, Drafter: "dflash", Draft: "d"}, "only the standalone spec mode"},
+		{"pipeline+spec ring", Config{Mode: PipelineSpec, Drafter: "lookup", Transport: "mlx-ring"}, "tcp only"},
+		{"missing hosts file", Config{Mode: Pipeline, Hosts: filepath.Join(t.TempDir(), "none.yaml")}, "hosts"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Check(tc.c)
+			if (tc.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Check(%+v) = %v; want %q", tc.c, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestLoaderReuses: standalone and spec share the loaded target, a changed drafter is replaced,
+// and both modes generate the same greedy tokens (speculative == standalone through launch).
+func TestLoaderReuses(t *testing.T) {
+	p, err := synth.Lookup("tiny-qwen3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := synth.Options{Preset: "tiny-qwen3", Seed: 3, Out: t.TempDir(), Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))}
+	w := mlx.NewWorker()
+	err = w.Do(context.Background(), func() error { _, err := synth.Write(o); return err })
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var l Loader
+	defer l.Close()
+	gen := func(c Config) ([]int, Info) {
+		t.Helper()
+		g, err := l.Load(ctx, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prompt := g.Tokenizer().Encode("one two three, one two three, one two", true)
+		st, err := g.Generate(ctx, engines.Request{Tokens: prompt, MaxTokens: 12, IgnoreEOS: true}, func(engines.Token) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (c.Mode == Spec) != (st.Spec != nil) {
+			t.Errorf("mode %s: Stats.Spec = %v", c.Mode, st.Spec)
+		}
+		return st.Tokens, g.Info()
+	}
+	want, info := gen(Config{Model: o.Out})
+	if info.Mode != Standalone || info.WeightBytes == 0 || info.KVBytes(16) == 0 {
+		t.Errorf("standalone info = %+v", info)
+	}
+	target := l.eng
+	for _, c := range []Config{
+		{Model: o.Out, Mode: Spec, Drafter: "lookup", DraftTokens: 3},
+		{Model: o.Out, Mode: Spec, Drafter: "model", Draft: o.Out, DraftTokens: 2},
+	} {
+		got, info := gen(c)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s with %s: tokens %v; standalone %v", c.Mode, c.Drafter, got, want)
+		}
+		if info.DraftTokens != c.DraftTokens {
+			t.Errorf("%s with %s: K = %d; want %d", c.Mode, c.Drafter, info.DraftTokens, c.DraftTokens)
+		}
+		if l.eng != target {
+			t.Errorf("%s with %s reloaded the target", c.Mode, c.Drafter)
+		}
+	}
+	if _, ok := l.draft.(*engines.ModelDrafter); !ok {
+		t.Errorf("drafter = %T; want the model drafter that replaced lookup", l.draft)
+	}
+}
