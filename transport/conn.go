@@ -22,8 +22,8 @@ const (
 	DefaultDialTimeout      = 30 * time.Second
 )
 
-// SecretEnv is the environment variable the command line reads the shared secret from when
-// --secret is not given.
+// SecretEnv is the environment variable the command line reads the shared secret from (the
+// other way is a file, --secret-file). Secrets never go on the command line, where ps shows them.
 const SecretEnv = "HIPPO_SECRET"
 
 // Options configures a connection. The zero value works: no identity checks beyond equality
@@ -33,8 +33,10 @@ type Options struct {
 	Self Identity
 	// Peer is the identity a dialer expects the listener to have. Listeners ignore it.
 	Peer Identity
-	// Secret, when set, must be the same on both sides: each side proves it knows it with
-	// HMAC-SHA256 over fresh nonces; the secret never crosses the wire. Empty means none.
+	// Secret, when set, must be the same on both sides: the session keys that seal every
+	// frame after the two clear hello frames are derived from it and both sides' fresh nonces,
+	// so only a peer that knows it can open (or forge) a frame; it never crosses the wire.
+	// Empty means none: frames are still sealed, with keys anyone can derive (see seal.go).
 	Secret string
 
 	// Timeout bounds how long Call waits for the reply to a decode step, and how long a
@@ -45,6 +47,9 @@ type Options struct {
 	PrefillTimeout time.Duration
 	// HandshakeTimeout bounds the handshake; default DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// IdleTimeout, when > 0, bounds how long Recv waits for the next frame: a stage closes a
+	// session whose driver went quiet. Zero waits as long as the context allows.
+	IdleTimeout time.Duration
 	// DialTimeout bounds Dial's retries when its context has no deadline; default
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -96,6 +101,10 @@ type Conn struct {
 	name   string // "stage 1 (127.0.0.1:7001)", for errors
 	pongTo uint64 // token of the Ping in flight
 
+	// out and in seal and open payloads once the handshake derived the session keys; nil
+	// before. out is used under wmu, in by the one reader.
+	out, in *sealer
+
 	wmu  sync.Mutex
 	wbuf []byte
 
@@ -110,7 +119,7 @@ type Conn struct {
 func newConn(nc net.Conn, opts Options, name string) *Conn {
 	c := &Conn{
 		nc:     nc,
-		r:      &Reader{r: bufio.NewReaderSize(nc, 64<<10), max: opts.MaxPayload, version: opts.version},
+		r:      &Reader{r: bufio.NewReaderSize(nc, 64<<10), max: maxHandshakePayload, version: opts.version},
 		opts:   opts,
 		name:   name,
 		closed: make(chan struct{}),
@@ -230,6 +239,10 @@ func (c *Conn) sendLocked(ctx context.Context, session, seq uint64, m Message) e
 		return fmt.Errorf("transport: send %s to %s: payload of %d bytes exceeds the %d-byte limit: send smaller chunks or raise MaxPayload: %w",
 			m.Type(), c.name, n, c.opts.MaxPayload, ErrTooLarge)
 	}
+	if c.out != nil {
+		b = c.out.seal(b, n)
+		c.wbuf = b[:0]
+	}
 	start := time.Now()
 	dl := deadline(ctx, c.opts.Timeout)
 	c.writeArm.arm(ctx)
@@ -248,7 +261,21 @@ func (c *Conn) sendLocked(ctx context.Context, session, seq uint64, m Message) e
 // is returned as an error that wraps the peer's *Error. The payload is valid until the next
 // Recv, Call or Ping.
 func (c *Conn) Recv(ctx context.Context) (Frame, error) {
-	return c.recv(ctx, time.Time{}, "no frame")
+	var dl time.Time
+	if c.opts.IdleTimeout > 0 {
+		dl = time.Now().Add(c.opts.IdleTimeout)
+	}
+	return c.recv(ctx, dl, "no frame")
+}
+
+// startSealing switches both directions to the session keys; the reader's limit grows from the
+// handshake's to MaxPayload.
+func (c *Conn) startSealing(out, in *sealer) {
+	c.wmu.Lock()
+	c.out = out
+	c.wmu.Unlock()
+	c.in = in
+	c.r.max = c.opts.MaxPayload + Overhead
 }
 
 func (c *Conn) recv(ctx context.Context, dl time.Time, what string) (Frame, error) {
@@ -265,6 +292,14 @@ func (c *Conn) recv(ctx context.Context, dl time.Time, what string) (Frame, erro
 		f, err := c.r.ReadFrame()
 		if err != nil {
 			return Frame{}, c.ioError(ctx, what, start, dl, err)
+		}
+		if c.in != nil {
+			p, n, ok := c.in.open(c.r.hdr[:], f.Payload)
+			if !ok {
+				return Frame{}, fmt.Errorf("transport: %s: %s frame %d failed authentication: it was altered, truncated, replayed, reordered or forged, or the peer holds another secret: %w",
+					c.name, f.Type, n, ErrAuth)
+			}
+			f.Payload = p
 		}
 		switch f.Type {
 		case TypePing:

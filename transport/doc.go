@@ -18,6 +18,13 @@
 //	16     8    sequence number (a reply echoes its request's)
 //	24     4    payload length (at most the reader's limit, DefaultMaxPayload by default)
 //
+// After the two clear handshake frames (Hello and HelloAck, which carry only a nonce and whether
+// the sender holds a secret), every payload is sealed with AES-256-GCM under per-connection,
+// per-direction keys derived with HKDF from the shared secret and both nonces; the header is the
+// additional data and the nonce counts frames, so altered, truncated, replayed, reordered or
+// forged frames fail to open (see seal.go, and handshake.go for the mutual authentication).
+// A sealed payload is the message followed by a 16-byte tag (Overhead).
+//
 // The payload of each type is described on its message struct (Hello, HelloAck, Auth, Reset,
 // Forward, Reply, Error, Bye, Ping, Pong). Decoders reject truncated input, trailing bytes and
 // out-of-range values, and never allocate more than the bytes actually received.
@@ -55,4 +62,8 @@ var (
 	ErrTimeout = errors.New("peer timed out")
 	// ErrPeerGone means the connection broke: the peer closed it, crashed or was unplugged.
 	ErrPeerGone = errors.New("peer connection lost")
+	// ErrBusy means the rank already serves another driver.
+	ErrBusy = errors.New("rank busy")
+	// ErrLimit means a request exceeds a rank's context cap or memory guard.
+	ErrLimit = errors.New("rank limit exceeded")
 )

@@ -36,11 +36,11 @@ func sampleMessages() []struct {
 		name string
 		msg  Message
 	}{
-		{"hello", &Hello{From: 0, Expect: id, Secret: true, Nonce: nonce}},
-		{"hello without secret or identity", &Hello{From: 3}},
-		{"hello-ack", &HelloAck{Self: id, Secret: true, Nonce: nonce, MAC: tag}},
-		{"auth", &Auth{MAC: tag}},
-		{"auth confirmation", &Auth{}},
+		{"hello", &Hello{Secret: true, Nonce: nonce}},
+		{"hello without secret", &Hello{}},
+		{"hello-ack", &HelloAck{Secret: true, Nonce: tag}},
+		{"auth from the driver", &Auth{Stage: 0, Identity: id}},
+		{"auth without identity", &Auth{Stage: 3}},
 		{"reset to zero", &Reset{}},
 		{"reset trims", &Reset{Position: 4096}},
 		{"forward decode step bf16", bf16Hidden(1, 2560)},
@@ -204,7 +204,7 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 	forward := func(edit func(b []byte) []byte) []byte {
 		return edit(append([]byte(nil), validForward...))
 	}
-	validHello, err := Marshal(&Hello{Expect: Identity{Model: "m", TotalLayers: 4, Start: 0, End: 4}})
+	validAuth, err := Marshal(&Auth{Identity: Identity{Model: "m", TotalLayers: 4, Start: 0, End: 4}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,20 +222,18 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 	}{
 		{name: "ping short", typ: TypePing, payload: []byte{1, 2, 3}},
 		{name: "ping trailing", typ: TypePing, payload: make([]byte, 9)},
-		{name: "auth short", typ: TypeAuth, payload: make([]byte, 31)},
+		{name: "auth short", typ: TypeAuth, payload: make([]byte, 3)},
 		{name: "reset negative", typ: TypeReset, payload: u32(math.MaxUint32)},
 		{name: "hello empty", typ: TypeHello, payload: nil},
-		{name: "hello secret flag 2", typ: TypeHello, payload: func() []byte {
-			b := append([]byte(nil), validHello...)
-			b[len(b)-33] = 2
-			return b
-		}()},
-		{name: "hello range outside model", typ: TypeHello, payload: func() []byte {
-			b := append([]byte(nil), validHello...)
+		{name: "hello secret flag 2", typ: TypeHello, payload: append([]byte{2}, make([]byte, 32)...)},
+		{name: "hello short nonce", typ: TypeHello, payload: make([]byte, 32)},
+		{name: "hello-ack trailing", typ: TypeHelloAck, payload: make([]byte, 34)},
+		{name: "auth range outside model", typ: TypeAuth, payload: func() []byte {
+			b := append([]byte(nil), validAuth...)
 			binary.LittleEndian.PutUint32(b[2+2+1+4+1+2+4:], 9) // end = 9 > 4 layers
 			return b
 		}()},
-		{name: "hello model length past end", typ: TypeHello, payload: []byte{0, 0, 0xff, 0xff, 'm'}},
+		{name: "auth model length past end", typ: TypeAuth, payload: []byte{0, 0, 0xff, 0xff, 'm'}},
 		{name: "forward more outputs than tokens", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[10:], []byte{99, 0}); return b })},
 		{name: "forward zero tokens", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[4:], u32(0)); return b })},
 		{name: "forward tokens overflow", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[4:], u32(math.MaxUint32)); return b })},
@@ -281,8 +279,8 @@ func TestEncodeRejectsInvalidMessages(t *testing.T) {
 		{name: "reply negative token", msg: &Reply{Tokens: []int32{-1}}, want: ErrBadFrame},
 		{name: "reply negative time", msg: &Reply{Timings: []StageTiming{{Stage: 1, Forward: -1}}}, want: ErrBadFrame},
 		{name: "reply negative network time", msg: &Reply{Timings: []StageTiming{{Stage: 1, Network: -1}}}, want: ErrBadFrame},
-		{name: "hello bad range", msg: &Hello{Expect: Identity{TotalLayers: 4, Start: 3, End: 2}}, want: ErrRange},
-		{name: "hello model id too long", msg: &Hello{Expect: Identity{Model: string(make([]byte, 70000))}}, want: ErrBadFrame},
+		{name: "auth bad range", msg: &Auth{Identity: Identity{TotalLayers: 4, Start: 3, End: 2}}, want: ErrRange},
+		{name: "auth model id too long", msg: &Auth{Identity: Identity{Model: string(make([]byte, 70000))}}, want: ErrBadFrame},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := Marshal(tc.msg); !errors.Is(err, tc.want) {

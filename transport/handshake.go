@@ -2,9 +2,7 @@ package transport
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
@@ -14,42 +12,19 @@ import (
 
 // The handshake, dialer D and listener L:
 //
-//	D -> L  Hello{From, Expect, Secret, NonceD}
-//	L -> D  HelloAck{Self, Secret, NonceL, MAC_L}   (always sent, so D can phrase its refusal)
-//	D -> L  Auth{MAC_D}                             (only when both hold a secret)
-//	L -> D  Auth{}                                  (confirmation)
+//	D -> L  Hello{has-secret, NonceD}          in the clear
+//	L -> D  HelloAck{has-secret, NonceL}       in the clear
+//	        both derive the per-direction session keys (seal.go) and seal from here on
+//	D -> L  Auth{D's stage, identity D expects}  sealed with D's key
+//	L -> D  Auth{L's stage, L's identity}        sealed with L's key, only after D's Auth opened
 //
-// Both sides compare the identities and the presence of a secret independently, so each one
-// refuses with an error phrased from its own side. With a secret, MAC_L and MAC_D are
-// HMAC-SHA256(secret, label || SHA-256(Hello payload || HelloAck payload with a zero MAC)),
-// with different labels for the two directions: each side proves knowledge of the secret over
-// the other's fresh nonce, and the identities exchanged are bound into the proof.
+// Nothing but the presence of a secret is revealed before a peer proves it derived the same keys:
+// L opens D's Auth only if D knows the secret (the keys depend on L's fresh nonce, so a recorded
+// handshake cannot be replayed), and only then sends its identity, which D in turn can open only
+// if L knows the secret. Both sides then compare the identities independently, so each one
+// refuses with an error phrased from its own side.
 
-const (
-	labelListener = "hippo transport v1 listener\x00"
-	labelDialer   = "hippo transport v1 dialer\x00"
-)
-
-func transcript(hello []byte, ack HelloAck) ([]byte, error) {
-	ack.MAC = [32]byte{}
-	ab, err := ack.AppendBinary(nil)
-	if err != nil {
-		return nil, err
-	}
-	h := sha256.New()
-	h.Write(hello)
-	h.Write(ab)
-	return h.Sum(nil), nil
-}
-
-func mac(secret, label string, transcript []byte) [32]byte {
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write([]byte(label))
-	m.Write(transcript)
-	var out [32]byte
-	copy(out[:], m.Sum(nil))
-	return out
-}
+const secretFix = "give every rank and the driver the same secret through $" + SecretEnv + " or --secret-file"
 
 // compare checks the identity a dialer expects against the one a listener has. dialer and
 // listener name the two sides from the point of view of the caller ("stage 1 at addr", "driver").
@@ -108,11 +83,24 @@ func handshakeError(peer string, err error) error {
 		return fmt.Errorf("transport: %s speaks wire version %d, this build speaks %d: run the same hippo build on every rank: %w",
 			peer, ve.got, ve.want, ErrVersion)
 	}
+	if errors.Is(err, ErrAuth) && !errors.As(err, new(*Error)) {
+		// A sealed handshake frame that does not open: the peer derived other keys.
+		return fmt.Errorf("transport: %s failed the shared-secret check (another secret, or the handshake was tampered with): %s: %w",
+			peer, secretFix, ErrAuth)
+	}
 	var named *peerError
 	if errors.As(err, &named) {
 		return err // already names the peer (and, for a refusal, what it refused)
 	}
 	return &peerError{peer: "handshake with " + peer, err: err}
+}
+
+// secretMismatch phrases a handshake where only one side holds a secret, from the side of self.
+func secretMismatch(peerSide, selfSide string, selfHas bool) error {
+	if selfHas {
+		return fmt.Errorf("transport: %s has no shared secret but %s has one: %s: %w", peerSide, selfSide, secretFix, ErrAuth)
+	}
+	return fmt.Errorf("transport: %s requires a shared secret and %s has none: %s: %w", peerSide, selfSide, secretFix, ErrAuth)
 }
 
 // Client runs the dialer's side of the handshake on nc, which it owns from then on (it is
@@ -122,7 +110,7 @@ func Client(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 	opts = opts.withDefaults()
 	addr := nc.RemoteAddr().String()
 	peerSide := fmt.Sprintf("%s at %s", roleName(opts.Peer.Stage), addr)
-	selfSide := roleName(opts.Self.Stage)
+	selfSide := "this " + roleName(opts.Self.Stage)
 	if err := opts.Self.Validate(); err != nil {
 		nc.Close()
 		return nil, err
@@ -136,7 +124,7 @@ func Client(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 	ctx, cancel := c.handshakeCtx(ctx)
 	defer cancel()
 
-	hello := Hello{From: opts.Self.Stage, Expect: opts.Peer, Secret: opts.Secret != ""}
+	hello := Hello{Secret: opts.Secret != ""}
 	rand.Read(hello.Nonce[:])
 	if err := c.Send(ctx, 0, 0, &hello); err != nil {
 		c.nc.Close()
@@ -152,54 +140,46 @@ func Client(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 		c.refuse(CodeBadFrame, err)
 		return nil, handshakeError(peerSide, err)
 	}
-	if ack.Self.Stage != opts.Peer.Stage {
+	if ack.Secret != hello.Secret {
+		err := secretMismatch(peerSide, selfSide, hello.Secret)
+		if !hello.Secret {
+			err = fmt.Errorf("transport: %s requires a shared secret and %s has none: set $%s or --secret-file here too: %w",
+				peerSide, selfSide, SecretEnv, ErrAuth)
+		}
+		c.refuse(CodeAuth, err)
+		return nil, err
+	}
+	hb, _ := hello.AppendBinary(nil)
+	ab, _ := ack.AppendBinary(nil)
+	d2l, l2d, err := sessionKeys(opts.Secret, hb, ab)
+	if err != nil {
+		c.nc.Close()
+		return nil, err
+	}
+	c.startSealing(d2l, l2d)
+
+	if err := c.Send(ctx, 0, 1, &Auth{Stage: opts.Self.Stage, Identity: opts.Peer}); err != nil {
+		c.nc.Close()
+		return nil, err
+	}
+	f, err = c.recv(ctx, time.Time{}, "no handshake answer")
+	if err != nil {
+		c.nc.Close()
+		return nil, handshakeError(peerSide, err)
+	}
+	var theirs Auth
+	if err := f.Decode(&theirs); err != nil {
+		c.refuse(CodeBadFrame, err)
+		return nil, handshakeError(peerSide, err)
+	}
+	if theirs.Identity.Stage != opts.Peer.Stage {
 		peerSide = "the rank at " + addr // not the stage we dialled
 	}
-	if code, err := compare(opts.Peer, ack.Self, selfSide, peerSide); err != nil {
+	if code, err := compare(opts.Peer, theirs.Identity, selfSide[len("this "):], peerSide); err != nil {
 		c.refuse(code, err)
 		return nil, err
 	}
-	c.peer = ack.Self
-	switch {
-	case hello.Secret && !ack.Secret:
-		err := fmt.Errorf("transport: %s has no shared secret but this %s has one: set the same --secret or %s on every rank, or on none: %w",
-			peerSide, selfSide, SecretEnv, ErrAuth)
-		c.refuse(CodeAuth, err)
-		return nil, err
-	case !hello.Secret && ack.Secret:
-		err := fmt.Errorf("transport: %s requires a shared secret and this %s has none: set --secret or %s here too: %w",
-			peerSide, selfSide, SecretEnv, ErrAuth)
-		c.refuse(CodeAuth, err)
-		return nil, err
-	case !hello.Secret:
-		return c, nil
-	}
-	helloBytes, _ := hello.AppendBinary(nil)
-	tr, err := transcript(helloBytes, ack)
-	if err != nil {
-		c.refuse(CodeBadFrame, err)
-		return nil, handshakeError(peerSide, err)
-	}
-	if want := mac(opts.Secret, labelListener, tr); !hmac.Equal(ack.MAC[:], want[:]) {
-		err := fmt.Errorf("transport: %s failed the shared-secret check: use the same --secret or %s on every rank: %w",
-			peerSide, SecretEnv, ErrAuth)
-		c.refuse(CodeAuth, err)
-		return nil, err
-	}
-	if err := c.Send(ctx, 0, 1, &Auth{MAC: mac(opts.Secret, labelDialer, tr)}); err != nil {
-		c.nc.Close()
-		return nil, err
-	}
-	f, err = c.recv(ctx, time.Time{}, "no handshake confirmation")
-	if err != nil {
-		c.nc.Close()
-		return nil, handshakeError(peerSide, err)
-	}
-	var ok Auth
-	if err := f.Decode(&ok); err != nil {
-		c.refuse(CodeBadFrame, err)
-		return nil, handshakeError(peerSide, err)
-	}
+	c.peer = theirs.Identity
 	return c, nil
 }
 
@@ -213,83 +193,80 @@ func Server(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 		return nil, err
 	}
 	nc = tune(nc, opts, opts.Seed^0x5bd1e995)
-	c := newConn(nc, opts, fmt.Sprintf("unidentified rank (%s)", addr))
+	c := newConn(nc, opts, fmt.Sprintf("unidentified peer (%s)", addr))
 	ctx, cancel := c.handshakeCtx(ctx)
 	defer cancel()
 	selfSide := fmt.Sprintf("this %s", roleName(opts.Self.Stage))
 	if opts.Self.Stage == 0 {
 		selfSide = "this rank"
 	}
+	stranger := fmt.Sprintf("the peer at %s", addr)
 
 	f, err := c.recv(ctx, time.Time{}, "no hello")
 	if err != nil {
-		err = handshakeError(fmt.Sprintf("the rank at %s", addr), err)
+		err = handshakeError(stranger, err)
 		c.refuse(codeOf(err), err)
 		return nil, err
 	}
 	var hello Hello
 	if err := f.Decode(&hello); err != nil {
-		err = handshakeError(fmt.Sprintf("the rank at %s", addr), err)
+		err = handshakeError(stranger, err)
 		c.refuse(codeOf(err), err)
 		return nil, err
 	}
-	peerSide := fmt.Sprintf("%s at %s", roleName(hello.From), addr)
-	if hello.Expect.Stage != opts.Self.Stage {
-		selfSide = "this rank"
-	}
-	c.name = fmt.Sprintf("%s (%s)", roleName(hello.From), addr)
-	c.peer = hello.Expect
-
-	ack := HelloAck{Self: opts.Self, Secret: opts.Secret != ""}
+	ack := HelloAck{Secret: opts.Secret != ""}
 	rand.Read(ack.Nonce[:])
-	var tr []byte
-	if hello.Secret && ack.Secret {
-		if tr, err = transcript(f.Payload, ack); err != nil {
-			c.refuse(CodeInternal, err)
-			return nil, err
-		}
-		ack.MAC = mac(opts.Secret, labelListener, tr)
-	}
-	// The ack goes out even when we refuse below: the dialer then refuses with a message
+	// The ack goes out even when the secrets disagree: the dialer then refuses with a message
 	// phrased from its own side.
 	if err := c.Send(ctx, 0, 0, &ack); err != nil {
 		c.nc.Close()
 		return nil, err
 	}
-	if _, err := compare(hello.Expect, opts.Self, peerSide, selfSide); err != nil {
+	if hello.Secret != ack.Secret {
+		c.nc.Close()
+		if hello.Secret {
+			return nil, fmt.Errorf("transport: %s holds a shared secret but %s has none: %s: %w", stranger, selfSide, secretFix, ErrAuth)
+		}
+		return nil, fmt.Errorf("transport: %s has no shared secret but %s requires one: %s: %w", stranger, selfSide, secretFix, ErrAuth)
+	}
+	hb, _ := hello.AppendBinary(nil)
+	ab, _ := ack.AppendBinary(nil)
+	d2l, l2d, err := sessionKeys(opts.Secret, hb, ab)
+	if err != nil {
 		c.nc.Close()
 		return nil, err
 	}
-	switch {
-	case hello.Secret && !ack.Secret:
-		c.nc.Close()
-		return nil, fmt.Errorf("transport: %s sent a shared-secret challenge but %s has no secret: set the same --secret or %s on every rank, or on none: %w",
-			peerSide, selfSide, SecretEnv, ErrAuth)
-	case !hello.Secret && ack.Secret:
-		c.nc.Close()
-		return nil, fmt.Errorf("transport: %s has no shared secret but %s requires one: set --secret or %s on that rank too: %w",
-			peerSide, selfSide, SecretEnv, ErrAuth)
-	case !hello.Secret:
-		return c, nil
-	}
+	c.startSealing(l2d, d2l)
+
 	f, err = c.recv(ctx, time.Time{}, "no handshake answer")
 	if err != nil {
-		c.nc.Close()
-		return nil, handshakeError(peerSide, err)
+		err = handshakeError(stranger, err)
+		if errors.Is(err, ErrAuth) {
+			// Sealed under our key, the dialer cannot open it either, and so learns it failed.
+			c.refuse(CodeAuth, err)
+		} else {
+			c.nc.Close()
+		}
+		return nil, err
 	}
-	var auth Auth
-	if err := f.Decode(&auth); err != nil {
-		err = handshakeError(peerSide, err)
+	var theirs Auth
+	if err := f.Decode(&theirs); err != nil {
+		err = handshakeError(stranger, err)
 		c.refuse(CodeBadFrame, err)
 		return nil, err
 	}
-	if want := mac(opts.Secret, labelDialer, tr); !hmac.Equal(auth.MAC[:], want[:]) {
-		err := fmt.Errorf("transport: %s failed the shared-secret check: use the same --secret or %s on every rank: %w",
-			peerSide, SecretEnv, ErrAuth)
-		c.refuse(CodeAuth, err)
+	peerSide := fmt.Sprintf("%s at %s", roleName(theirs.Stage), addr)
+	if theirs.Identity.Stage != opts.Self.Stage {
+		selfSide = "this rank"
+	}
+	c.name = fmt.Sprintf("%s (%s)", roleName(theirs.Stage), addr)
+	c.peer = theirs.Identity
+	// The answer goes out even when the identities disagree, for the same reason as the ack.
+	if err := c.Send(ctx, 0, 1, &Auth{Stage: opts.Self.Stage, Identity: opts.Self}); err != nil {
+		c.nc.Close()
 		return nil, err
 	}
-	if err := c.Send(ctx, 0, 1, &Auth{}); err != nil {
+	if _, err := compare(theirs.Identity, opts.Self, peerSide, selfSide); err != nil {
 		c.nc.Close()
 		return nil, err
 	}

@@ -113,8 +113,8 @@ func TestHandshake(t *testing.T) {
 			dialer:       Options{Self: driver, Peer: stage1, Secret: "right"},
 			listener:     Options{Self: stage1, Secret: "wrong"},
 			want:         ErrAuth,
-			dialerSays:   "failed the shared-secret check",
-			listenerSays: "failed the shared-secret check",
+			dialerSays:   "stage 1 at 127.0.0.1:",
+			listenerSays: "failed the shared-secret check (another secret, or the handshake was tampered with): give every rank and the driver the same secret through $HIPPO_SECRET or --secret-file",
 		},
 		{
 			name:         "dialer has a secret, listener none",
@@ -122,14 +122,14 @@ func TestHandshake(t *testing.T) {
 			listener:     Options{Self: stage1},
 			want:         ErrAuth,
 			dialerSays:   "has no shared secret but this driver has one",
-			listenerSays: "has no secret",
+			listenerSays: "holds a shared secret but this stage 1 has none",
 		},
 		{
 			name:         "listener requires a secret, dialer has none",
 			dialer:       Options{Self: driver, Peer: stage1},
 			listener:     Options{Self: stage1, Secret: "s3cret"},
 			want:         ErrAuth,
-			dialerSays:   "requires a shared secret and this driver has none: set --secret or HIPPO_SECRET",
+			dialerSays:   "requires a shared secret and this driver has none: set $HIPPO_SECRET or --secret-file here too",
 			listenerSays: "has no shared secret but this stage 1 requires one",
 		},
 		{
@@ -218,20 +218,23 @@ func (r *recorder) bytes() []byte {
 	return bytes.Clone(r.out.Bytes())
 }
 
-func TestHandshakeNeverSendsTheSecret(t *testing.T) {
+// TestHandshakeRevealsNothing checks that neither the secret nor either side's identity crosses
+// the wire readably: identities travel only in sealed frames.
+func TestHandshakeRevealsNothing(t *testing.T) {
 	const secret = "correct horse battery staple"
+	stage1 := Identity{Model: "fingerprint-abc123", TotalLayers: 28, Stage: 1, Start: 14, End: 28}
 	a, b := tcpPair(t)
 	ra, rb := &recorder{Conn: a}, &recorder{Conn: b}
 	ctx := context.Background()
 	errc := make(chan error, 1)
 	go func() {
-		c, err := Server(ctx, rb, Options{Secret: secret})
+		c, err := Server(ctx, rb, Options{Self: stage1, Secret: secret})
 		if c != nil {
 			defer c.Close()
 		}
 		errc <- err
 	}()
-	c, err := Client(ctx, ra, Options{Secret: secret})
+	c, err := Client(ctx, ra, Options{Peer: stage1, Secret: secret})
 	if err != nil {
 		t.Fatalf("Client = %v", err)
 	}
@@ -240,8 +243,12 @@ func TestHandshakeNeverSendsTheSecret(t *testing.T) {
 		t.Fatalf("Server = %v", err)
 	}
 	for name, r := range map[string]*recorder{"dialer": ra, "listener": rb} {
-		if out := r.bytes(); bytes.Contains(out, []byte(secret)) || bytes.Contains(out, []byte("battery")) {
+		out := r.bytes()
+		if bytes.Contains(out, []byte(secret)) || bytes.Contains(out, []byte("battery")) {
 			t.Errorf("the %s sent the secret over the wire", name)
+		}
+		if bytes.Contains(out, []byte("abc123")) {
+			t.Errorf("the %s sent an identity in the clear", name)
 		}
 	}
 }
@@ -256,6 +263,9 @@ func TestHandshakeStraysAreRefused(t *testing.T) {
 		{name: "http client", send: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), want: ErrBadFrame},
 		{name: "reply instead of hello", send: frameBytes("HIPO", Version, byte(TypeReply), 0, 10, make([]byte, 10)), want: ErrBadFrame},
 		{name: "silent client", send: nil, want: ErrTimeout},
+		{name: "oversized hello", send: frameBytes("HIPO", Version, byte(TypeHello), 0, 1<<20, make([]byte, 64)), want: ErrTooLarge},
+		{name: "replayed sealed auth", send: append(frameBytes("HIPO", Version, byte(TypeHello), 0, 33, make([]byte, 33)),
+			frameBytes("HIPO", Version, byte(TypeAuth), 0, 40, make([]byte, 40))...), want: ErrAuth},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := tcpPair(t)

@@ -156,17 +156,12 @@ func (d *decoder) identity() Identity {
 	return id
 }
 
-// Hello opens the handshake. Payload: from u16, the expected identity (model string with u16
-// length, total layers u32, dtype u8, stage u16, start u32, end u32), has-secret u8, nonce
-// [32]byte.
+// Hello opens the handshake in the clear. It reveals nothing about the dialer but whether it
+// holds a shared secret. Payload: has-secret u8, nonce [32]byte.
 type Hello struct {
-	// From is the dialer's own stage index (0: the driver).
-	From int
-	// Expect is the identity the dialer expects the listener to have.
-	Expect Identity
 	// Secret says whether the dialer holds a shared secret.
 	Secret bool
-	// Nonce is the dialer's fresh random challenge.
+	// Nonce is the dialer's fresh random contribution to the session keys.
 	Nonce [32]byte
 }
 
@@ -175,14 +170,6 @@ func (*Hello) Type() Type { return TypeHello }
 
 // AppendBinary implements Message.
 func (m *Hello) AppendBinary(b []byte) ([]byte, error) {
-	if err := checkU16("from stage", m.From); err != nil {
-		return b, err
-	}
-	b = binary.LittleEndian.AppendUint16(b, uint16(m.From))
-	b, err := m.Expect.append(b)
-	if err != nil {
-		return b, err
-	}
 	b = appendFlag(b, m.Secret)
 	return append(b, m.Nonce[:]...), nil
 }
@@ -191,8 +178,6 @@ func (m *Hello) AppendBinary(b []byte) ([]byte, error) {
 func (m *Hello) UnmarshalBinary(data []byte) error {
 	d := decoder{what: "hello", b: data}
 	var v Hello
-	v.From = int(d.u16())
-	v.Expect = d.identity()
 	v.Secret = d.flag("has-secret")
 	copy(v.Nonce[:], d.take(32))
 	if err := d.done(); err != nil {
@@ -202,17 +187,13 @@ func (m *Hello) UnmarshalBinary(data []byte) error {
 	return nil
 }
 
-// HelloAck answers a Hello with the listener's own identity. Payload: identity (as in Hello),
-// has-secret u8, nonce [32]byte, mac [32]byte (zero without a secret).
+// HelloAck answers a Hello in the clear, again with nothing but the presence of a secret and a
+// fresh nonce. Payload: has-secret u8, nonce [32]byte.
 type HelloAck struct {
-	// Self is the listener's identity.
-	Self Identity
 	// Secret says whether the listener holds a shared secret.
 	Secret bool
-	// Nonce is the listener's fresh random challenge.
+	// Nonce is the listener's fresh random contribution to the session keys.
 	Nonce [32]byte
-	// MAC proves the listener knows the secret (HMAC-SHA256 over the handshake transcript).
-	MAC [32]byte
 }
 
 // Type implements Message.
@@ -220,23 +201,16 @@ func (*HelloAck) Type() Type { return TypeHelloAck }
 
 // AppendBinary implements Message.
 func (m *HelloAck) AppendBinary(b []byte) ([]byte, error) {
-	b, err := m.Self.append(b)
-	if err != nil {
-		return b, err
-	}
 	b = appendFlag(b, m.Secret)
-	b = append(b, m.Nonce[:]...)
-	return append(b, m.MAC[:]...), nil
+	return append(b, m.Nonce[:]...), nil
 }
 
 // UnmarshalBinary implements Message.
 func (m *HelloAck) UnmarshalBinary(data []byte) error {
 	d := decoder{what: "hello-ack", b: data}
 	var v HelloAck
-	v.Self = d.identity()
 	v.Secret = d.flag("has-secret")
 	copy(v.Nonce[:], d.take(32))
-	copy(v.MAC[:], d.take(32))
 	if err := d.done(); err != nil {
 		return err
 	}
@@ -244,23 +218,35 @@ func (m *HelloAck) UnmarshalBinary(data []byte) error {
 	return nil
 }
 
-// Auth carries the dialer's proof of the shared secret; the listener confirms with an Auth
-// whose MAC is zero. Payload: mac [32]byte.
+// Auth is the first sealed frame in each direction: opening it proves the sender derived the
+// same session keys, hence knows the secret. The dialer sends its own stage and the identity it
+// expects; the listener answers with its own stage and identity. Payload: stage u16, identity
+// (model string with u16 length, total layers u32, dtype u8, stage u16, start u32, end u32).
 type Auth struct {
-	MAC [32]byte
+	// Stage is the sender's stage index (0: the driver).
+	Stage int
+	// Identity is, from the dialer, the identity it expects; from the listener, its own.
+	Identity Identity
 }
 
 // Type implements Message.
 func (*Auth) Type() Type { return TypeAuth }
 
 // AppendBinary implements Message.
-func (m *Auth) AppendBinary(b []byte) ([]byte, error) { return append(b, m.MAC[:]...), nil }
+func (m *Auth) AppendBinary(b []byte) ([]byte, error) {
+	if err := checkU16("stage", m.Stage); err != nil {
+		return b, err
+	}
+	b = binary.LittleEndian.AppendUint16(b, uint16(m.Stage))
+	return m.Identity.append(b)
+}
 
 // UnmarshalBinary implements Message.
 func (m *Auth) UnmarshalBinary(data []byte) error {
 	d := decoder{what: "auth", b: data}
 	var v Auth
-	copy(v.MAC[:], d.take(32))
+	v.Stage = int(d.u16())
+	v.Identity = d.identity()
 	if err := d.done(); err != nil {
 		return err
 	}
@@ -558,6 +544,10 @@ const (
 	CodeBadFrame
 	// CodeTooLarge maps to ErrTooLarge.
 	CodeTooLarge
+	// CodeBusy maps to ErrBusy.
+	CodeBusy
+	// CodeLimit maps to ErrLimit.
+	CodeLimit
 )
 
 var codeErrs = [...]error{
@@ -567,6 +557,8 @@ var codeErrs = [...]error{
 	CodeRange:    ErrRange,
 	CodeBadFrame: ErrBadFrame,
 	CodeTooLarge: ErrTooLarge,
+	CodeBusy:     ErrBusy,
+	CodeLimit:    ErrLimit,
 }
 
 // codeOf returns the code for err's sentinel, CodeInternal if it has none.
