@@ -55,6 +55,12 @@ type Options struct {
 	DialTimeout time.Duration
 	// MaxPayload is the largest payload accepted or sent; default DefaultMaxPayload.
 	MaxPayload int
+	// MaxPending bounds a Listener's concurrent handshakes; default DefaultMaxPending.
+	MaxPending int
+	// Admit, when set, is asked by the listener's side of the handshake once the peer has
+	// authenticated: a non-nil error refuses the connection with it (a rank that already
+	// serves a driver answers ErrBusy this way). It may be called from several goroutines.
+	Admit func(peer Identity) error
 
 	// Profile shapes what this side sends (see Shape); the zero Profile sends as is. Give
 	// both sides the same profile to delay both directions.
@@ -82,6 +88,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxPayload <= 0 {
 		o.MaxPayload = DefaultMaxPayload
+	}
+	if o.MaxPending <= 0 {
+		o.MaxPending = DefaultMaxPending
 	}
 	if o.version == 0 {
 		o.version = Version
@@ -487,46 +496,142 @@ func Dial(ctx context.Context, addr string, opts Options) (*Conn, error) {
 	}
 }
 
-// Listener accepts connections from upstream ranks.
+// DefaultMaxPending is how many handshakes a Listener runs at once unless told otherwise.
+const DefaultMaxPending = 32
+
+// Listener accepts connections from upstream ranks. It accepts in the background and runs each
+// handshake in its own goroutine, bounded by Options.HandshakeTimeout, so a peer that connects
+// and stalls (or trickles bytes) never blocks the others. At most Options.MaxPending handshakes
+// run at once; a connection beyond that closes the oldest pending one, so a flood of
+// connections cannot lock a legitimate driver out: a real handshake takes milliseconds, while
+// the flood's sockets wait to be evicted.
 type Listener struct {
 	ln   net.Listener
 	opts Options
+
+	results chan accepted
+	ctx     context.Context // ends with Close, abandoning the handshakes in progress
+	cancel  context.CancelFunc
+	done    <-chan struct{}
+	wg      sync.WaitGroup
+
+	mu      sync.Mutex
+	pending []net.Conn // oldest first
+	closed  bool
 }
 
-// Listen listens on addr (host:port; port 0 picks one, see Addr).
+type accepted struct {
+	c   *Conn
+	err error
+}
+
+// Listen listens on addr (host:port; port 0 picks one, see Addr) and starts accepting.
 func Listen(ctx context.Context, addr string, opts Options) (*Listener, error) {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("transport: listen on %s: %w", addr, err)
 	}
-	return &Listener{ln: ln, opts: opts.withDefaults()}, nil
+	l := &Listener{ln: ln, opts: opts.withDefaults(), results: make(chan accepted)}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l.done = l.ctx.Done()
+	l.wg.Add(1)
+	go l.loop()
+	return l, nil
 }
 
 // Addr returns the address the listener is bound to.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
-// Close stops listening. Connections already accepted stay open.
-func (l *Listener) Close() error { return l.ln.Close() }
+// Close stops listening and abandons the handshakes in progress. Connections already returned
+// by Accept stay open.
+func (l *Listener) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	l.cancel()
+	for _, nc := range l.pending {
+		nc.Close()
+	}
+	l.mu.Unlock()
+	err := l.ln.Close()
+	l.wg.Wait()
+	return err
+}
 
-// Accept waits for the next connection (until ctx ends) and runs the handshake on it. A
-// refused handshake closes that connection and returns its error; call Accept again to keep
-// serving.
-func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
-	if tl, ok := l.ln.(*net.TCPListener); ok {
-		dl, _ := ctx.Deadline()
-		tl.SetDeadline(dl)
-		stop := watch(ctx, tl.SetDeadline)
-		defer stop()
-	}
-	nc, err := l.ln.Accept()
-	if err != nil {
-		if cerr := ctx.Err(); cerr != nil {
-			return nil, fmt.Errorf("transport: accept on %s: %w", l.ln.Addr(), cerr)
+func (l *Listener) loop() {
+	defer l.wg.Done()
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			select {
+			case <-l.done:
+				return
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond) // out of file descriptors, say: do not spin
+			continue
 		}
-		return nil, fmt.Errorf("transport: accept on %s: %w", l.ln.Addr(), err)
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			nc.Close()
+			return
+		}
+		if len(l.pending) >= l.opts.MaxPending {
+			l.pending[0].Close() // its handshake fails at once
+			l.pending = l.pending[1:]
+		}
+		l.pending = append(l.pending, nc)
+		l.mu.Unlock()
+		l.wg.Add(1)
+		go l.handshake(nc)
 	}
-	return Server(ctx, nc, l.opts)
+}
+
+func (l *Listener) handshake(nc net.Conn) {
+	defer l.wg.Done()
+	c, err := Server(l.ctx, nc, l.opts)
+	l.mu.Lock()
+	for i, p := range l.pending {
+		if p == nc {
+			l.pending = append(l.pending[:i], l.pending[i+1:]...)
+			break
+		}
+	}
+	l.mu.Unlock()
+	select {
+	case l.results <- accepted{c, err}:
+	case <-l.done:
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+// Accept waits (until ctx ends or the listener is closed) for the next handshake to finish and
+// returns its connection, or its refusal: a refused handshake has already closed that
+// connection; call Accept again to keep serving. Accept may be called from one goroutine at a
+// time or several.
+func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
+	select {
+	case r := <-l.results:
+		return r.c, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("transport: accept on %s: %w", l.ln.Addr(), ctx.Err())
+	case <-l.done:
+		return nil, fmt.Errorf("transport: accept on %s: %w", l.ln.Addr(), net.ErrClosed)
+	}
 }
 
 // tune turns Nagle's algorithm off (a decode step is one small frame each way, and must not wait

@@ -261,6 +261,12 @@ func Server(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 	}
 	c.name = fmt.Sprintf("%s (%s)", roleName(theirs.Stage), addr)
 	c.peer = theirs.Identity
+	if opts.Admit != nil {
+		if err := opts.Admit(theirs.Identity); err != nil {
+			c.refuse(codeOf(err), err)
+			return nil, err
+		}
+	}
 	// The answer goes out even when the identities disagree, for the same reason as the ack.
 	if err := c.Send(ctx, 0, 1, &Auth{Stage: opts.Self.Stage, Identity: opts.Self}); err != nil {
 		c.nc.Close()
