@@ -40,6 +40,29 @@ func EstimateMemory(c *model.Config, dt mlx.DType, context int) Estimate {
 	return Estimate{Weights: int64(c.NumLayers)*p.layer + p.embed + p.head, KVCache: cache, Overhead: overhead(c, dt, context)}
 }
 
+// StageMemory predicts the memory of one pipeline stage running layers r of c with context
+// tokens of KV cache: its layers, plus the embeddings on the first stage and the head on the
+// last (for tied embeddings, the embedding table again).
+func StageMemory(c *model.Config, dt mlx.DType, r model.Range, context int) Estimate {
+	p := weightParts(c, dt)
+	var e Estimate
+	for i := r.From; i < r.To; i++ {
+		e.Weights += p.layer
+		e.KVCache += LayerKVBytes(c, dt, context, i)
+	}
+	if r.From == 0 {
+		e.Weights += p.embed
+	}
+	if r.To == c.NumLayers {
+		e.Weights += p.head
+		if c.Tied() && r.From != 0 {
+			e.Weights += p.embed
+		}
+	}
+	e.Overhead = overhead(c, dt, context)
+	return e
+}
+
 // parts are the weight bytes of one layer, of the embedding table and of the head (final norm,
 // plus lm_head when it is not tied to the embeddings).
 type parts struct{ layer, embed, head int64 }

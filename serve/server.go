@@ -246,7 +246,7 @@ func (s *Server) handle(path, method string, auth bool, h func(*recorder, *http.
 		}
 		if auth && !s.authorized(r) {
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="hippo"`)
-			writeError(rec, newError(http.StatusUnauthorized, "", "invalid_api_key", "incorrect or missing API key: send the header Authorization: Bearer <key> with a key the server was started with (--api-key)"))
+			writeError(rec, newError(http.StatusUnauthorized, "", "invalid_api_key", "incorrect or missing API key: send the header Authorization: Bearer <key> with a key the server was started with ($HIPPO_API_KEY or --api-key-file)"))
 			return
 		}
 		h(rec, r)

@@ -8,16 +8,16 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hippo-bench/hippo/bench"
+	"github.com/hippo-bench/hippo/engines"
 	"github.com/hippo-bench/hippo/engines/pipeline"
-	"github.com/hippo-bench/hippo/transport"
 )
 
 func rankCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "rank",
 		Usage:     "serve one pipeline stage (layers FROM:TO of a model) for a driver on another process or machine",
-		UsageText: "hippo rank --model DIR --split 0:14,14:28 --stage 1 --listen ADDR [--next ADDR] [--dtype f32|bf16] [--link NAME] [--secret S] [--transport tcp|mlx-ring]",
-		Flags: []cli.Flag{
+		UsageText: "hippo rank --model DIR --split 0:14,14:28 --stage 1 --listen ADDR [--next ADDR] [--dtype f32|bf16] [--link NAME] [--secret-file FILE] [--context N] [--ram SIZE] [--transport tcp|mlx-ring]",
+		Flags: append(pipelineSecretFlags(),
 			&cli.StringFlag{Name: "model", Required: true, Usage: "checkpoint directory (this machine's copy), or synth:PRESET"},
 			&cli.StringFlag{Name: "split", Required: true, Usage: "every stage's layer range, as the driver uses it"},
 			&cli.IntFlag{Name: "stage", Required: true, Usage: "which stage this rank serves (1 = the one after the driver)"},
@@ -25,10 +25,22 @@ func rankCommand() *cli.Command {
 			&cli.StringFlag{Name: "next", Usage: "address of the next stage (not on the last stage)"},
 			&cli.StringFlag{Name: "dtype", Usage: "compute dtype, the same as the driver's"},
 			&cli.StringFlag{Name: "link", Value: "loopback", Usage: "emulated link profile for what this rank sends"},
-			&cli.StringFlag{Name: "secret", Usage: "shared secret (default $" + transport.SecretEnv + ")"},
-			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "tcp, or mlx-ring: join MLX's ring as rank --stage (MLX_RANK and MLX_HOSTFILE set; --listen and --next unused)"},
-		},
+			&cli.IntFlag{Name: "context", Usage: "context cap: positions one request may fill in this stage's KV cache (default: the model's max_position_embeddings)"},
+			&cli.StringFlag{Name: "ram", Usage: "RAM the memory guard plans for instead of the detected amount (e.g. 16GB)"},
+			&cli.DurationFlag{Name: "idle-timeout", Value: pipeline.DefaultIdleTimeout, Usage: "close a driver's session after this long without a frame"},
+			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "tcp, or mlx-ring: join MLX's ring as rank --stage (MLX_RANK and MLX_HOSTFILE set; --listen and --next unused; loopback only)"},
+		),
 		Action: func(c *cli.Context) error {
+			secret, err := pipelineSecret(c)
+			if err != nil {
+				return err
+			}
+			var ram int64
+			if s := c.String("ram"); s != "" {
+				if ram, err = engines.ParseBytes(s); err != nil {
+					return fmt.Errorf("--ram: %w", err)
+				}
+			}
 			dir, err := resolveModel(c.Context, c.String("model"))
 			if err != nil {
 				return err
@@ -37,24 +49,30 @@ func rankCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if s := c.String("secret"); s != "" {
-				plan.Secret = s
-			}
+			plan.Secret = secret
 			stage := c.Int("stage")
 			if plan.Transport == pipeline.TransportRing {
+				if err := pipeline.CheckRingLoopback(os.Getenv("MLX_HOSTFILE")); err != nil {
+					return err
+				}
 				r := &pipeline.Rank{Plan: plan, Stage: stage, Log: log.New(os.Stderr, fmt.Sprintf("hippo rank %d: ", stage), log.LstdFlags)}
 				return r.ServeRing(c.Context)
 			}
 			if stage < len(plan.Split)-1 && c.String("next") == "" {
 				return fmt.Errorf("stage %d is not the last of %d: give --next ADDR of stage %d", stage, len(plan.Split), stage+1)
 			}
-			ln, err := transport.Listen(c.Context, c.String("listen"), pipeline.ListenOptions(plan, stage))
+			if next := c.String("next"); next != "" {
+				if err := pipeline.CheckExposure(next, plan.Secret); err != nil {
+					return fmt.Errorf("--next: %w", err)
+				}
+			}
+			r := &pipeline.Rank{Plan: plan, Stage: stage, Next: c.String("next"), Context: c.Int("context"), RAM: ram,
+				IdleTimeout: c.Duration("idle-timeout"), Log: log.New(os.Stderr, fmt.Sprintf("hippo rank %d: ", stage), log.LstdFlags)}
+			ln, err := r.Listen(c.Context, c.String("listen"))
 			if err != nil {
-				return err
+				return fmt.Errorf("--listen: %w", err)
 			}
 			defer ln.Close()
-			r := &pipeline.Rank{Plan: plan, Stage: stage, Next: c.String("next"),
-				Log: log.New(os.Stderr, fmt.Sprintf("hippo rank %d: ", stage), log.LstdFlags)}
 			return r.Serve(c.Context, ln)
 		},
 	}

@@ -10,8 +10,20 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/pipeline"
 	"github.com/hippo-bench/hippo/serve"
 )
+
+// apiKeyEnv holds the server's accepted API keys, comma-separated, when --api-key-file is not given.
+const apiKeyEnv = "HIPPO_API_KEY"
+
+// openAPIExposure refuses an API without keys on an address reachable beyond this machine.
+func openAPIExposure(listen string) error {
+	if err := pipeline.CheckExposure(listen, ""); err != nil {
+		return fmt.Errorf("--listen %s without an API key would let anyone on the network use the server: set $%s or --api-key-file, or listen on 127.0.0.1", listen, apiKeyEnv)
+	}
+	return nil
+}
 
 func serveCommand() *cli.Command {
 	return &cli.Command{
@@ -27,7 +39,8 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "config", Usage: "hippo.yaml with listen, api_keys, max_queue, timeout, max_body, ram and models"},
 			&cli.StringFlag{Name: "dtype", Usage: "compute dtype: f32, bf16 or f16 (default: " + engines.DefaultDType() + " on this backend)"},
 			&cli.StringFlag{Name: "listen", Value: serve.DefaultListen, Usage: "address to listen on"},
-			&cli.StringSliceFlag{Name: "api-key", EnvVars: []string{"HIPPO_API_KEY"}, Usage: "accepted bearer key (repeat for several); none leaves the API open"},
+			&cli.StringFlag{Name: "api-key-file", Usage: "file with the accepted bearer keys, one a line (default: $" + apiKeyEnv + ", comma-separated); none leaves the API open, allowed on loopback only"},
+			argvSecretFlag("api-key", apiKeyEnv, "api-key-file"),
 			&cli.IntFlag{Name: "max-queue", Value: serve.DefaultMaxQueue, Usage: "requests that may wait for a model before the server answers 429"},
 			&cli.DurationFlag{Name: "timeout", Value: serve.DefaultTimeout, Usage: "limit on one request, queueing included"},
 			&cli.StringFlag{Name: "max-body", Value: "1MiB", Usage: "largest request body"},
@@ -59,8 +72,33 @@ func serveConfig(c *cli.Context, log *slog.Logger) (serve.Config, error) {
 	if set("listen") {
 		cfg.Listen = c.String("listen")
 	}
-	if c.IsSet("api-key") {
-		cfg.APIKeys = c.StringSlice("api-key")
+	if err := refuseArgvSecret(c, "api-key", apiKeyEnv, "api-key-file"); err != nil {
+		return cfg, err
+	}
+	switch {
+	case c.String("api-key-file") != "":
+		keys, err := readSecretFile("api-key-file", c.String("api-key-file"))
+		if err != nil {
+			return cfg, err
+		}
+		cfg.APIKeys = nil
+		for _, k := range strings.Split(keys, "\n") {
+			if k = strings.TrimSpace(k); k != "" {
+				cfg.APIKeys = append(cfg.APIKeys, k)
+			}
+		}
+	case os.Getenv(apiKeyEnv) != "":
+		cfg.APIKeys = nil
+		for _, k := range strings.Split(os.Getenv(apiKeyEnv), ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				cfg.APIKeys = append(cfg.APIKeys, k)
+			}
+		}
+	}
+	if len(cfg.APIKeys) == 0 && cfg.Listen != "" {
+		if err := openAPIExposure(cfg.Listen); err != nil {
+			return cfg, err
+		}
 	}
 	if set("max-queue") {
 		cfg.MaxQueue = c.Int("max-queue")

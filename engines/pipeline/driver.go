@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/tokenizer"
 	"github.com/hippo-bench/hippo/transport"
 )
@@ -39,6 +40,24 @@ func OpenDriver(ctx context.Context, plan Plan, addr string) (*Driver, error) {
 	tok, err := tokenizer.Load(plan.Model)
 	if err != nil {
 		return nil, err
+	}
+	if plan.Transport != TransportRing {
+		if err := CheckExposure(addr, plan.Secret); err != nil {
+			return nil, err
+		}
+	}
+	if plan.Context > 0 || plan.RAM > 0 {
+		cfg, err := model.ReadConfig(plan.Model)
+		if err != nil {
+			return nil, err
+		}
+		ctxLen := plan.Context
+		if ctxLen == 0 {
+			ctxLen = (&Rank{Plan: plan}).contextCap(cfg)
+		}
+		if err := checkStageMemory(cfg, plan.DType, plan.Split[0], ctxLen, plan.RAM); err != nil {
+			return nil, fmt.Errorf("pipeline: stage 0: %w", err)
+		}
 	}
 	start, err := startLink(plan, addr)
 	if err != nil {

@@ -69,6 +69,12 @@ func Launch(ctx context.Context, exe string, plan Plan) (*Local, error) {
 		if k+1 < n {
 			args = append(args, "--next", addrs[k+1])
 		}
+		if plan.Context > 0 {
+			args = append(args, "--context", strconv.Itoa(plan.Context))
+		}
+		if plan.RAM > 0 {
+			args = append(args, "--ram", strconv.FormatInt(plan.RAM, 10))
+		}
 		cmd := exec.Command(exe, args...)
 		if plan.Secret != "" {
 			cmd.Env = append(cmd.Environ(), "HIPPO_SECRET="+plan.Secret)

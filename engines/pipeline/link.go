@@ -2,7 +2,10 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"os"
 
 	"github.com/hippo-bench/hippo/engines"
 	"github.com/hippo-bench/hippo/transport"
@@ -58,14 +61,53 @@ func startLink(plan Plan, addr string) (*linkStart, error) {
 	if plan.Transport != TransportRing {
 		return s, nil
 	}
+	hf := addr
+	if hf == "" {
+		hf = os.Getenv("MLX_HOSTFILE")
+	}
+	if err := CheckRingLoopback(hf); err != nil {
+		return nil, err
+	}
 	var err error
 	s.ring, err = startRing(plan, 0, addr)
 	return s, err
 }
 
+// CheckRingLoopback refuses an MLX ring hostfile that lists any address beyond loopback. MLX's
+// ring sockets carry neither authentication nor encryption, and Hippo's check that every stage
+// was given the same secret is only a consistency check (a digest sent in the clear), so the
+// ring is safe only where nobody else can reach its ports. Across machines, use the TCP
+// transport, which authenticates and seals every frame.
+func CheckRingLoopback(hostfile string) error {
+	if hostfile == "" {
+		return nil // startRing explains the missing hostfile
+	}
+	b, err := os.ReadFile(hostfile)
+	if err != nil {
+		return fmt.Errorf("mlx-ring: hostfile: %w", err)
+	}
+	var hosts [][]string
+	if err := json.Unmarshal(b, &hosts); err != nil {
+		return nil // startRing explains the format
+	}
+	for k, hs := range hosts {
+		for _, h := range hs {
+			host, _, err := net.SplitHostPort(h)
+			ip := net.ParseIP(host)
+			if err != nil || ip == nil || !ip.IsLoopback() {
+				return fmt.Errorf("mlx-ring: hostfile %s puts rank %d at %s, beyond loopback: MLX's ring is neither authenticated nor encrypted, so Hippo runs it on one machine only: use --transport tcp between machines (authenticated and encrypted)", hostfile, k, h)
+			}
+		}
+	}
+	return nil
+}
+
 // open finishes the link once stage 0 is loaded.
 func (s *linkStart) open(ctx context.Context, first *engines.Stage) (link, error) {
 	if s.ring == nil {
+		if err := CheckExposure(s.addr, s.plan.Secret); err != nil {
+			return nil, err
+		}
 		return transport.Dial(ctx, s.addr, s.plan.options(0, true))
 	}
 	return openRingLink(ctx, s.plan, s.ring, first)

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
+	"sync"
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/transport"
 )
@@ -25,6 +28,10 @@ type Plan struct {
 	Layers      int
 	// Transport is TransportTCP ("" too) or TransportRing.
 	Transport string
+	// Context and RAM, when set, are each stage's context cap and the RAM its memory guard
+	// plans with (see Rank); Launch passes them to the stages it starts.
+	Context int
+	RAM     int64
 }
 
 func (p Plan) identity(stage int) transport.Identity {
@@ -41,8 +48,23 @@ func (p Plan) options(stage int, next bool) transport.Options {
 	return o
 }
 
-// Rank serves stage k > 0 of a plan: it accepts the previous stage on listen and, unless it is the
-// last stage, forwards to the next one at next.
+// Defaults for the zero Rank.
+const (
+	// DefaultContext is a rank's context cap when neither Rank.Context nor the model's
+	// max_position_embeddings says otherwise.
+	DefaultContext = 4096
+	// DefaultIdleTimeout closes a session whose driver sent nothing for this long, so a driver
+	// that vanished without closing does not keep the rank busy forever.
+	DefaultIdleTimeout = 10 * time.Minute
+	// DefaultNextTimeout bounds how long a rank tries to reach the next stage when a session
+	// starts, before it reports that stage down to the driver.
+	DefaultNextTimeout = 10 * time.Second
+)
+
+// Rank serves stage k > 0 of a plan: it accepts the previous stage on a listener and, unless it
+// is the last stage, forwards to the next one at Next. It serves one session (one driver
+// connection) at a time: another driver that authenticates meanwhile is refused with ErrBusy,
+// which names the session it waits for.
 type Rank struct {
 	Plan  Plan
 	Stage int
@@ -50,58 +72,222 @@ type Rank struct {
 	Next string
 	// Log receives one line per connection; nil discards.
 	Log *log.Logger
+	// Context caps the positions (prompt and generated tokens) one session may hold in this
+	// stage's KV cache; a Forward beyond it is refused with ErrLimit. Default: the plan's
+	// Context, else the model's max_position_embeddings, else DefaultContext.
+	Context int
+	// RAM is what the memory guard plans with (the machine's when 0): Serve refuses to start
+	// when the stage's weights and a KV cache of Context positions do not fit.
+	RAM int64
+	// IdleTimeout closes a session whose driver is silent this long; default DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// NextTimeout bounds reaching the next stage for a session; default DefaultNextTimeout.
+	NextTimeout time.Duration
+
+	mu      sync.Mutex
+	current string    // the driver being served, "" when idle
+	since   time.Time // when its session started
 }
 
-// Serve loads the stage and answers the previous stage until ctx ends. A connection that ends
-// (the driver finished, or died) is logged and the next one is accepted; the caches are reset by
-// each request's Reset, so nothing leaks between drivers.
+func (r *Rank) logf(format string, args ...any) {
+	if r.Log != nil {
+		r.Log.Printf(format, args...)
+	}
+}
+
+// ListenOptions are the transport options the rank listens with: its identity and secret, its
+// idle timeout and the admission check that answers ErrBusy while a session runs.
+func (r *Rank) ListenOptions() transport.Options {
+	o := r.Plan.options(r.Stage, false)
+	o.IdleTimeout = r.IdleTimeout
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	o.Admit = func(transport.Identity) error { return r.busy() }
+	return o
+}
+
+// Listen checks that addr may be served with the plan's secret (see CheckExposure) and listens
+// on it with ListenOptions.
+func (r *Rank) Listen(ctx context.Context, addr string) (*transport.Listener, error) {
+	if err := CheckExposure(addr, r.Plan.Secret); err != nil {
+		return nil, err
+	}
+	return transport.Listen(ctx, addr, r.ListenOptions())
+}
+
+// busy returns the ErrBusy refusal while a session runs, nil otherwise.
+func (r *Rank) busy() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.current == "" {
+		return nil
+	}
+	idle := r.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	return &transport.Error{Code: transport.CodeBusy, Message: fmt.Sprintf(
+		"stage %d is busy serving %s since %s (a session idle for %v is closed): wait for that run to end, or stop it",
+		r.Stage, r.current, r.since.Format(time.TimeOnly), idle)}
+}
+
+// claim makes peer the session being served, unless another one is.
+func (r *Rank) claim(peer string) error {
+	if err := r.busy(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.current != "" {
+		return fmt.Errorf("stage %d is busy", r.Stage)
+	}
+	r.current, r.since = peer, time.Now()
+	return nil
+}
+
+func (r *Rank) release() {
+	r.mu.Lock()
+	r.current = ""
+	r.mu.Unlock()
+}
+
+// contextCap returns the rank's context cap for model config c.
+func (r *Rank) contextCap(c *model.Config) int {
+	switch {
+	case r.Context > 0:
+		return r.Context
+	case r.Plan.Context > 0:
+		return r.Plan.Context
+	case c.MaxPositionEmbeddings > 0:
+		return c.MaxPositionEmbeddings
+	}
+	return DefaultContext
+}
+
+// checkStageMemory refuses a stage whose weights and KV cache for context positions need more
+// than engines.SafetyFactor of ram (the machine's when 0).
+func checkStageMemory(c *model.Config, dtype string, rg model.Range, context int, ram int64) error {
+	dt, err := mlx.ParseDType(dtype)
+	if err != nil {
+		return err
+	}
+	if ram == 0 {
+		if ram, err = engines.SystemRAM(); err != nil {
+			return nil // cannot tell: let MLX try
+		}
+	}
+	e := engines.StageMemory(c, dt, rg, context)
+	limit := int64(float64(ram) * engines.SafetyFactor)
+	if e.Total() <= limit {
+		return nil
+	}
+	return fmt.Errorf("%w: layers [%d,%d) need %s (weights %s + KV cache %s for %d positions + runtime %s), %s usable of %s RAM: lower --context, split the model over more stages, or use a quantized checkpoint",
+		engines.ErrMemory, rg.From, rg.To, engines.FormatBytes(e.Total()), engines.FormatBytes(e.Weights), engines.FormatBytes(e.KVCache),
+		context, engines.FormatBytes(e.Overhead), engines.FormatBytes(limit), engines.FormatBytes(ram))
+}
+
+// Serve loads the stage and answers drivers until ctx ends or ln is closed. Handshakes run in
+// the listener, off this loop; each authenticated connection becomes a session in its own
+// goroutine, one at a time. A session that ends (the driver finished, died, went idle, or sent
+// something refused) is logged and the rank keeps serving; the caches are reset by each
+// request's Reset, so nothing leaks between drivers. A next stage that cannot be reached is
+// reported to the driver, and the rank keeps listening.
 func (r *Rank) Serve(ctx context.Context, ln *transport.Listener) error {
 	if r.Stage < 1 || r.Stage >= len(r.Plan.Split) {
 		return fmt.Errorf("rank: stage %d: ranks serve stages 1 to %d (stage 0 is the driver)", r.Stage, len(r.Plan.Split)-1)
 	}
-	logf := func(format string, args ...any) {
-		if r.Log != nil {
-			r.Log.Printf(format, args...)
-		}
+	if r.NextTimeout <= 0 {
+		r.NextTimeout = DefaultNextTimeout
+	}
+	cfg, err := model.ReadConfig(r.Plan.Model)
+	if err != nil {
+		return fmt.Errorf("rank %d: %w", r.Stage, err)
+	}
+	ctxCap := r.contextCap(cfg)
+	ram := r.RAM
+	if ram == 0 {
+		ram = r.Plan.RAM
+	}
+	if err := checkStageMemory(cfg, r.Plan.DType, r.Plan.Split[r.Stage], ctxCap, ram); err != nil {
+		return fmt.Errorf("rank %d: %w", r.Stage, err)
 	}
 	st, err := engines.OpenStage(ctx, engines.StageOptions{Model: r.Plan.Model, DType: r.Plan.DType, Range: r.Plan.Split[r.Stage]})
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", r.Stage, err)
 	}
 	defer st.Close()
-	logf("stage %d ready: layers [%d,%d) of %s", r.Stage, st.Range().From, st.Range().To, r.Plan.Model)
+	r.logf("stage %d ready on %s: layers [%d,%d) of %s, context cap %d positions", r.Stage, ln.Addr(), st.Range().From, st.Range().To, r.Plan.Model, ctxCap)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		up, err := ln.Accept(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			logf("stage %d: refused a connection: %v", r.Stage, err)
+			r.logf("stage %d: refused a connection: %v", r.Stage, err)
 			continue
 		}
-		var down *transport.Conn
-		if !st.Last() {
-			if down, err = transport.Dial(ctx, r.Next, r.Plan.options(r.Stage, true)); err != nil {
-				up.Close()
-				return fmt.Errorf("rank %d: next stage: %w", r.Stage, err)
+		if err := r.claim(up.String()); err != nil {
+			// Two drivers passed the admission check at once; the later one learns it here.
+			r.logf("stage %d: refused %s: %v", r.Stage, up, err)
+			up.Send(ctx, 0, 0, &transport.Error{Code: transport.CodeBusy, Message: err.Error()})
+			up.Close()
+			continue
+		}
+		r.logf("stage %d: session with %s", r.Stage, up)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer r.release()
+			err := r.run(ctx, st, up, ctxCap)
+			if ctx.Err() == nil {
+				r.logf("stage %d: session with %s ended: %v", r.Stage, up, err)
 			}
-		}
-		err = r.session(ctx, st, up, down)
-		up.Close()
-		if down != nil {
-			down.Close()
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		logf("stage %d: connection ended: %v", r.Stage, err)
+		}()
 	}
 }
 
-// session answers one upstream connection until it ends.
-func (r *Rank) session(ctx context.Context, st *engines.Stage, up, down *transport.Conn) error {
+// run serves one session: it reaches the next stage, then answers up until it ends.
+func (r *Rank) run(ctx context.Context, st *engines.Stage, up *transport.Conn, ctxCap int) error {
+	defer up.Close()
+	var down *transport.Conn
+	if !st.Last() {
+		dctx, cancel := context.WithTimeout(ctx, r.NextTimeout)
+		var err error
+		down, err = transport.Dial(dctx, r.Next, r.Plan.options(r.Stage, true))
+		cancel()
+		if err != nil {
+			err = fmt.Errorf("stage %d: next stage %d at %s: %w", r.Stage, r.Stage+1, r.Next, err)
+			up.Send(ctx, 0, 0, &transport.Error{Code: codeOf(err), Message: err.Error()})
+			return err
+		}
+		defer down.Close()
+	}
+	return r.session(ctx, st, up, down, ctxCap)
+}
+
+// codeOf maps err to the wire code of its transport sentinel, so the driver can test it.
+func codeOf(err error) transport.Code {
+	for _, c := range []struct {
+		code transport.Code
+		err  error
+	}{{transport.CodeAuth, transport.ErrAuth}, {transport.CodeModel, transport.ErrModelMismatch}, {transport.CodeRange, transport.ErrRange},
+		{transport.CodeVersion, transport.ErrVersion}, {transport.CodeBusy, transport.ErrBusy}, {transport.CodeLimit, transport.ErrLimit}} {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return transport.CodeInternal
+}
+
+// session answers one upstream connection until it ends. pos is the number of positions this
+// stage's cache holds, which Forward frames may grow only up to ctxCap.
+func (r *Rank) session(ctx context.Context, st *engines.Stage, up, down *transport.Conn, ctxCap int) error {
 	var fw transport.Forward
 	var reply transport.Reply
+	pos := 0
 	for {
 		f, err := up.Recv(ctx)
 		if err != nil {
@@ -118,6 +304,7 @@ func (r *Rank) session(ctx context.Context, st *engines.Stage, up, down *transpo
 			if err := st.Reset(ctx, m.Position, 0, 1, 0); err != nil {
 				return r.fail(ctx, up, f, err)
 			}
+			pos = min(pos, m.Position)
 			if down != nil {
 				if err := down.Send(ctx, f.Session, f.Seq, &m); err != nil {
 					return err
@@ -127,6 +314,10 @@ func (r *Rank) session(ctx context.Context, st *engines.Stage, up, down *transpo
 			if err := f.Decode(&fw); err != nil {
 				return err
 			}
+			if pos+fw.Tokens > ctxCap {
+				return r.fail(ctx, up, f, fmt.Errorf("a request of %d positions exceeds this rank's context cap of %d: shorten the prompt or the generation, or restart the rank with a larger --context (its memory guard must allow it): %w",
+					pos+fw.Tokens, ctxCap, transport.ErrLimit))
+			}
 			if err := r.forward(ctx, st, down, f, &fw, &reply); err != nil {
 				var pe *transport.Error
 				if errors.As(err, &pe) {
@@ -134,11 +325,12 @@ func (r *Rank) session(ctx context.Context, st *engines.Stage, up, down *transpo
 				}
 				return r.fail(ctx, up, f, err)
 			}
+			pos += fw.Tokens
 			if err := up.Send(ctx, f.Session, f.Seq, &reply); err != nil {
 				return err
 			}
 		default:
-			return fmt.Errorf("rank %d: unexpected %v frame", r.Stage, f.Type)
+			return r.fail(ctx, up, f, fmt.Errorf("unexpected %v frame: %w", f.Type, transport.ErrBadFrame))
 		}
 	}
 }
@@ -189,9 +381,29 @@ func (r *Rank) forward(ctx context.Context, st *engines.Stage, down *transport.C
 
 // fail reports err to the previous stage, so the driver's error names where it happened.
 func (r *Rank) fail(ctx context.Context, up *transport.Conn, f transport.Frame, err error) error {
-	up.Send(ctx, f.Session, f.Seq, &transport.Error{Message: fmt.Sprintf("stage %d: %v", r.Stage, err)})
+	up.Send(ctx, f.Session, f.Seq, &transport.Error{Code: codeOf(err), Message: fmt.Sprintf("stage %d: %v", r.Stage, err)})
 	return err
 }
 
-// ListenOptions are the transport options stage k listens with.
-func ListenOptions(p Plan, k int) transport.Options { return p.options(k, false) }
+// CheckExposure refuses to serve or reach a pipeline beyond loopback without a shared secret:
+// without one, anyone on the network could drive the rank, read the hidden states and tokens,
+// or alter them. On loopback, frames are still sealed (which detects corruption) but with keys
+// anyone can derive, so they protect nothing against other users of the same machine.
+func CheckExposure(addr, secret string) error {
+	if secret != "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("%s is reachable beyond this machine and no shared secret is set: anyone on the network could drive the pipeline and read or alter its traffic: "+
+		"create one (e.g. `head -c 32 /dev/urandom | base64 > ~/.hippo-secret; chmod 600 ~/.hippo-secret`), copy it to every machine, and give it to every rank and the driver with --secret-file or $%s: %w",
+		addr, transport.SecretEnv, transport.ErrAuth)
+}

@@ -426,7 +426,7 @@ func checkIdentity(stage int, theirs string, ours []string) *transport.Error {
 		case "split", "layers":
 			code = transport.CodeRange
 		case "secret":
-			code, fix = transport.CodeAuth, "give every stage the same --secret (or $"+transport.SecretEnv+")"
+			code, fix = transport.CodeAuth, "give every stage the same secret through $"+transport.SecretEnv+" or --secret-file"
 		}
 		return &transport.Error{Code: code, Message: fmt.Sprintf("stage %d: %s is %s here but %s at the driver: %s", stage, key, mine, other, fix)}
 	}

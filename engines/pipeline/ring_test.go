@@ -125,7 +125,7 @@ func TestCheckIdentity(t *testing.T) {
 		{"same", join(ours...), 0, ""},
 		{"other checkpoint", join(append([]string{"model=xyz"}, ours[1:]...)...), transport.CodeModel, "same checkpoint"},
 		{"other split", join("model=abc", "layers=4", "split=0:1,1:4", "dtype=float32", "hidden=64", "secret=-"), transport.CodeRange, "split is 0:2,2:4 here but 0:1,1:4"},
-		{"other secret", join("model=abc", "layers=4", "split=0:2,2:4", "dtype=float32", "hidden=64", "secret=1234"), transport.CodeAuth, "--secret"},
+		{"other secret", join("model=abc", "layers=4", "split=0:2,2:4", "dtype=float32", "hidden=64", "secret=1234"), transport.CodeAuth, "--secret-file"},
 		{"truncated", "model=abc", transport.CodeRange, "(missing)"},
 	}
 	for _, tc := range cases {
