@@ -517,6 +517,7 @@ type Listener struct {
 
 	mu      sync.Mutex
 	pending []net.Conn // oldest first
+	evicted map[net.Conn]bool
 	closed  bool
 }
 
@@ -590,6 +591,10 @@ func (l *Listener) loop() {
 		}
 		if len(l.pending) >= l.opts.MaxPending {
 			l.pending[0].Close() // its handshake fails at once
+			if l.evicted == nil {
+				l.evicted = map[net.Conn]bool{}
+			}
+			l.evicted[l.pending[0]] = true
 			l.pending = l.pending[1:]
 		}
 		l.pending = append(l.pending, nc)
@@ -601,6 +606,7 @@ func (l *Listener) loop() {
 
 func (l *Listener) handshake(nc net.Conn) {
 	defer l.wg.Done()
+	addr := nc.RemoteAddr().String()
 	c, err := Server(l.ctx, nc, l.opts)
 	l.mu.Lock()
 	for i, p := range l.pending {
@@ -609,7 +615,15 @@ func (l *Listener) handshake(nc net.Conn) {
 			break
 		}
 	}
+	if l.evicted[nc] {
+		delete(l.evicted, nc)
+		// Not net.ErrClosed: that would read as the listener itself being closed.
+		err = fmt.Errorf("transport: the peer at %s was dropped before it finished its handshake: %d other connections were handshaking (a flood?): %w", addr, l.opts.MaxPending, ErrPeerGone)
+	}
 	l.mu.Unlock()
+	if err != nil && errors.Is(err, net.ErrClosed) {
+		err = fmt.Errorf("transport: handshake with the peer at %s: connection closed: %v", addr, err)
+	}
 	select {
 	case l.results <- accepted{c, err}:
 	case <-l.done:
@@ -621,7 +635,8 @@ func (l *Listener) handshake(nc net.Conn) {
 
 // Accept waits (until ctx ends or the listener is closed) for the next handshake to finish and
 // returns its connection, or its refusal: a refused handshake has already closed that
-// connection; call Accept again to keep serving. Accept may be called from one goroutine at a
+// connection; call Accept again to keep serving. Only a closed listener's error wraps
+// net.ErrClosed. Accept may be called from one goroutine at a
 // time or several.
 func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
 	select {

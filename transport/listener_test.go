@@ -93,3 +93,18 @@ func TestListenerAdmitRefuses(t *testing.T) {
 		t.Errorf("Dial to a busy listener = %v; want ErrBusy with the reason", err)
 	}
 }
+
+// TestRecvIdleTimeout: a session whose peer goes quiet ends after IdleTimeout, naming the peer.
+func TestRecvIdleTimeout(t *testing.T) {
+	a, b := tcpPair(t)
+	go Client(context.Background(), a, Options{})
+	c, err := Server(context.Background(), b, Options{IdleTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Recv(context.Background())
+	if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "driver (127.0.0.1:") {
+		t.Errorf("Recv from a silent peer = %v; want ErrTimeout naming it", err)
+	}
+}

@@ -220,11 +220,29 @@ func (r *Rank) Serve(ctx context.Context, ln *transport.Listener) error {
 	r.logf("stage %d ready on %s: layers [%d,%d) of %s, context cap %d positions", r.Stage, ln.Addr(), st.Range().From, st.Range().To, r.Plan.Model, ctxCap)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Refusals are logged at most 10 a second for each kind (peers that hung up or were
+	// dropped; everything else), so a flood can neither fill the disk nor hide other refusals.
+	var window time.Time
+	var logged, dropped [2]int
 	for {
 		up, err := ln.Accept(ctx)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
+			}
+			if now := time.Now(); now.Sub(window) > time.Second {
+				if n := dropped[0] + dropped[1]; n > 0 {
+					r.logf("stage %d: refused %d more connections (not logged)", r.Stage, n)
+				}
+				window, logged, dropped = now, [2]int{}, [2]int{}
+			}
+			kind := 0
+			if errors.Is(err, transport.ErrPeerGone) {
+				kind = 1
+			}
+			if logged[kind]++; logged[kind] > 10 {
+				dropped[kind]++
+				continue
 			}
 			r.logf("stage %d: refused a connection: %v", r.Stage, err)
 			continue
