@@ -156,7 +156,9 @@ func Client(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 		c.nc.Close()
 		return nil, err
 	}
-	c.startSealing(d2l, l2d)
+	if !opts.plaintext {
+		c.startSealing(d2l, l2d)
+	}
 
 	if err := c.Send(ctx, 0, 1, &Auth{Stage: opts.Self.Stage, Identity: opts.Peer}); err != nil {
 		c.nc.Close()
@@ -180,6 +182,7 @@ func Client(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 		return nil, err
 	}
 	c.peer = theirs.Identity
+	c.r.max = opts.MaxPayload + Overhead // the peer has proved itself
 	return c, nil
 }
 
@@ -236,7 +239,9 @@ func Server(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 		c.nc.Close()
 		return nil, err
 	}
-	c.startSealing(l2d, d2l)
+	if !opts.plaintext {
+		c.startSealing(l2d, d2l)
+	}
 
 	f, err = c.recv(ctx, time.Time{}, "no handshake answer")
 	if err != nil {
@@ -276,5 +281,6 @@ func Server(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 		c.nc.Close()
 		return nil, err
 	}
+	c.r.max = opts.MaxPayload + Overhead // the peer has proved itself
 	return c, nil
 }
