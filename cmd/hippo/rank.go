@@ -28,7 +28,7 @@ func rankCommand() *cli.Command {
 			&cli.IntFlag{Name: "context", Usage: "context cap: positions one request may fill in this stage's KV cache (default: the model's max_position_embeddings)"},
 			&cli.StringFlag{Name: "ram", Usage: "RAM the memory guard plans for instead of the detected amount (e.g. 16GB)"},
 			&cli.DurationFlag{Name: "idle-timeout", Value: pipeline.DefaultIdleTimeout, Usage: "close a driver's session after this long without a frame"},
-			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "tcp, or mlx-ring: join MLX's ring as rank --stage (MLX_RANK and MLX_HOSTFILE set; --listen and --next unused; loopback only)"},
+			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "tcp, mlx-ring: join MLX's ring as rank --stage (MLX_RANK and MLX_HOSTFILE set; --listen and --next unused; loopback only), or mlx-jaccl: MLX's RDMA over Thunderbolt 5 (macOS only; MLX_RANK, MLX_IBV_DEVICES, MLX_JACCL_COORDINATOR set; untested on hardware)"},
 		),
 		Action: func(c *cli.Context) error {
 			secret, err := pipelineSecret(c)
@@ -51,9 +51,11 @@ func rankCommand() *cli.Command {
 			}
 			plan.Secret = secret
 			stage := c.Int("stage")
-			if plan.Transport == pipeline.TransportRing {
-				if err := pipeline.CheckRingLoopback(os.Getenv("MLX_HOSTFILE")); err != nil {
-					return err
+			if pipeline.OverMLX(plan.Transport) {
+				if plan.Transport == pipeline.TransportRing {
+					if err := pipeline.CheckRingLoopback(os.Getenv("MLX_HOSTFILE")); err != nil {
+						return err
+					}
 				}
 				r := &pipeline.Rank{Plan: plan, Stage: stage, Log: log.New(os.Stderr, fmt.Sprintf("hippo rank %d: ", stage), log.LstdFlags)}
 				return r.ServeRing(c.Context)

@@ -41,7 +41,7 @@ func OpenDriver(ctx context.Context, plan Plan, addr string) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	if plan.Transport != TransportRing {
+	if !overMLX(plan.Transport) {
 		if err := CheckExposure(addr, plan.Secret); err != nil {
 			return nil, err
 		}

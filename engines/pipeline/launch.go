@@ -52,6 +52,9 @@ func Launch(ctx context.Context, exe string, plan Plan) (*Local, error) {
 		}
 		addrs[k] = a
 	}
+	if plan.Transport == TransportJACCL {
+		return nil, fmt.Errorf("pipeline: %s links machines over Thunderbolt 5 RDMA; it cannot start its stages on this machine: start `hippo rank --transport %s` on each Mac and give the driver --hosts", TransportJACCL, TransportJACCL)
+	}
 	l := &Local{Addr: addrs[1]}
 	if plan.Transport == TransportRing {
 		hf, err := WriteHostfile(n)

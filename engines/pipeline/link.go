@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
+	"strconv"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/transport"
 )
 
@@ -19,17 +22,55 @@ const (
 	// TransportRing is MLX's distributed ring backend: stage k is MLX rank k, hidden states and
 	// replies travel as MLX arrays sent between ring neighbours (see ring.go for the protocol).
 	TransportRing = "mlx-ring"
+	// TransportJACCL is MLX's JACCL backend, RDMA over Thunderbolt 5 between Macs (macOS 26.2+,
+	// libjaccl.dylib from the mlx-metal wheel), through the same shim path and protocol as
+	// TransportRing. Untested on hardware: no one has run it on two Macs yet.
+	TransportJACCL = "mlx-jaccl"
 )
 
-// ParseTransport checks a transport name; "" means TransportTCP.
+// overMLX says whether transport tr runs over one of MLX's distributed backends (the ring
+// protocol of ring.go) rather than the project's TCP framing.
+func overMLX(tr string) bool { return tr == TransportRing || tr == TransportJACCL }
+
+// OverMLX says whether transport tr runs over one of MLX's distributed backends rather than
+// the project's TCP framing: link profiles, hosts files and local launch do not apply to it.
+func OverMLX(tr string) bool { return overMLX(tr) }
+
+// startJACCL joins MLX's JACCL group as rank stage. MLX reads MLX_RANK, MLX_IBV_DEVICES (the
+// RDMA device matrix) and MLX_JACCL_COORDINATOR (rank 0's ip:port) from the environment.
+func startJACCL(stage int) (*ringJoin, error) {
+	if r := os.Getenv("MLX_RANK"); r != strconv.Itoa(stage) {
+		return nil, fmt.Errorf("mlx-jaccl: MLX_RANK is %q but this process serves stage %d: set MLX_RANK=%d", r, stage, stage)
+	}
+	for _, env := range []string{"MLX_IBV_DEVICES", "MLX_JACCL_COORDINATOR"} {
+		if os.Getenv(env) == "" {
+			return nil, fmt.Errorf("mlx-jaccl: %s is not set: JACCL needs MLX_IBV_DEVICES (the JSON matrix of RDMA devices between ranks) and MLX_JACCL_COORDINATOR (rank 0's ip:port)", env)
+		}
+	}
+	j := &ringJoin{stage: stage, done: make(chan ringJoined, 1)}
+	go func() {
+		g, err := mlx.NewGroup(mlx.GroupOptions{Backend: "jaccl"})
+		j.done <- ringJoined{g, err}
+	}()
+	return j, nil
+}
+
+// ParseTransport checks a transport name; "" means TransportTCP. TransportJACCL is refused
+// outside macOS, where MLX has no JACCL backend.
 func ParseTransport(s string) (string, error) {
 	switch s {
 	case "", TransportTCP:
 		return TransportTCP, nil
 	case TransportRing:
 		return TransportRing, nil
+	case TransportJACCL:
+		if runtime.GOOS != "darwin" {
+			return "", fmt.Errorf("transport %s: MLX's JACCL backend (RDMA over Thunderbolt 5) exists only on macOS 26.2+ with the mlx-metal wheel's libjaccl.dylib; this is %s: use %s or %s",
+				s, runtime.GOOS, TransportTCP, TransportRing)
+		}
+		return TransportJACCL, nil
 	}
-	return "", fmt.Errorf("transport %q: use %s or %s", s, TransportTCP, TransportRing)
+	return "", fmt.Errorf("transport %q: use %s, %s or %s (macOS only)", s, TransportTCP, TransportRing, TransportJACCL)
 }
 
 // link is the driver's connection to the rest of the pipeline: a transport.Conn to stage 1, or
@@ -58,6 +99,11 @@ type linkStart struct {
 // (addr is then the hostfile; "" uses $MLX_HOSTFILE).
 func startLink(plan Plan, addr string) (*linkStart, error) {
 	s := &linkStart{plan: plan, addr: addr}
+	if plan.Transport == TransportJACCL {
+		var err error
+		s.ring, err = startRing(plan, 0, "")
+		return s, err
+	}
 	if plan.Transport != TransportRing {
 		return s, nil
 	}

@@ -307,6 +307,9 @@ type ringJoined struct {
 // other thread is started for the pipeline; with hostfile empty the environment must already
 // name this stage's rank and a hostfile.
 func startRing(plan Plan, stage int, hostfile string) (*ringJoin, error) {
+	if plan.Transport == TransportJACCL {
+		return startJACCL(stage)
+	}
 	if hostfile != "" {
 		if err := os.Setenv("MLX_RANK", strconv.Itoa(stage)); err != nil {
 			return nil, err
