@@ -78,6 +78,18 @@ func OpenDriver(ctx context.Context, plan Plan, addr string) (*Driver, error) {
 		session: uint64(time.Now().UnixNano())}, nil
 }
 
+// Alive checks that the connection to stage 1 still works (a Ping over TCP; MLX's backends
+// cannot tell, so they always pass). A rank closes a session idle for its --idle-timeout, so a
+// driver kept between runs should check before reusing it.
+func (d *Driver) Alive(ctx context.Context) error {
+	c, ok := d.next.(*transport.Conn)
+	if !ok {
+		return nil
+	}
+	_, err := c.Ping(ctx)
+	return err
+}
+
 // Tokenizer is the model's tokenizer.
 func (d *Driver) Tokenizer() *tokenizer.Tokenizer { return d.tok }
 

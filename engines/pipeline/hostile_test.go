@@ -255,6 +255,36 @@ func TestHostilePeers(t *testing.T) {
 		}
 	})
 
+	t.Run("idle session is closed", func(t *testing.T) {
+		p := s.plan
+		p.IdleTimeout = time.Second
+		local, err := pipeline.Launch(context.Background(), exe, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer local.Stop()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		idle, err := pipeline.OpenDriver(ctx, p, local.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer idle.Close()
+		if _, err := idle.Generate(ctx, engines.Request{Tokens: []int{1}, MaxTokens: 1}, func(engines.Token) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second) // the driver goes quiet past the rank's idle timeout
+		if err := idle.Alive(ctx); err == nil {
+			t.Errorf("a session idle past the rank's --idle-timeout is still open")
+		}
+		s.plan, p = p, s.plan
+		err = s.run(t, local.Addr) // a new driver is served, not told "busy"
+		s.plan = p
+		if err != nil {
+			t.Errorf("run after the idle session: %v\nrank log:\n%s", err, local.Logs())
+		}
+	})
+
 	t.Run("request beyond the context cap", func(t *testing.T) {
 		p := s.plan
 		p.Context = 8 // the rank's --context; the request needs 7 + 6 positions

@@ -75,6 +75,9 @@ func Launch(ctx context.Context, exe string, plan Plan) (*Local, error) {
 		if plan.Context > 0 {
 			args = append(args, "--context", strconv.Itoa(plan.Context))
 		}
+		if plan.IdleTimeout > 0 {
+			args = append(args, "--idle-timeout", plan.IdleTimeout.String())
+		}
 		if plan.RAM > 0 {
 			args = append(args, "--ram", strconv.FormatInt(plan.RAM, 10))
 		}

@@ -32,6 +32,8 @@ type Plan struct {
 	// plans with (see Rank); Launch passes them to the stages it starts.
 	Context int
 	RAM     int64
+	// IdleTimeout, when set, is each rank's idle session timeout (see Rank.IdleTimeout).
+	IdleTimeout time.Duration
 }
 
 func (p Plan) identity(stage int) transport.Identity {
@@ -99,10 +101,7 @@ func (r *Rank) logf(format string, args ...any) {
 // idle timeout and the admission check that answers ErrBusy while a session runs.
 func (r *Rank) ListenOptions() transport.Options {
 	o := r.Plan.options(r.Stage, false)
-	o.IdleTimeout = r.IdleTimeout
-	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = DefaultIdleTimeout
-	}
+	o.IdleTimeout = r.idleTimeout()
 	o.Admit = func(transport.Identity) error { return r.busy() }
 	return o
 }
@@ -116,6 +115,16 @@ func (r *Rank) Listen(ctx context.Context, addr string) (*transport.Listener, er
 	return transport.Listen(ctx, addr, r.ListenOptions())
 }
 
+func (r *Rank) idleTimeout() time.Duration {
+	switch {
+	case r.IdleTimeout > 0:
+		return r.IdleTimeout
+	case r.Plan.IdleTimeout > 0:
+		return r.Plan.IdleTimeout
+	}
+	return DefaultIdleTimeout
+}
+
 // busy returns the ErrBusy refusal while a session runs, nil otherwise.
 func (r *Rank) busy() error {
 	r.mu.Lock()
@@ -123,10 +132,7 @@ func (r *Rank) busy() error {
 	if r.current == "" {
 		return nil
 	}
-	idle := r.IdleTimeout
-	if idle <= 0 {
-		idle = DefaultIdleTimeout
-	}
+	idle := r.idleTimeout()
 	return &transport.Error{Code: transport.CodeBusy, Message: fmt.Sprintf(
 		"stage %d is busy serving %s since %s (a session idle for %v is closed): wait for that run to end, or stop it",
 		r.Stage, r.current, r.since.Format(time.TimeOnly), idle)}
