@@ -27,6 +27,7 @@ func rankCommand() *cli.Command {
 			&cli.StringFlag{Name: "link", Value: "loopback", Usage: "emulated link profile for what this rank sends"},
 			&cli.IntFlag{Name: "context", Usage: "context cap: positions one request may fill in this stage's KV cache (default: the model's max_position_embeddings)"},
 			&cli.StringFlag{Name: "ram", Usage: "RAM the memory guard plans for instead of the detected amount (e.g. 16GB)"},
+			&cli.DurationFlag{Name: "next-timeout", Value: pipeline.DefaultNextTimeout, Usage: "how long a session waits for the next stage to answer before reporting it down"},
 			&cli.DurationFlag{Name: "idle-timeout", Value: pipeline.DefaultIdleTimeout, Usage: "close a driver's session after this long without a frame"},
 			&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "tcp, mlx-ring: join MLX's ring as rank --stage (MLX_RANK and MLX_HOSTFILE set; --listen and --next unused; loopback only), or mlx-jaccl: MLX's RDMA over Thunderbolt 5 (macOS only; MLX_RANK, MLX_IBV_DEVICES, MLX_JACCL_COORDINATOR set; untested on hardware)"},
 		),
@@ -69,7 +70,7 @@ func rankCommand() *cli.Command {
 				}
 			}
 			r := &pipeline.Rank{Plan: plan, Stage: stage, Next: c.String("next"), Context: c.Int("context"), RAM: ram,
-				IdleTimeout: c.Duration("idle-timeout"), Log: log.New(os.Stderr, fmt.Sprintf("hippo rank %d: ", stage), log.LstdFlags)}
+				IdleTimeout: c.Duration("idle-timeout"), NextTimeout: c.Duration("next-timeout"), Log: log.New(os.Stderr, fmt.Sprintf("hippo rank %d: ", stage), log.LstdFlags)}
 			ln, err := r.Listen(c.Context, c.String("listen"))
 			if err != nil {
 				return fmt.Errorf("--listen: %w", err)

@@ -285,6 +285,35 @@ func TestHostilePeers(t *testing.T) {
 		}
 	})
 
+	t.Run("next stage down is reported and the rank keeps listening", func(t *testing.T) {
+		p := s.plan
+		p.Split, err = pipeline.ParseSplit("0:2,2:3,3:4", cfg.NumLayers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.NextTimeout = time.Second
+		local, err := pipeline.Launch(context.Background(), exe, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer local.Stop()
+		local.Process(2).Kill()
+		for attempt := range 2 { // the rank must answer again after reporting
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			d, err := pipeline.OpenDriver(ctx, p, local.Addr)
+			if err != nil {
+				cancel()
+				t.Fatalf("attempt %d: OpenDriver = %v; want stage 1 to keep listening", attempt, err)
+			}
+			_, err = d.Generate(ctx, s.req, func(engines.Token) error { return nil })
+			d.Close()
+			cancel()
+			if err == nil || !strings.Contains(err.Error(), "next stage 2 at") {
+				t.Errorf("attempt %d: run with stage 2 down = %v; want stage 1 to report its next stage down", attempt, err)
+			}
+		}
+	})
+
 	t.Run("request beyond the context cap", func(t *testing.T) {
 		p := s.plan
 		p.Context = 8 // the rank's --context; the request needs 7 + 6 positions

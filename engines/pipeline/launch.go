@@ -78,6 +78,9 @@ func Launch(ctx context.Context, exe string, plan Plan) (*Local, error) {
 		if plan.IdleTimeout > 0 {
 			args = append(args, "--idle-timeout", plan.IdleTimeout.String())
 		}
+		if plan.NextTimeout > 0 {
+			args = append(args, "--next-timeout", plan.NextTimeout.String())
+		}
 		if plan.RAM > 0 {
 			args = append(args, "--ram", strconv.FormatInt(plan.RAM, 10))
 		}

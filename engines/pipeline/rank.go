@@ -32,8 +32,8 @@ type Plan struct {
 	// plans with (see Rank); Launch passes them to the stages it starts.
 	Context int
 	RAM     int64
-	// IdleTimeout, when set, is each rank's idle session timeout (see Rank.IdleTimeout).
-	IdleTimeout time.Duration
+	// IdleTimeout and NextTimeout, when set, are each rank's (see Rank).
+	IdleTimeout, NextTimeout time.Duration
 }
 
 func (p Plan) identity(stage int) transport.Identity {
@@ -202,6 +202,9 @@ func checkStageMemory(c *model.Config, dtype string, rg model.Range, context int
 func (r *Rank) Serve(ctx context.Context, ln *transport.Listener) error {
 	if r.Stage < 1 || r.Stage >= len(r.Plan.Split) {
 		return fmt.Errorf("rank: stage %d: ranks serve stages 1 to %d (stage 0 is the driver)", r.Stage, len(r.Plan.Split)-1)
+	}
+	if r.NextTimeout <= 0 {
+		r.NextTimeout = r.Plan.NextTimeout
 	}
 	if r.NextTimeout <= 0 {
 		r.NextTimeout = DefaultNextTimeout
