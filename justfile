@@ -72,6 +72,7 @@ test: build lint
 # Fuzz the decoders of untrusted input (wire frames, safetensors headers) for DURATION each.
 fuzz DURATION="30s":
     go test -run '^$' -fuzz '^FuzzReadFrame$' -fuzztime {{DURATION}} ./transport
+    go test -run '^$' -fuzz '^FuzzHandshake$' -fuzztime {{DURATION}} ./transport
     go test -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime {{DURATION}} ./engines/safetensors
 
 # hippo vs mlx-lm decode tok/s, alternating on the same checkpoints, with ratios and the memory-bandwidth roofline.
@@ -105,6 +106,10 @@ grafana:
 # Standalone vs 2-stage pipeline per token on loopback and each link profile, measured network time vs the profile's prediction.
 bench-pipeline: build
     ./bin/hippo bench pipeline
+
+# What sealing every frame (AES-256-GCM) adds to a decode hop on loopback and thunderbolt, sealed and plain alternating.
+bench-seal:
+    go test -run '^$' -bench 'BenchmarkSealCost|BenchmarkSeal$' -benchtime 300x ./transport
 
 # Speculative vs standalone decoding on the trained target/draft pair, K = 1..8, each drafter, with the analytic expectation.
 bench-spec: build

@@ -277,3 +277,27 @@ func TestHandshakeStraysAreRefused(t *testing.T) {
 		})
 	}
 }
+
+// FuzzHandshake feeds arbitrary bytes to the listener's side of the handshake, as a stranger
+// on the network could: it must refuse them (nobody without the secret gets through) and never
+// panic or hang.
+func FuzzHandshake(f *testing.F) {
+	hello, _ := AppendFrame(nil, Frame{Type: TypeHello, Payload: make([]byte, 33)})
+	f.Add(hello)
+	f.Add(append(hello, frameBytes("HIPO", Version, byte(TypeAuth), 0, 40, make([]byte, 40))...))
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a, b := net.Pipe()
+		go func() {
+			a.Write(data)
+			a.Close()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		c, err := Server(ctx, b, Options{Secret: "s3cret", HandshakeTimeout: time.Second})
+		if err == nil {
+			c.Close()
+			t.Fatalf("Server accepted %q without the secret", data)
+		}
+	})
+}
