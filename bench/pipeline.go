@@ -15,12 +15,6 @@ import (
 type Pipelines struct {
 	// Exe is the hippo binary that serves the other stages (default: this executable).
 	Exe string
-	// Secret, when set, replaces $HIPPO_SECRET as the pipeline's shared secret.
-	Secret string
-	// Context and RAM, when set, are every stage's context cap and the RAM its memory guard
-	// plans with (hippo run's --context and --ram).
-	Context int
-	RAM     int64
 
 	x Executor
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hippo-bench/hippo/transport"
+
 	"github.com/hippo-bench/hippo/bench"
 	"github.com/hippo-bench/hippo/engines"
 	"github.com/hippo-bench/hippo/engines/launch"
@@ -35,6 +37,9 @@ func runCommand() *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
 		}, modeFlags()...),
 		Action: func(c *cli.Context) error {
+			if err := usePipelineSecret(c); err != nil {
+				return err
+			}
 			cfg := bench.Config{
 				Model: c.String("model"), Prompt: c.String("prompt"),
 				Chat: c.Bool("chat"), MaxTokens: c.Int("max-tokens"), IgnoreEOS: c.Bool("ignore-eos"),
@@ -118,7 +123,7 @@ func runCommand() *cli.Command {
 
 // modeFlags are the flags that choose how a model runs, shared by run and serve.
 func modeFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "mode", Value: "standalone", Usage: "standalone, pipeline, spec or pipeline+spec (speculation across the pipeline)"},
 		&cli.StringFlag{Name: "drafter", Value: "model", Usage: "spec: model, lookup or dflash"},
 		&cli.StringFlag{Name: "draft", Usage: "spec: draft checkpoint for --drafter model or dflash (DIR or synth:PRESET)"},
@@ -126,8 +131,21 @@ func modeFlags() []cli.Flag {
 		&cli.IntFlag{Name: "stages", Value: 2, Usage: "pipeline: number of stages"},
 		&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced)"},
 		&cli.StringFlag{Name: "link", Value: "loopback", Usage: "pipeline: link profile (loopback, thunderbolt, wifi, ethernet-1g, ethernet-10g, custom:latency=..,jitter=..,bandwidth=..)"},
-		&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "pipeline: tcp (the project's framing) or mlx-ring (MLX's distributed ring backend; loopback link only)"},
+		&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "pipeline: tcp (the project's authenticated, encrypted framing), mlx-ring (MLX's distributed ring backend; loopback only) or mlx-jaccl (MLX's RDMA over Thunderbolt 5; macOS only, untested on hardware)"},
 		&cli.StringFlag{Name: "reply", Value: "token", Usage: "pipeline: the last stage replies with the sampled token, or topk:K candidates the driver samples from"},
 		&cli.StringFlag{Name: "hosts", Usage: "pipeline: YAML file with the address of each stage's `hippo rank` on other machines (default: start the stages here)"},
+	}, pipelineSecretFlags()...)
+}
+
+// usePipelineSecret makes the secret of --secret-file the pipeline's: the plan reads it from
+// $HIPPO_SECRET, which the stages started here inherit. It refuses --secret.
+func usePipelineSecret(c *cli.Context) error {
+	secret, err := pipelineSecret(c)
+	if err != nil {
+		return err
 	}
+	if c.String("secret-file") != "" {
+		return os.Setenv(transport.SecretEnv, secret)
+	}
+	return nil
 }

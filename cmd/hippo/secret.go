@@ -50,7 +50,7 @@ func readSecretFile(flag, path string) (string, error) {
 // pipelineSecretFlags are the flags of every command that joins a pipeline.
 func pipelineSecretFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "secret-file", Usage: "file holding the pipeline's shared secret (default: $" + transport.SecretEnv + "; required beyond loopback)"},
+		&cli.StringFlag{Name: "secret-file", Usage: "pipeline: file holding the stages' shared secret (default: $" + transport.SecretEnv + "; required beyond loopback)"},
 		argvSecretFlag("secret", transport.SecretEnv, "secret-file"),
 	}
 }

@@ -29,7 +29,7 @@ func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "serve models through an OpenAI-compatible API, with /metrics and a web chat",
-		UsageText: "hippo serve --model DIR|synth:PRESET [--dtype f32|bf16|f16] [--listen ADDR] [--api-key KEY ...] [--max-queue N] [--timeout D] [--max-body SIZE]\n" +
+		UsageText: "hippo serve --model DIR|synth:PRESET [--dtype f32|bf16|f16] [--listen ADDR] [--api-key-file FILE] [--max-queue N] [--timeout D] [--max-body SIZE]\n" +
 			"hippo serve --model DIR --mode pipeline|spec|pipeline+spec [the mode flags of hippo run: --stages, --split, --link, --hosts, --drafter, --draft, --draft-tokens ...]\n" +
 			"hippo serve --best results/<sweep>/<stamp>   (the fastest servable configuration of a sweep)\n" +
 			"hippo serve --config hippo.yaml              (several models; flags override the file)",
@@ -49,6 +49,9 @@ func serveCommand() *cli.Command {
 		}, modeFlags()...),
 		Action: func(c *cli.Context) error {
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			if err := usePipelineSecret(c); err != nil {
+				return err
+			}
 			cfg, err := serveConfig(c, log)
 			if err != nil {
 				return err

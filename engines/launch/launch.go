@@ -136,7 +136,7 @@ func Check(c Config) error {
 	if err != nil {
 		return err
 	}
-	if mode == PipelineSpec && tr == pipeline.TransportRing {
+	if mode == PipelineSpec && pipeline.OverMLX(tr) {
 		// The drafter runs MLX on its own thread while the ring waits on another, and this
 		// process's MLX scope state is not safe for that overlap.
 		return fmt.Errorf("pipeline+spec runs over --transport tcp only (its drafter would run MLX beside the ring's thread)")
@@ -317,8 +317,11 @@ func (l *Loader) driverFor(ctx context.Context, p *pipe) (*pipeline.Driver, erro
 	plan := p.plan
 	key := fmt.Sprintf("%s|%s|%s|%s|%s|%s", plan.Model, plan.DType, pipeline.FormatSplit(plan.Split), plan.Link, p.c.Hosts, plan.Transport)
 	if l.driver != nil && l.pipeKey == key {
-		l.driver.ReplyTopK = p.topK
-		return l.driver, nil
+		if err := l.driver.Alive(ctx); err == nil {
+			l.driver.ReplyTopK = p.topK
+			return l.driver, nil
+		}
+		// The ranks closed the session (idle past their --idle-timeout, or restarted): start again.
 	}
 	l.closeEngine() // one copy of the model in memory at a time
 	l.closePipeline()
@@ -328,7 +331,7 @@ func (l *Loader) driverFor(ctx context.Context, p *pipe) (*pipeline.Driver, erro
 		if err != nil {
 			return nil, err
 		}
-		if addr = h.Stages[1].Addr; plan.Transport == pipeline.TransportRing {
+		if addr = h.Stages[1].Addr; pipeline.OverMLX(plan.Transport) {
 			addr = "" // each machine's MLX_RANK and MLX_HOSTFILE describe the ring
 		}
 	} else {

@@ -74,7 +74,7 @@ func Plan(c Config) (pipeline.Plan, error) {
 	if err != nil {
 		return pipeline.Plan{}, err
 	}
-	if tr == pipeline.TransportRing && link.Name != "loopback" {
+	if pipeline.OverMLX(tr) && link.Name != "loopback" {
 		return pipeline.Plan{}, fmt.Errorf("link %s with transport %s: link profiles shape the project's TCP framing only; MLX's ring runs on its own sockets: use --link loopback (or real interfaces)", link.Name, tr)
 	}
 	fp, err := model.Fingerprint(dir)
@@ -82,7 +82,7 @@ func Plan(c Config) (pipeline.Plan, error) {
 		return pipeline.Plan{}, err
 	}
 	return pipeline.Plan{Model: dir, DType: orDefault(c.DType, engines.DefaultDType()), Split: split, Link: link, Fingerprint: fp,
-		Layers: cfg.NumLayers, Secret: os.Getenv(transport.SecretEnv), Transport: tr}, nil
+		Layers: cfg.NumLayers, Secret: os.Getenv(transport.SecretEnv), Transport: tr, Context: c.Context, RAM: c.RAM}, nil
 }
 
 // ParseReply reads --reply: "" or "token" (0), or "topk:K".
