@@ -122,7 +122,7 @@ func TestRingPlanErrors(t *testing.T) {
 		c    Config
 		want string
 	}{
-		{"unknown transport", Config{Transport: "pigeon"}, "use tcp or mlx-ring"},
+		{"unknown transport", Config{Transport: "pigeon"}, "use tcp, mlx-ring or mlx-jaccl"},
 		{"shaped link", Config{Transport: pipeline.TransportRing, Link: "wifi"}, "--link loopback"},
 	}
 	for _, tc := range cases {
