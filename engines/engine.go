@@ -123,10 +123,23 @@ type Request struct {
 	IgnoreEOS bool
 }
 
-// Step is the timing of one generated token, measured after evaluation.
+// Step is the timing of one generated token.
+//
+// The standalone engine decodes pipelined, as mlx-lm does: it builds and enqueues step t+1 on the
+// device before it reads step t's token, so the host's graph building overlaps the device's work.
+// There, Forward is the host time spent building and enqueueing the step's forward and sampling
+// graph (asynchronous evaluation included), and Sample is the time the host then waited for the
+// token id to arrive (the device finishing the step, and the read). Their sum is the step's share
+// of the wall clock; neither alone is the device's compute time. In the other engines (pipeline
+// stages, speculative verification) steps run in lockstep and Forward is measured after
+// evaluation.
 type Step struct {
-	// Forward is the model's compute time, summed over stages in a pipeline.
+	// Forward is the model's compute time, summed over stages in a pipeline; in the standalone
+	// engine, the time to build and enqueue the step (see Step).
 	Forward, Sample time.Duration
+	// Syncs is how often the host waited for MLX during the step: blocking evaluations and reads
+	// of array data (mlx.SyncCount). Standalone decoding reads one token id per step.
+	Syncs mlx.Syncs
 	// Pipeline only: each stage's own forward time, the time on the wire (the driver's round
 	// trip minus the remote stages' forward time), and payload bytes sent and received.
 	StageForward []time.Duration
@@ -147,7 +160,8 @@ type Token struct {
 type Stats struct {
 	PromptTokens int
 	// Prefill is the time from the request start to the first token's logits being evaluated;
-	// TTFT adds sampling the first token.
+	// TTFT adds sampling the first token. In the standalone engine the first token is sampled on
+	// the device in the same evaluation, so both are the time until its id reached the host.
 	Prefill, TTFT time.Duration
 	// Steps has one entry per token after the first; Decode is the wall time from the first token
 	// to the last, everything included.
@@ -220,31 +234,61 @@ func (e *Engine) Generate(ctx context.Context, r Request, emit func(Token) error
 		for _, c := range e.caches {
 			c.Reset()
 		}
+		e.fed = e.fed[:0]
 		mlx.ResetPeakMemory()
 		smp := newSampler(r.Temperature, r.TopP, r.Seed)
 		defer smp.free()
 		start := time.Now()
-		logits, err := e.prefill(r.Tokens)
+		logits, err := e.prefillLazy(r.Tokens)
 		if err != nil {
 			return err
 		}
-		st.Prefill = time.Since(start)
-		var forward time.Duration
+		e.fed = append(e.fed, r.Tokens...)
+		tok := smp.next(logits)
+		logits.Free()
+		defer func() { tok.Free() }()
+		if err := mlx.AsyncEval(tok); err != nil {
+			return err
+		}
+		// The loop holds one token in flight: tok, enqueued but not read. Each turn enqueues the
+		// step that consumes it (when another token is wanted), then reads it: the read waits
+		// for the device while the next step is already queued behind it.
+		// forward and forwardSyncs belong to the step whose token tok is.
+		var forward, build time.Duration
+		var forwardSyncs, buildSyncs mlx.Syncs
 		for {
+			var next mlx.Array
+			if len(st.Tokens)+1 < r.MaxTokens {
+				t1, s1 := time.Now(), mlx.SyncCount()
+				if next, err = e.decodeStep(tok, smp); err != nil {
+					return err
+				}
+				build, buildSyncs = time.Since(t1), mlx.SyncCount().Sub(s1)
+			}
 			t0 := time.Now()
-			id, err := smp.sample(logits)
-			logits.Free()
+			s0 := mlx.SyncCount()
+			id, err := tok.Item()
+			syncs := mlx.SyncCount().Sub(s0)
+			wait := time.Since(t0)
+			tok.Free()
+			tok = next
 			if err != nil {
-				return err
+				return fmt.Errorf("engines: read token: %w", err)
 			}
 			var step Step
 			if len(st.Tokens) == 0 {
 				st.TTFT = time.Since(start)
+				st.Prefill = st.TTFT
 			} else {
-				step = Step{Forward: forward, Sample: time.Since(t0)}
+				step = Step{Forward: forward, Sample: wait, Syncs: syncs.Add(forwardSyncs)}
 				st.Steps = append(st.Steps, step)
 			}
+			forward, forwardSyncs = build, buildSyncs
 			st.Tokens = append(st.Tokens, id)
+			if next.Valid() {
+				// The queued step consumed id: the caches hold it.
+				e.fed = append(e.fed, id)
+			}
 			st.Decode = time.Since(start) - st.TTFT
 			if err := emit(Token{ID: id, Step: step}); err != nil {
 				return err
@@ -260,15 +304,52 @@ func (e *Engine) Generate(ctx context.Context, r Request, emit func(Token) error
 			if err := ctx.Err(); err != nil {
 				return fmt.Errorf("%w: %w", ErrCanceled, err)
 			}
-			t1 := time.Now()
-			if logits, err = e.forward([]int{id}, true); err != nil {
-				return err
-			}
-			forward = time.Since(t1)
 		}
 	})
 	_, st.PeakMemory, _ = memory(e.worker)
 	return st, err
+}
+
+// decodeStep enqueues one decode step on the device: the forward of tok (an unevaluated token
+// id from the previous step) and the choice of the token after it. It returns that token,
+// unevaluated and owned by the caller, without waiting for anything.
+func (e *Engine) decodeStep(tok mlx.Array, smp *sampler) (mlx.Array, error) {
+	s := mlx.NewScope()
+	logits, err := e.logits(mlx.Reshape(tok, 1, 1), 1, nil)
+	if err != nil {
+		s.Close()
+		return mlx.Array{}, err
+	}
+	next := smp.next(logits)
+	logits.Free()
+	if err := s.Close(); err != nil {
+		next.Free()
+		return mlx.Array{}, err
+	}
+	if err := mlx.AsyncEval(next); err != nil {
+		next.Free()
+		return mlx.Array{}, err
+	}
+	return next, nil
+}
+
+// logits runs ids [1, n] through the model and returns the unevaluated logits of the last
+// position, [1, vocab], owned by the caller. tokens are the ids' values for the taps' record
+// (nil only while taps are off).
+func (e *Engine) logits(ids mlx.Array, n int, tokens []int) (mlx.Array, error) {
+	s := mlx.NewScope()
+	m := e.model
+	start := e.caches[0].Offset()
+	h, feat := e.layers(m.Embed(ids))
+	defer e.record(start, tokens, feat)
+	last := mlx.Slice(h, []int{0, n - 1, 0}, []int{1, n, h.Dim(2)})
+	logits := mlx.Reshape(m.Head(last), 1, -1)
+	s.Keep(logits)
+	if err := s.Close(); err != nil {
+		logits.Free()
+		return mlx.Array{}, err
+	}
+	return logits, nil
 }
 
 // forward runs tokens through the model. With head set it returns the evaluated logits of the
@@ -279,33 +360,31 @@ func (e *Engine) forward(tokens []int, head bool) (mlx.Array, error) {
 	if err != nil {
 		return mlx.Array{}, err
 	}
-	s := mlx.NewScope()
-	m := e.model
-	start := e.caches[0].Offset()
-	h, feat := e.layers(m.Embed(mlx.FromInt32s(ids, 1, len(ids))))
-	defer e.record(start, tokens, feat)
-	var logits mlx.Array
 	if head {
-		last := mlx.Slice(h, []int{0, len(tokens) - 1, 0}, []int{1, len(tokens), h.Dim(2)})
-		logits = mlx.Reshape(m.Head(last), 1, -1)
-		s.Keep(logits)
-	}
-	if err := s.Close(); err != nil {
-		logits.Free()
-		return mlx.Array{}, err
-	}
-	if !head {
-		var state []mlx.Array
-		for _, c := range e.caches {
-			state = append(state, c.State()...)
+		s := mlx.NewScope()
+		logits, err := e.logits(mlx.FromInt32s(ids, 1, len(ids)), len(ids), tokens)
+		s.Close() // frees the ids; logits is not the scope's
+		if err != nil {
+			return mlx.Array{}, err
 		}
-		return mlx.Array{}, mlx.Eval(state...)
+		if err := mlx.Eval(logits); err != nil {
+			logits.Free()
+			return mlx.Array{}, err
+		}
+		return logits, nil
 	}
-	if err := mlx.Eval(logits); err != nil {
-		logits.Free()
+	s := mlx.NewScope()
+	start := e.caches[0].Offset()
+	_, feat := e.layers(e.model.Embed(mlx.FromInt32s(ids, 1, len(ids))))
+	defer e.record(start, tokens, feat)
+	if err := s.Close(); err != nil {
 		return mlx.Array{}, err
 	}
-	return logits, nil
+	var state []mlx.Array
+	for _, c := range e.caches {
+		state = append(state, c.State()...)
+	}
+	return mlx.Array{}, mlx.Eval(state...)
 }
 
 // tokenIDs converts tokens for the model, refusing ids outside its vocabulary: MLX's CPU gather
@@ -322,19 +401,37 @@ func tokenIDs(tokens []int, vocab int) ([]int32, error) {
 }
 
 // prefill fills the caches with all prompt tokens but the last, in chunks of PrefillChunk, then
-// runs the last token alone and returns its logits, as mlx-lm's generate_step does.
+// runs the last token alone and returns its evaluated logits, as mlx-lm's generate_step does.
 func (e *Engine) prefill(tokens []int) (mlx.Array, error) {
+	logits, err := e.prefillLazy(tokens)
+	if err != nil {
+		return mlx.Array{}, err
+	}
+	if err := mlx.Eval(logits); err != nil {
+		logits.Free()
+		return mlx.Array{}, err
+	}
+	return logits, nil
+}
+
+// prefillLazy is prefill with the last token's logits left unevaluated (the chunks before it are
+// evaluated, as mlx-lm evaluates the caches after each).
+func (e *Engine) prefillLazy(tokens []int) (mlx.Array, error) {
 	for done := 0; len(tokens)-done > 1; {
 		n := min(PrefillChunk, len(tokens)-1-done)
 		if _, err := e.forward(tokens[done:done+n], false); err != nil {
 			return mlx.Array{}, err
 		}
 		done += n
-		if len(tokens)-done == 1 {
-			break
-		}
 	}
-	return e.forward(tokens[len(tokens)-1:], true)
+	last := tokens[len(tokens)-1:]
+	ids, err := tokenIDs(last, e.model.Config().VocabSize)
+	if err != nil {
+		return mlx.Array{}, err
+	}
+	s := mlx.NewScope()
+	defer s.Close() // frees the ids; the logits are not the scope's
+	return e.logits(mlx.FromInt32s(ids, 1, 1), 1, last)
 }
 
 func memory(w *mlx.Worker) (active, peak, cache int64) {

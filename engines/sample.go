@@ -25,7 +25,10 @@ func newSampler(temp, topP float64, seed uint64) *sampler {
 
 func (s *sampler) free() { s.key.Free() }
 
-func (s *sampler) sample(logits mlx.Array) (int, error) {
+// next records the choice of the next token on the device and returns it unevaluated: an int32
+// array of one element, owned by the caller. Nothing is evaluated or read, so a decode loop can
+// feed it to the next step's forward before the host learns its value.
+func (s *sampler) next(logits mlx.Array) mlx.Array {
 	sc := mlx.NewScope()
 	defer sc.Close()
 	var tok mlx.Array
@@ -45,11 +48,20 @@ func (s *sampler) sample(logits mlx.Array) (int, error) {
 		}
 		tok = mlx.Categorical(scaled, -1, sub)
 	}
-	ids, err := mlx.AsType(tok, mlx.Int32).Int32s()
+	tok = mlx.AsType(tok, mlx.Int32)
+	sc.Keep(tok)
+	return tok
+}
+
+// sample is next followed by the one host read of the chosen id.
+func (s *sampler) sample(logits mlx.Array) (int, error) {
+	tok := s.next(logits)
+	defer tok.Free()
+	id, err := tok.Item()
 	if err != nil {
 		return 0, fmt.Errorf("engines: sample: %w", err)
 	}
-	return int(ids[0]), nil
+	return id, nil
 }
 
 // nucleus keeps the smallest set of most likely tokens whose probability mass reaches p and sets

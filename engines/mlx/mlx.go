@@ -26,6 +26,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -207,6 +208,68 @@ func UseCPU() error {
 	return nil
 }
 
+// Device is an MLX device.
+type Device struct {
+	// GPU is false for the CPU backend.
+	GPU bool
+	// Name is the backend's name for the device (the GPU's model); empty on the CPU.
+	Name string
+}
+
+// String describes the device, e.g. "gpu (NVIDIA H100 80GB HBM3)" or "cpu".
+func (d Device) String() string {
+	s := "cpu"
+	if d.GPU {
+		s = "gpu"
+	}
+	if d.Name != "" {
+		s += " (" + d.Name + ")"
+	}
+	return s
+}
+
+// DefaultDevice is the calling thread's default device: the GPU when this build's MLX has a GPU
+// backend (Metal, CUDA) and a device is present, otherwise the CPU.
+func DefaultDevice() (Device, error) {
+	var kind C.int
+	var buf [256]C.char
+	if C.hp_default_device(&kind, &buf[0], C.size_t(len(buf))) != 0 {
+		return Device{}, lastError("default device")
+	}
+	return Device{GPU: kind == 1, Name: C.GoString(&buf[0])}, nil
+}
+
+// Syncs counts the points where the host waited for MLX, since the process started: blocking
+// evaluations (Eval) and reads of array data into host memory (Bytes, Float32s, Int32s, Item).
+// Asynchronous evaluations are not synchronisations. Take the difference of two calls to count
+// a span of work.
+type Syncs struct {
+	Evals, Reads int64
+}
+
+// Total is Evals + Reads.
+func (s Syncs) Total() int64 { return s.Evals + s.Reads }
+
+// Add is s + t, field by field.
+func (s Syncs) Add(t Syncs) Syncs { return Syncs{s.Evals + t.Evals, s.Reads + t.Reads} }
+
+// Sub is s - t, field by field.
+func (s Syncs) Sub(t Syncs) Syncs { return Syncs{s.Evals - t.Evals, s.Reads - t.Reads} }
+
+var syncEvals, syncReads atomic.Int64
+
+// SyncCount returns the synchronisations so far (see Syncs).
+func SyncCount() Syncs { return Syncs{syncEvals.Load(), syncReads.Load()} }
+
+// read copies a's data to dst, counting one host read.
+func read(a Array, dst unsafe.Pointer, n int) error {
+	syncReads.Add(1)
+	if C.hp_array_read(a.h, dst, C.size_t(n)) != 0 {
+		return lastError("read")
+	}
+	return nil
+}
+
 // Ndim is the number of dimensions.
 func (a Array) Ndim() int { return int(C.hp_array_ndim(a.h)) }
 
@@ -263,8 +326,8 @@ func (a Array) Bytes() ([]byte, error) {
 	if len(out) > 0 {
 		p = unsafe.Pointer(&out[0])
 	}
-	if C.hp_array_read(a.h, p, C.size_t(len(out))) != 0 {
-		return nil, lastError("read")
+	if err := read(a, p, len(out)); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -281,8 +344,8 @@ func (a Array) Float32s() ([]float32, error) {
 	if len(out) == 0 {
 		return out, nil
 	}
-	if C.hp_array_read(a.h, unsafe.Pointer(&out[0]), C.size_t(4*len(out))) != 0 {
-		return nil, lastError("read")
+	if err := read(a, unsafe.Pointer(&out[0]), 4*len(out)); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -299,10 +362,32 @@ func (a Array) Int32s() ([]int32, error) {
 	if len(out) == 0 {
 		return out, nil
 	}
-	if C.hp_array_read(a.h, unsafe.Pointer(&out[0]), C.size_t(4*len(out))) != 0 {
-		return nil, lastError("read")
+	if err := read(a, unsafe.Pointer(&out[0]), 4*len(out)); err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// Item reads the one element of an int32 or uint32 array of size 1 (any shape): the single host
+// read a decode step needs to learn its token.
+func (a Array) Item() (int, error) {
+	if !valid(a) {
+		return 0, Check()
+	}
+	if dt := a.DType(); dt != Int32 && dt != Uint32 {
+		return 0, fmt.Errorf("mlx: Item on a %s array", dt)
+	}
+	if n := a.Size(); n != 1 {
+		return 0, fmt.Errorf("mlx: Item on an array of %d elements", n)
+	}
+	var v int32
+	if err := read(a, unsafe.Pointer(&v), 4); err != nil {
+		return 0, err
+	}
+	if a.DType() == Uint32 {
+		return int(uint32(v)), nil
+	}
+	return int(v), nil
 }
 
 // Eval computes arrays (and everything they depend on). It returns the first error recorded by
@@ -340,6 +425,7 @@ func evalWith(arrs []Array, async bool) error {
 	if async {
 		st = C.hp_async_eval(p, C.int(len(hs)))
 	} else {
+		syncEvals.Add(1)
 		st = C.hp_eval(p, C.int(len(hs)))
 	}
 	if st != 0 {

@@ -6,6 +6,8 @@
 #include <functional>
 #include <cstring>
 #include <optional>
+#include <algorithm>
+#include <variant>
 #include <string>
 #include <vector>
 
@@ -97,6 +99,24 @@ const char* hp_last_error(void) { return last_error.c_str(); }
 const char* hp_version(void) { return mx::version(); }
 
 int hp_use_cpu(void) { HP_TRY(mx::set_default_device(mx::Device::cpu)) }
+
+int hp_default_device(int* kind, char* name, size_t n) {
+  HP_TRY({
+    const mx::Device& d = mx::default_device();
+    *kind = d.type == mx::Device::gpu ? 1 : 0;
+    std::string s;
+    if (d.type == mx::Device::gpu) {
+      const auto& info = mx::device_info(d);
+      auto it = info.find("device_name");
+      if (it != info.end() && std::holds_alternative<std::string>(it->second)) s = std::get<std::string>(it->second);
+    }
+    if (n > 0) {
+      size_t k = std::min(n - 1, s.size());
+      std::memcpy(name, s.data(), k);
+      name[k] = 0;
+    }
+  })
+}
 
 void hp_array_free(hp_array a) { delete a; }
 

@@ -48,6 +48,9 @@ const char* hp_last_error(void);
 const char* hp_version(void);
 // hp_use_cpu makes the CPU the default device of this thread (tests, or forcing CPU on a Mac).
 int hp_use_cpu(void);
+// hp_default_device writes the calling thread's default device: its kind (0 cpu, 1 gpu) and, when
+// the backend names it, the device's name into name (at most n bytes, NUL-terminated).
+int hp_default_device(int* kind, char* name, size_t n);
 
 void hp_array_free(hp_array a);
 // hp_array_from_data copies nbytes from data into a new array of the given shape and dtype.

@@ -1,0 +1,134 @@
+package engines
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/synth"
+)
+
+// TestDecodeSyncsPerToken holds the pipelined decode loop to its budget: standalone greedy
+// decoding reads each token id once and never blocks on an evaluation; the prompt costs one
+// blocking evaluation per prefill chunk before the last token.
+func TestDecodeSyncsPerToken(t *testing.T) {
+	dir := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 3})
+	e, err := Open(context.Background(), Options{Model: dir, DType: "f32"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ids, err := e.Prompt("Count the boats in the harbour, slowly.", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name        string
+		temperature float64
+		topP        float64
+	}{{"greedy", 0, 0}, {"sampled", 0.8, 0}, {"top-p", 0.8, 0.9}} {
+		t.Run(tc.name, func(t *testing.T) {
+			const n = 24
+			before := mlx.SyncCount()
+			st, err := e.Generate(context.Background(), Request{Tokens: ids, MaxTokens: n, IgnoreEOS: true, Temperature: tc.temperature, TopP: tc.topP, Seed: 5}, func(Token) error { return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := mlx.SyncCount().Sub(before)
+			want := mlx.Syncs{Evals: 1, Reads: n} // one prefill chunk, one read per token
+			if len(st.Tokens) != n || got != want {
+				t.Fatalf("%d tokens took %+v host synchronisations; want %d tokens with %+v", len(st.Tokens), got, n, want)
+			}
+			for i, s := range st.Steps {
+				if s.Syncs != (mlx.Syncs{Reads: 1}) {
+					t.Fatalf("step %d: %+v host synchronisations; want one read", i+1, s.Syncs)
+				}
+			}
+		})
+	}
+}
+
+// TestDecodeStopsAtEOS checks that the one-step lookahead does not leak past end-of-sequence:
+// generation stops at the first EOS token with the tokens before it unchanged, and the caches
+// (and what the engine records as fed, for speculative trims) hold exactly the prompt and the
+// generated tokens, the EOS token included, because the lookahead step consumed it.
+func TestDecodeStopsAtEOS(t *testing.T) {
+	dir := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 3})
+	open := func() *Engine {
+		e, err := Open(context.Background(), Options{Model: dir, DType: "f32"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	e := open()
+	ids, err := e.Prompt("The harbour at dawn", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 32
+	free, err := e.Generate(context.Background(), Request{Tokens: ids, MaxTokens: n, IgnoreEOS: true}, func(Token) error { return nil })
+	e.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pick a token that first appears mid-way and declare it the EOS.
+	stop := -1
+	for k := n / 3; k < n-2; k++ {
+		if !slices.Contains(free.Tokens[:k], free.Tokens[k]) {
+			stop = k
+			break
+		}
+	}
+	if stop < 0 {
+		t.Fatalf("no token first appears between %d and %d in %v: the synthetic model is degenerate", n/3, n-2, free.Tokens)
+	}
+	eos := free.Tokens[stop]
+	cfg := fmt.Sprintf(`{"eos_token_id": %d}`, eos)
+	if err := os.WriteFile(filepath.Join(dir, "generation_config.json"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name      string
+		maxTokens int
+		want      []int
+		finish    string
+	}{
+		{"eos", n, free.Tokens[:stop+1], "stop"},
+		{"eos at the limit", stop + 1, free.Tokens[:stop+1], "stop"},
+		{"limit before eos", stop, free.Tokens[:stop], "length"},
+		{"one token", 1, free.Tokens[:1], "length"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := open()
+			defer e.Close()
+			var emitted []int
+			st, err := e.Generate(context.Background(), Request{Tokens: ids, MaxTokens: tc.maxTokens}, func(tk Token) error {
+				emitted = append(emitted, tk.ID)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(st.Tokens, tc.want) || !slices.Equal(emitted, tc.want) || st.FinishReason != tc.finish {
+				t.Fatalf("tokens %v (emitted %v), finish %q; want %v, %q", st.Tokens, emitted, st.FinishReason, tc.want, tc.finish)
+			}
+			// The lookahead runs only when another token is wanted: at the limit the last token is
+			// never fed; before it (EOS) it is.
+			fedGen := len(tc.want)
+			if len(tc.want) == tc.maxTokens {
+				fedGen--
+			}
+			wantFed := append(slices.Clone(ids), tc.want[:fedGen]...)
+			var offset int
+			e.worker.Do(context.Background(), func() error { offset = e.caches[0].Offset(); return nil })
+			if !slices.Equal(e.fed, wantFed) || offset != len(wantFed) {
+				t.Fatalf("caches hold %d positions, fed %v; want %d, %v", offset, e.fed, len(wantFed), wantFed)
+			}
+		})
+	}
+}
