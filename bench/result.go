@@ -44,8 +44,11 @@ type Config struct {
 	Concurrency int    `json:"concurrency,omitempty" yaml:"concurrency"`
 }
 
-// Step is the measurement of one decode step. Times are milliseconds of wall clock, taken after the
-// step's arrays were evaluated.
+// Step is the measurement of one decode step. Times are milliseconds of wall clock. In pipeline
+// and speculative modes steps run in lockstep and times are taken after the step's arrays were
+// evaluated. Standalone decoding is pipelined (Result.StepTiming says so): the step is enqueued
+// before the previous token is read, so ForwardMS is the host time to build and enqueue it and
+// SampleMS the time then spent waiting for its token id; their sum is the step's wall time.
 type Step struct {
 	// ForwardMS is the model forward time (the verify forward in speculative modes), summed over
 	// pipeline stages; StageForwardMS has one entry per stage in pipeline modes.
@@ -57,6 +60,9 @@ type Step struct {
 	DraftMS   float64 `json:"draft_ms,omitempty"`
 	// Bytes counts payload bytes sent and received on all hops in this step.
 	Bytes int64 `json:"bytes,omitempty"`
+	// HostSyncs counts the host's waits on MLX during the step (blocking evaluations and reads
+	// of array data); standalone mode only, where it is 1: the token id's read.
+	HostSyncs int64 `json:"host_syncs,omitempty"`
 	// Tokens is how many tokens this step emitted (1 outside speculative modes).
 	Tokens int `json:"tokens"`
 	// Accepted is how many drafted tokens were accepted (speculative modes only).
@@ -75,18 +81,23 @@ type Acceptance struct {
 // Result is everything one run measured. It is what `hippo run --json` prints and what a sweep
 // appends to runs.jsonl (with the configuration and environment beside it).
 type Result struct {
-	Mode            string      `json:"mode"`
-	Model           string      `json:"model"`
-	PromptTokens    int         `json:"prompt_tokens"`
-	Tokens          []int       `json:"tokens"`
-	Text            string      `json:"text"`
-	FinishReason    string      `json:"finish_reason"`
-	TTFTMS          float64     `json:"ttft_ms"`
-	PrefillTokS     float64     `json:"prefill_tok_s"`
-	DecodeTokS      float64     `json:"decode_tok_s"`
-	PeakMemoryBytes int64       `json:"peak_memory_bytes"`
-	Steps           []Step      `json:"steps"`
-	Acceptance      *Acceptance `json:"acceptance,omitempty"`
+	Mode            string  `json:"mode"`
+	Model           string  `json:"model"`
+	PromptTokens    int     `json:"prompt_tokens"`
+	Tokens          []int   `json:"tokens"`
+	Text            string  `json:"text"`
+	FinishReason    string  `json:"finish_reason"`
+	TTFTMS          float64 `json:"ttft_ms"`
+	PrefillTokS     float64 `json:"prefill_tok_s"`
+	DecodeTokS      float64 `json:"decode_tok_s"`
+	PeakMemoryBytes int64   `json:"peak_memory_bytes"`
+	Steps           []Step  `json:"steps"`
+	// StepTiming says what the steps' forward and sample times mean: "lockstep" (measured after
+	// evaluation) or "pipelined" (standalone: see Step).
+	StepTiming string      `json:"step_timing,omitempty"`
+	Acceptance *Acceptance `json:"acceptance,omitempty"`
+	// Device is what MLX computed on in this process ("cpu", "gpu (NAME)"); set by hippo run.
+	Device string `json:"device,omitempty"`
 	// Link and Transport describe the pipeline link the run used ("" when standalone).
 	Link      string `json:"link,omitempty"`
 	Transport string `json:"transport,omitempty"`

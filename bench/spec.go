@@ -29,7 +29,7 @@ func Spec(ctx context.Context, e SpecGenerator, d engines.Drafter, c Config, onT
 	if c.Mode == "" || c.Mode == "standalone" {
 		c.Mode = "spec"
 	}
-	res := Result{Mode: c.Mode, Model: filepath.Base(c.Model), Link: c.Link, Transport: c.Transport, Stages: c.Stages}
+	res := Result{Mode: c.Mode, Model: filepath.Base(c.Model), Link: c.Link, Transport: c.Transport, Stages: c.Stages, StepTiming: "lockstep"}
 	prompt, err := engines.Prompt(e.Tokenizer(), c.Prompt, c.Chat)
 	if err != nil {
 		return res, err

@@ -37,9 +37,12 @@ func Standalone(ctx context.Context, e *engines.Engine, c Config, onToken func(t
 
 // Measure runs c on g and measures it; c.Mode names the result.
 func Measure(ctx context.Context, e Generator, c Config, onToken func(text string)) (Result, error) {
-	res := Result{Mode: c.Mode, Model: filepath.Base(c.Model), Link: c.Link, Transport: c.Transport, Stages: c.Stages}
+	res := Result{Mode: c.Mode, Model: filepath.Base(c.Model), Link: c.Link, Transport: c.Transport, Stages: c.Stages, StepTiming: "lockstep"}
 	if c.Stages == 0 { // not a pipeline
 		res.Link, res.Transport, res.Stages = "", "", 0
+	}
+	if c.Mode == "standalone" {
+		res.StepTiming = "pipelined" // see Step
 	}
 	prompt, err := engines.Prompt(e.Tokenizer(), c.Prompt, c.Chat)
 	if err != nil {
@@ -105,7 +108,7 @@ func fill(res *Result, st engines.Stats, text string) {
 	res.PeakMemoryBytes = st.PeakMemory
 	res.Steps = make([]Step, len(st.Steps))
 	for i, s := range st.Steps {
-		step := Step{ForwardMS: ms(s.Forward), SampleMS: ms(s.Sample), Tokens: 1, NetworkMS: ms(s.Network), Bytes: s.Bytes}
+		step := Step{ForwardMS: ms(s.Forward), SampleMS: ms(s.Sample), Tokens: 1, NetworkMS: ms(s.Network), Bytes: s.Bytes, HostSyncs: s.Syncs.Total()}
 		for _, f := range s.StageForward {
 			step.StageForwardMS = append(step.StageForwardMS, ms(f))
 		}

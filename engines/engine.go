@@ -41,11 +41,6 @@ type Engine struct {
 	taps *taps
 }
 
-// DefaultDType is the fastest compute dtype of this build's MLX backend: float32 on the CPU
-// backend (BLAS runs float32 only; bf16 and f16 matmuls run scalar loops, 3-10x slower), the
-// checkpoint's own dtype on Metal.
-func DefaultDType() string { return defaultDType }
-
 // Open loads the checkpoint in o.Model after checking that it fits in memory.
 func Open(ctx context.Context, o Options) (*Engine, error) {
 	if o.DType == "" {

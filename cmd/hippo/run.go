@@ -31,7 +31,7 @@ func runCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "seed", Usage: "sampling seed"},
 			&cli.BoolFlag{Name: "chat", Usage: "wrap the prompt in the model's chat template"},
 			&cli.BoolFlag{Name: "ignore-eos", Usage: "generate exactly --max-tokens tokens"},
-			&cli.StringFlag{Name: "dtype", Usage: "compute dtype: f32, bf16 or f16 (default: " + engines.DefaultDType() + " on this backend)"},
+			&cli.StringFlag{Name: "dtype", Usage: "compute dtype: f32, bf16 or f16 (default: bf16 on a GPU, f32 on the CPU backend)"},
 			&cli.StringFlag{Name: "ram", Usage: "plan for this much RAM instead of the detected amount (e.g. 16GB)"},
 			&cli.IntFlag{Name: "context", Usage: "context length the memory guard plans for (default: prompt + max tokens)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
@@ -95,12 +95,17 @@ func runCommand() *cli.Command {
 				return err
 			}
 			dtype := g.Info().DType
+			if dev, err := engines.Device(); err == nil {
+				res.Device = dev.String()
+			} else {
+				res.Device = "unknown (" + err.Error() + ")"
+			}
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				return enc.Encode(res)
 			}
 			fmt.Println()
-			fmt.Printf("\n%s, %s, %s compute: %d prompt tokens, %d generated (%s)\n", res.Model, res.Mode, dtype, res.PromptTokens, len(res.Tokens), res.FinishReason)
+			fmt.Printf("\n%s, %s, %s compute on %s: %d prompt tokens, %d generated (%s)\n", res.Model, res.Mode, dtype, res.Device, res.PromptTokens, len(res.Tokens), res.FinishReason)
 			fmt.Printf("prompt: %.1f tok/s   decode: %.1f tok/s   TTFT: %.1f ms   peak memory: %s\n",
 				res.PrefillTokS, res.DecodeTokS, res.TTFTMS, engines.FormatBytes(res.PeakMemoryBytes))
 			if a := res.Acceptance; a != nil {

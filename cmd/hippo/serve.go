@@ -37,7 +37,7 @@ func serveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "model", Usage: "checkpoint directory or synth:PRESET (repeat to serve several)"},
 			&cli.StringFlag{Name: "best", Usage: "serve the configuration with the best mean decode tok/s in this sweep output directory"},
 			&cli.StringFlag{Name: "config", Usage: "hippo.yaml with listen, api_keys, max_queue, timeout, max_body, ram and models"},
-			&cli.StringFlag{Name: "dtype", Usage: "compute dtype: f32, bf16 or f16 (default: " + engines.DefaultDType() + " on this backend)"},
+			&cli.StringFlag{Name: "dtype", Usage: "compute dtype: f32, bf16 or f16 (default: bf16 on a GPU, f32 on the CPU backend)"},
 			&cli.StringFlag{Name: "listen", Value: serve.DefaultListen, Usage: "address to listen on"},
 			&cli.StringFlag{Name: "api-key-file", Usage: "file with the accepted bearer keys, one a line (default: $" + apiKeyEnv + ", comma-separated); none leaves the API open, allowed on loopback only"},
 			argvSecretFlag("api-key", apiKeyEnv, "api-key-file"),
