@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -23,6 +25,9 @@ type CompareOptions struct {
 	Rounds    int
 	MaxTokens int
 	Prompt    string
+	// StopAtEOS makes both sides stop at an end-of-sequence token; by default neither does and
+	// every round generates MaxTokens tokens on both sides.
+	StopAtEOS bool
 	// Root is the checkout with .venv (for the mlx-lm peer).
 	Root string
 	// Native adds a row per model with each side in its out-of-the-box dtype on this machine:
@@ -33,7 +38,13 @@ type CompareOptions struct {
 // ComparisonRow is one line of the engine comparison.
 type ComparisonRow struct {
 	Model, HippoDType, PeerDType string
-	Hippo, Peer                  []float64 // decode tok/s per round
+	// Decode tok/s per round, both counted as mlx-lm's generation_tps: tokens generated (the
+	// first included) over the time from the first token's arrival to the last's.
+	Hippo, Peer []float64
+	// Tokens generated per round on each side.
+	HippoTokens, PeerTokens []int
+	// PromptTokens is the prompt length both sides were given.
+	PromptTokens int
 	// BytesPerToken is the weight bytes one decode step reads in Hippo's dtype.
 	BytesPerToken int64
 }
@@ -42,22 +53,49 @@ type ComparisonRow struct {
 func (r ComparisonRow) Ratio() float64 { return stat.Mean(r.Hippo, nil) / stat.Mean(r.Peer, nil) }
 
 // CompareEngines runs Hippo and mlx-lm alternately, round by round, on the same checkpoints,
-// prompt and dtype, and writes a table of decode tok/s, their ratio and the roofline.
+// prompt and dtype, and writes a table of decode tok/s, their ratio and the roofline. Which side
+// runs first alternates from round to round, so neither always inherits a warm (or busy) machine.
 func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]ComparisonRow, error) {
 	if len(o.DTypes) == 0 {
 		o.DTypes = []string{"f32"}
+	}
+	if o.Rounds < 1 || o.MaxTokens < 2 {
+		return nil, fmt.Errorf("bench engine: %d rounds of %d tokens: need at least 1 round of 2 tokens (decode tok/s starts at the first token)", o.Rounds, o.MaxTokens)
+	}
+	dev, err := engines.Device()
+	if err != nil {
+		return nil, err
 	}
 	peer, err := StartPeer(o.Root)
 	if err != nil {
 		return nil, err
 	}
 	defer peer.Close()
+	var info struct {
+		MLX    string `json:"mlx"`
+		MLXLM  string `json:"mlx_lm"`
+		Device string `json:"device"`
+	}
+	if err := peer.Call(map[string]any{"op": "info"}, &info); err != nil {
+		return nil, err
+	}
 	bw, err := measureBandwidth(ctx)
 	if err != nil {
 		return nil, err
 	}
+	eos := "neither side stops at EOS (both generate exactly max tokens)"
+	if o.StopAtEOS {
+		eos = "both sides stop at EOS"
+	}
+	fmt.Fprintf(w, "hippo: MLX %s on %s, pipelined decode (step t+1 enqueued before token t is read)\n", mlx.Version(), dev)
+	fmt.Fprintf(w, "mlx-lm %s: MLX %s on %s, stream_generate (greedy, default sampler)\n", info.MLXLM, info.MLX, info.Device)
+	fmt.Fprintf(w, "both: same checkpoint, prompt ids and compute dtype; %d tokens per round, %s; tok/s = tokens / (last token - first token), mlx-lm's generation_tps\n", o.MaxTokens, eos)
 	fmt.Fprintf(w, "memory read bandwidth (MLX float32 matrix-vector product over 512 MiB, best of 5): %.1f GB/s\n", bw/1e9)
-	fmt.Fprintf(w, "BLAS: OpenBLAS on both sides (%s preloaded into mlx-lm)\n\n", OpenBLAS())
+	if lib := OpenBLAS(); lib != "" && !dev.GPU {
+		// Hippo links OpenBLAS ahead of libmlx on Linux; the peer gets it preloaded.
+		fmt.Fprintf(w, "BLAS: OpenBLAS on both sides (%s preloaded into mlx-lm)\n", lib)
+	}
+	fmt.Fprintln(w)
 	var rows []ComparisonRow
 	for _, m := range o.Models {
 		type pair struct{ ours, theirs string }
@@ -69,7 +107,7 @@ func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]Compa
 			pairs = append(pairs, pair{engines.DefaultDType(), ""})
 		}
 		for _, p := range pairs {
-			row, err := compareOne(ctx, peer, m, p.ours, p.theirs, o)
+			row, err := compareOne(ctx, peer, m, p.ours, p.theirs, o, w)
 			if err != nil {
 				return rows, err
 			}
@@ -77,7 +115,7 @@ func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]Compa
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "model\thippo dtype\tmlx-lm dtype\thippo tok/s\tmlx-lm tok/s\tratio\tMB/token\troofline tok/s\thippo % of roofline\t")
+	fmt.Fprintln(tw, "model\thippo dtype\tmlx-lm dtype\tprompt\ttokens (hippo/mlx-lm)\thippo tok/s\tmlx-lm tok/s\tratio\tMB/token\troofline tok/s\thippo % of roofline\t")
 	for _, r := range rows {
 		hm, hs := stat.MeanStdDev(r.Hippo, nil)
 		pm, ps := stat.MeanStdDev(r.Peer, nil)
@@ -86,15 +124,27 @@ func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]Compa
 		if peerDT == "" {
 			peerDT = "checkpoint"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f ± %.1f\t%.1f ± %.1f\t%.3fx\t%.1f\t%.1f\t%.0f%%\t\n",
-			r.Model, r.HippoDType, peerDT, hm, hs, pm, ps, r.Ratio(), float64(r.BytesPerToken)/1e6, roof, 100*hm/roof)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s/%s\t%.1f ± %.1f\t%.1f ± %.1f\t%.3fx\t%.1f\t%.1f\t%.0f%%\t\n",
+			filepath.Base(r.Model), r.HippoDType, peerDT, r.PromptTokens, spread(r.HippoTokens), spread(r.PeerTokens), hm, hs, pm, ps, r.Ratio(), float64(r.BytesPerToken)/1e6, roof, 100*hm/roof)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\n%d rounds per row after a warm-up, alternating hippo and mlx-lm; %d tokens per round; ± is the standard deviation.\n", o.Rounds, o.MaxTokens)
+	fmt.Fprintf(w, "\n%d rounds per row after a warm-up round per side, alternating which side runs first; ± is the standard deviation.\n", o.Rounds)
 	return rows, nil
 }
 
-func compareOne(ctx context.Context, peer *Peer, dir, ours, theirs string, o CompareOptions) (ComparisonRow, error) {
+// spread prints the range of token counts: "64" when all rounds agree, "50-64" otherwise.
+func spread(n []int) string {
+	if len(n) == 0 {
+		return "-"
+	}
+	lo, hi := slices.Min(n), slices.Max(n)
+	if lo == hi {
+		return fmt.Sprint(lo)
+	}
+	return fmt.Sprintf("%d-%d", lo, hi)
+}
+
+func compareOne(ctx context.Context, peer *Peer, dir, ours, theirs string, o CompareOptions, w io.Writer) (ComparisonRow, error) {
 	row := ComparisonRow{Model: dir, HippoDType: ours, PeerDType: theirs}
 	e, err := engines.Open(ctx, engines.Options{Model: dir, DType: ours})
 	if err != nil {
@@ -106,29 +156,69 @@ func compareOne(ctx context.Context, peer *Peer, dir, ours, theirs string, o Com
 	if err != nil {
 		return row, err
 	}
-	req := map[string]any{"op": "bench", "model": dir, "prompt_ids": ids, "max_tokens": o.MaxTokens, "rounds": 1}
+	// A synthetic checkpoint may have a smaller vocabulary than its tokenizer (deep-narrow):
+	// fold the prompt's ids into it. Both sides get the same ids.
+	if v := e.Config().VocabSize; slices.Max(ids) >= v {
+		for i := range ids {
+			ids[i] %= v
+		}
+		fmt.Fprintf(w, "%s: prompt ids folded into its vocabulary of %d\n", filepath.Base(dir), v)
+	}
+	row.PromptTokens = len(ids)
+	req := map[string]any{"op": "bench", "model": dir, "prompt_ids": ids, "max_tokens": o.MaxTokens, "rounds": 1, "ignore_eos": !o.StopAtEOS}
 	if theirs != "" {
 		req["dtype"] = theirs
+	}
+	ourRound := func() (float64, int, error) {
+		st, err := e.Generate(ctx, engines.Request{Tokens: ids, MaxTokens: o.MaxTokens, IgnoreEOS: !o.StopAtEOS}, func(engines.Token) error { return nil })
+		if err != nil {
+			return 0, 0, err
+		}
+		if len(st.Tokens) < 2 {
+			return 0, len(st.Tokens), fmt.Errorf("bench engine: %s stopped after %d token: no decode to time (try without --stop-at-eos)", filepath.Base(dir), len(st.Tokens))
+		}
+		return float64(len(st.Tokens)) / st.Decode.Seconds(), len(st.Tokens), nil
+	}
+	peerRound := func() (float64, int, error) {
+		var resp struct {
+			DecodeTokS []float64 `json:"decode_tok_s"`
+			Tokens     []int     `json:"tokens"`
+		}
+		if err := peer.Call(req, &resp); err != nil {
+			return 0, 0, err
+		}
+		if len(resp.DecodeTokS) != 1 || len(resp.Tokens) != 1 {
+			return 0, 0, fmt.Errorf("mlx-lm peer: %d rates and %d token counts for one round", len(resp.DecodeTokS), len(resp.Tokens))
+		}
+		return resp.DecodeTokS[0], resp.Tokens[0], nil
 	}
 	for round := -1; round < o.Rounds; round++ { // round -1 warms both sides up
 		if err := ctx.Err(); err != nil {
 			return row, err
 		}
-		st, err := e.Generate(ctx, engines.Request{Tokens: ids, MaxTokens: o.MaxTokens, IgnoreEOS: true}, func(engines.Token) error { return nil })
-		if err != nil {
-			return row, err
+		sides := []func() (float64, int, error){ourRound, peerRound}
+		if round%2 != 0 { // odd rounds (and the warm-up) let mlx-lm go first
+			sides[0], sides[1] = sides[1], sides[0]
 		}
-		var resp struct {
-			DecodeTokS []float64 `json:"decode_tok_s"`
+		var rate [2]float64
+		var toks [2]int
+		for i, side := range sides {
+			var err error
+			if rate[i], toks[i], err = side(); err != nil {
+				return row, err
+			}
 		}
-		if err := peer.Call(req, &resp); err != nil {
-			return row, err
+		if round%2 != 0 {
+			rate[0], rate[1] = rate[1], rate[0]
+			toks[0], toks[1] = toks[1], toks[0]
 		}
 		if round < 0 {
 			continue
 		}
-		row.Hippo = append(row.Hippo, float64(len(st.Steps))/st.Decode.Seconds())
-		row.Peer = append(row.Peer, resp.DecodeTokS...)
+		row.Hippo = append(row.Hippo, rate[0])
+		row.Peer = append(row.Peer, rate[1])
+		row.HippoTokens = append(row.HippoTokens, toks[0])
+		row.PeerTokens = append(row.PeerTokens, toks[1])
 	}
 	return row, nil
 }

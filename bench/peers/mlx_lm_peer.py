@@ -9,9 +9,13 @@ Reads one JSON request per invocation on stdin and writes one JSON object to std
   {"op": "batch", "requests": [...]} -> {"results": [...]}  several requests, one interpreter
 
   {"op": "bench", "model": DIR, "dtype": ..., "prompt_ids": [...], "max_tokens": N,
-   "rounds": R}
-      -> {"decode_tok_s": [...], "prompt_tok_s": [...]}  one entry per round, as mlx-lm's own
-         stream_generate reports them
+   "rounds": R, "ignore_eos": BOOL}
+      -> {"decode_tok_s": [...], "prompt_tok_s": [...], "tokens": [...]}  one entry per round,
+         as mlx-lm's own stream_generate reports them (generation_tps, prompt_tps,
+         generation_tokens); with ignore_eos the tokenizer's EOS set is emptied for the call,
+         so every round generates max_tokens tokens, as Hippo's IgnoreEOS does
+
+  {"op": "info"} -> {"mlx": VERSION, "mlx_lm": VERSION, "device": "cpu"|"gpu"}
 
 The model is loaded with mlx_lm.load, unchanged, then cast to the compute dtype with
 nn.Module.set_dtype (which leaves quantized integer weights alone), exactly what Hippo's
@@ -55,22 +59,35 @@ def generate(req):
 
 def bench(req):
     model, tokenizer = load_model(req)
-    decode, prompt = [], []
+    decode, prompt, tokens = [], [], []
     ids = req["prompt_ids"]
-    for _ in range(req.get("rounds", 1)):
-        last = None
-        for resp in stream_generate(model, tokenizer, ids, max_tokens=req["max_tokens"]):
-            last = resp
-        decode.append(last.generation_tps)
-        prompt.append(last.prompt_tps)
-    return {"decode_tok_s": decode, "prompt_tok_s": prompt}
+    eos = tokenizer.eos_token_ids
+    if req.get("ignore_eos"):
+        tokenizer.eos_token_ids = []
+    try:
+        for _ in range(req.get("rounds", 1)):
+            last = None
+            for resp in stream_generate(model, tokenizer, ids, max_tokens=req["max_tokens"]):
+                last = resp
+            decode.append(last.generation_tps)
+            prompt.append(last.prompt_tps)
+            tokens.append(last.generation_tokens)
+    finally:
+        tokenizer.eos_token_ids = eos
+    return {"decode_tok_s": decode, "prompt_tok_s": prompt, "tokens": tokens}
+
+
+def info(req):
+    import mlx_lm
+
+    return {"mlx": mx.__version__, "mlx_lm": mlx_lm.__version__, "device": str(mx.default_device())}
 
 
 def batch(req):
     return {"results": [handle(r) for r in req["requests"]]}
 
 
-OPS = {"generate": generate, "bench": bench, "batch": batch}
+OPS = {"generate": generate, "bench": bench, "batch": batch, "info": info}
 
 
 def handle(req):

@@ -15,14 +15,15 @@ func benchCommand() *cli.Command {
 		Subcommands: []*cli.Command{{
 			Name:      "engine",
 			Usage:     "Hippo vs mlx-lm decode tok/s, alternating on the same checkpoints",
-			UsageText: "hippo bench engine [--model DIR|synth:PRESET ...] [--dtype f32 ...] [--rounds N] [--max-tokens N]",
+			UsageText: "hippo bench engine [--model DIR|synth:PRESET ...] [--dtype f32 ...] [--rounds N] [--max-tokens N] [--stop-at-eos] [--native]",
 			Flags: []cli.Flag{
-				&cli.StringSliceFlag{Name: "model", Value: cli.NewStringSlice("synth:tiny-qwen3", "synth:qwen3-0.6b"), Usage: "checkpoints to compare"},
+				&cli.StringSliceFlag{Name: "model", Value: cli.NewStringSlice("synth:tiny-qwen3", "synth:qwen3-0.6b", "synth:deep-narrow"), Usage: "checkpoints to compare"},
 				&cli.StringSliceFlag{Name: "dtype", Value: cli.NewStringSlice("f32"), Usage: "compute dtypes, the same on both sides"},
 				&cli.IntFlag{Name: "rounds", Value: 5, Usage: "measured rounds per row"},
 				&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens generated per round"},
 				&cli.StringFlag{Name: "prompt", Value: "Write a short story about a lighthouse keeper who collects storms.", Usage: "prompt"},
-				&cli.BoolFlag{Name: "native", Value: true, Usage: "add a row with each side in its out-of-the-box dtype"},
+				&cli.BoolFlag{Name: "stop-at-eos", Usage: "both sides stop at an end-of-sequence token (default: neither does, every round generates --max-tokens)"},
+				&cli.BoolFlag{Name: "native", Usage: "add a row per model with each side in its out-of-the-box dtype (hippo's device default, mlx-lm's checkpoint dtype)"},
 			},
 			Action: func(c *cli.Context) error {
 				var dirs []string
@@ -36,7 +37,7 @@ func benchCommand() *cli.Command {
 				_, err := bench.CompareEngines(c.Context, bench.CompareOptions{
 					Models: dirs, DTypes: c.StringSlice("dtype"), Rounds: c.Int("rounds"),
 					MaxTokens: c.Int("max-tokens"), Prompt: c.String("prompt"), Root: home(),
-					Native: c.Bool("native"),
+					Native: c.Bool("native"), StopAtEOS: c.Bool("stop-at-eos"),
 				}, os.Stdout)
 				return err
 			},

@@ -67,6 +67,13 @@ func init() {
 	tq := tiny
 	tq.Name = "tiny-qwen3"
 	addPreset(tq)
+	// deep-narrow: Qwen3-4B's depth at a test model's width with a small vocabulary, so that a
+	// decode step is ~250 tiny ops and per-op overhead (graph building, dispatch), not bandwidth,
+	// decides its speed (bench engine's overhead row).
+	deep := qwen3("deep-narrow", 64, 36, 4, 2, 128, false, "Qwen3 layout, 36 layers of width 64, vocabulary 4096")
+	deep.Config["head_dim"] = 16
+	deep.Config["vocab_size"] = 4096
+	addPreset(deep)
 
 	llama := func(name string, hidden, layers, heads, kv, hd, inter int, source string) Preset {
 		return Preset{Name: name, Arch: "llama", Source: source, Config: map[string]any{

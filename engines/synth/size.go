@@ -46,10 +46,10 @@ func ConfigJSON(o Options) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// Real reports whether p reproduces a released model's shape; the others (tiny-*, *-demo) are
-// cut down for tests and demos.
+// Real reports whether p reproduces a released model's shape; the others (tiny-*, *-demo,
+// deep-narrow) are cut down for tests, demos and benchmarks.
 func (p Preset) Real() bool {
-	return !strings.HasPrefix(p.Name, "tiny") && !strings.HasSuffix(p.Name, "-demo")
+	return !strings.HasPrefix(p.Name, "tiny") && !strings.HasSuffix(p.Name, "-demo") && p.Name != "deep-narrow"
 }
 
 // Smallest is the real preset of architecture arch with the fewest bytes: the default draft model
