@@ -6,6 +6,10 @@ root := justfile_directory()
 python := root / ".venv/bin/python"
 hippo := root / "bin/hippo"
 tokenizer_version := "3.7.2"
+# The MLX backend `just setup` installed (cpu, or cuda for NVIDIA GPUs); Go builds of the cuda one
+# use the cuda build tag (no OpenBLAS in the link).
+backend := `cat .venv/backend 2>/dev/null || echo cpu`
+export GOFLAGS := trim(env_var_or_default("GOFLAGS", "") + if backend == "cuda" { " -tags=cuda" } else { "" })
 
 # List the recipes.
 default:
@@ -16,7 +20,20 @@ setup:
     #!/usr/bin/env bash
     set -euo pipefail
     cd "{{root}}"
-    if [ "$(uname -s)" = Linux ] && [ ! -e /usr/lib/x86_64-linux-gnu/libopenblas.so ] && [ ! -e /usr/lib/aarch64-linux-gnu/libopenblas.so ]; then
+    # MLX backend: HIPPO_BACKEND=cpu|cuda; unset, cuda when an NVIDIA driver is loaded (Linux).
+    backend="${HIPPO_BACKEND:-}"
+    if [ -z "$backend" ]; then
+      backend=cpu
+      if [ "$(uname -s)" = Linux ] && [ -e /proc/driver/nvidia/version ]; then backend=cuda; fi
+    fi
+    case "$backend" in
+      cpu) req=requirements.txt; other=mlx-cuda-13 ;;
+      cuda) req=requirements-cuda.txt; other=mlx-cpu
+        [ "$(uname -s)" = Linux ] || { echo "HIPPO_BACKEND=cuda: MLX's CUDA backend is Linux-only" >&2; exit 1; } ;;
+      *) echo "HIPPO_BACKEND=$backend: use cpu or cuda" >&2; exit 1 ;;
+    esac
+    echo "setup: MLX backend $backend ($req)"
+    if [ "$backend" = cpu ] && [ "$(uname -s)" = Linux ] && [ ! -e /usr/lib/x86_64-linux-gnu/libopenblas.so ] && [ ! -e /usr/lib/aarch64-linux-gnu/libopenblas.so ]; then
       # The MLX CPU wheel bundles the reference BLAS (~2 GFLOP/s); OpenBLAS is ~70x faster for prefill.
       sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
       $sudo apt-get update -qq && $sudo apt-get install -y -qq libopenblas-dev >/dev/null
@@ -26,10 +43,13 @@ setup:
       sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
       $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null
     fi
-    if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.stamp; then
+    if [ ! -x .venv/bin/python ] || ! cmp -s "$req" .venv/requirements.stamp; then
       python3 -m venv .venv
-      .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
-      cp requirements.txt .venv/requirements.stamp
+      # mlx-cpu and mlx-cuda-13 both install mlx/lib/libmlx.so: drop the other backend first.
+      .venv/bin/pip uninstall --quiet --disable-pip-version-check -y "$other" 2>/dev/null || true
+      .venv/bin/pip install --quiet --disable-pip-version-check -r "$req"
+      cp "$req" .venv/requirements.stamp
+      echo "$backend" > .venv/backend
     fi
     ln -sfn "$(.venv/bin/python -c 'import mlx.core, os; print(os.path.dirname(mlx.core.__file__))')" .mlx
     for name in qwen3 llama3 gemma3; do

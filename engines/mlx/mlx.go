@@ -16,7 +16,7 @@ package mlx
 
 /*
 #cgo CXXFLAGS: -std=c++20 -O2 -I${SRCDIR}/../../.mlx/include
-#cgo linux LDFLAGS: -Wl,--no-as-needed -lopenblas
+#cgo linux,!cuda LDFLAGS: -Wl,--no-as-needed -lopenblas
 #cgo LDFLAGS: -L${SRCDIR}/../../.mlx/lib -lmlx -Wl,-rpath,${SRCDIR}/../../.mlx/lib -lstdc++
 #include <stdlib.h>
 #include "shim.h"
@@ -33,6 +33,11 @@ import (
 // The linux LDFLAGS put OpenBLAS ahead of libmlx.so in the link: the PyPI mlx-cpu wheel bundles the
 // reference BLAS, and ELF symbol lookup then resolves MLX's cblas_* calls to OpenBLAS (about 70x
 // faster for prefill matmuls on the 2-core x86 machines we measured, 2x for decode matvecs).
+//
+// Built with the cuda tag (`HIPPO_BACKEND=cuda just setup` makes just pass it), .mlx is the
+// mlx-cuda-13 wheel instead: the same C++ API, matmuls on the GPU through cuBLAS, and no OpenBLAS
+// in the link. Its libmlx.so finds the CUDA runtime libraries through its own RPATH
+// ($ORIGIN/../../nvidia/...: the nvidia-* packages beside it in the venv).
 
 // DType is an array element type.
 type DType int
