@@ -161,18 +161,28 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 			}
 			res.Hidden = Activation{Hidden: b, Len: n}
 		case sample:
+			// One evaluation for the token and the candidates; the [1, vocab] logits are never
+			// an output of their own.
 			last := mlx.Slice(h, []int{0, n - 1, 0}, []int{1, n, h.Dim(2)})
 			logits := mlx.Reshape(m.Head(last), 1, -1)
-			if err := mlx.Eval(logits); err != nil {
+			tok := s.smp.next(logits)
+			defer tok.Free()
+			outs := []mlx.Array{tok}
+			var idx, vals mlx.Array
+			if topK > 0 {
+				idx, vals = topK2(logits, topK)
+				outs = append(outs, idx, vals)
+			}
+			if err := mlx.Eval(outs...); err != nil {
 				return err
 			}
 			if topK > 0 {
 				var err error
-				if res.TopK, err = topCandidates(logits, topK); err != nil {
+				if res.TopK, err = readCandidates(idx, vals); err != nil {
 					return err
 				}
 			}
-			id, err := s.smp.sample(logits)
+			id, err := tok.Item()
 			if err != nil {
 				return err
 			}
@@ -207,15 +217,22 @@ func (s *Stage) Close() {
 	s.worker.Close()
 }
 
-// topCandidates returns the k most likely tokens of logits [1, vocab] with their log-probabilities.
-func topCandidates(logits mlx.Array, k int) ([]Candidate, error) {
-	vocab := logits.Dim(-1)
-	k = min(k, vocab)
-	lp := mlx.Sub(logits, mlx.LogSumExp(logits, true))
-	idx := mlx.Argsort(mlx.Neg(mlx.AsType(lp, mlx.Float32)), -1)
-	idx = mlx.Slice(idx, []int{0, 0}, []int{1, k})
-	vals := mlx.TakeAlongAxis(mlx.AsType(lp, mlx.Float32), idx, -1)
-	ids, err := mlx.AsType(idx, mlx.Int32).Int32s()
+// topK2 records the k most likely tokens of logits [1, vocab] and their log-probabilities, most
+// likely first, as int32 ids and float32 values [1, k] (unevaluated, in the open scope). It
+// partitions the vocabulary around the kth largest (argpartition, linear) and sorts only the k
+// survivors, rather than sorting the whole vocabulary.
+func topK2(logits mlx.Array, k int) (ids, vals mlx.Array) {
+	k = min(k, logits.Dim(-1))
+	lp := mlx.AsType(mlx.Sub(logits, mlx.LogSumExp(logits, true)), mlx.Float32)
+	idx := mlx.Slice(mlx.Argpartition(mlx.Neg(lp), k-1, -1), []int{0, 0}, []int{1, k})
+	v := mlx.TakeAlongAxis(lp, idx, -1)
+	order := mlx.Argsort(mlx.Neg(v), -1)
+	return mlx.AsType(mlx.TakeAlongAxis(idx, order, -1), mlx.Int32), mlx.TakeAlongAxis(v, order, -1)
+}
+
+// readCandidates reads what topK2 recorded.
+func readCandidates(idx, vals mlx.Array) ([]Candidate, error) {
+	ids, err := idx.Int32s()
 	if err != nil {
 		return nil, err
 	}
@@ -223,7 +240,7 @@ func topCandidates(logits mlx.Array, k int) ([]Candidate, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Candidate, k)
+	out := make([]Candidate, len(ids))
 	for i := range out {
 		out[i] = Candidate{ID: int(ids[i]), LogProb: v[i]}
 	}
