@@ -132,3 +132,40 @@ func TestDecodeStopsAtEOS(t *testing.T) {
 		})
 	}
 }
+
+// TestModelDrafterOneReadPerDraft checks that greedy drafting reads its k tokens back at once,
+// never blocking per token, and that they are the draft model's own greedy continuation.
+func TestModelDrafterOneReadPerDraft(t *testing.T) {
+	dir := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 3})
+	e, err := Open(context.Background(), Options{Model: dir, DType: "f32"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ids, err := e.Prompt("The harbour at dawn", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const k = 6
+	want, err := e.Generate(context.Background(), Request{Tokens: ids, MaxTokens: 2 * k, IgnoreEOS: true}, func(Token) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := NewModelDrafter(e)
+	if err := d.Reset(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	history := slices.Clone(ids)
+	for round := range 2 { // the second round continues from the trimmed caches
+		before := mlx.SyncCount()
+		got, _, err := d.Draft(context.Background(), history, k, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		syncs := mlx.SyncCount().Sub(before)
+		if wantTok := want.Tokens[round*k : (round+1)*k]; !slices.Equal(got, wantTok) || syncs != (mlx.Syncs{Reads: 1}) {
+			t.Fatalf("round %d: drafted %v with %+v host synchronisations; want %v with one read", round, got, syncs, wantTok)
+		}
+		history = append(history, got...)
+	}
+}
