@@ -112,6 +112,8 @@ func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]Compa
 				return rows, err
 			}
 			rows = append(rows, row)
+			// A line per row as it completes, so a run cut short still reports what it measured.
+			fmt.Fprintf(w, "%s %s: hippo %.1f tok/s, mlx-lm %.1f tok/s (%.3fx)\n", filepath.Base(m), p.ours, stat.Mean(row.Hippo, nil), stat.Mean(row.Peer, nil), row.Ratio())
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
