@@ -69,6 +69,9 @@ def bench(req):
             last = None
             for resp in stream_generate(model, tokenizer, ids, max_tokens=req["max_tokens"]):
                 last = resp
+            # generate_step enqueues one step beyond max_tokens; let it finish here, outside the
+            # timing, so that it does not run into the other side's turn.
+            mx.synchronize()
             decode.append(last.generation_tps)
             prompt.append(last.prompt_tps)
             tokens.append(last.generation_tokens)
