@@ -27,6 +27,9 @@ var dense = map[Type]bool{F32: true, F16: true, BF16: true}
 type Options struct {
 	// In is the GGUF file, Out the directory to write (created; existing files are replaced).
 	In, Out string
+	// Layers, when positive, keeps only the first Layers transformer blocks (tests use a short
+	// stack of real layers where the whole model would be too slow).
+	Layers int
 }
 
 // Result summarizes a conversion.
@@ -47,34 +50,51 @@ func Convert(o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	plan, err := planLlama(g)
+	plan, err := planLlama(g, o.Layers)
 	if err != nil {
 		return nil, fmt.Errorf("gguf: %s: %w", o.In, err)
 	}
-	tok, err := tokenizerFiles(g)
-	if err != nil {
-		return nil, fmt.Errorf("gguf: %s: %w", o.In, err)
-	}
-	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("gguf: %w", err)
+	if err := writeTokenizer(g, o.Out); err != nil {
+		return nil, err
 	}
 	res, err := writeTensors(o, plan)
 	if err != nil {
 		return nil, err
 	}
-	files := map[string]any{"config.json": plan.config, "generation_config.json": tok.generation}
-	for name, v := range files {
-		if err := writeJSON(filepath.Join(o.Out, name), v); err != nil {
-			return nil, err
-		}
-	}
-	for name, data := range map[string][]byte{"tokenizer.json": tok.tokenizer, "tokenizer_config.json": tok.config} {
-		if err := os.WriteFile(filepath.Join(o.Out, name), data, 0o644); err != nil {
-			return nil, fmt.Errorf("gguf: %w", err)
-		}
+	if err := writeJSON(filepath.Join(o.Out, "config.json"), plan.config); err != nil {
+		return nil, err
 	}
 	res.Config = plan.config
 	return res, nil
+}
+
+// WriteTokenizer writes the tokenizer of the GGUF file in (tokenizer.json, tokenizer_config.json
+// with the chat template, generation_config.json) into the directory out. It needs no MLX.
+func WriteTokenizer(in, out string) error {
+	g, err := Open(in)
+	if err != nil {
+		return err
+	}
+	return writeTokenizer(g, out)
+}
+
+func writeTokenizer(g *File, out string) error {
+	tok, err := tokenizerFiles(g)
+	if err != nil {
+		return fmt.Errorf("gguf: %s: %w", g.Path, err)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return fmt.Errorf("gguf: %w", err)
+	}
+	if err := writeJSON(filepath.Join(out, "generation_config.json"), tok.generation); err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{"tokenizer.json": tok.tokenizer, "tokenizer_config.json": tok.config} {
+		if err := os.WriteFile(filepath.Join(out, name), data, 0o644); err != nil {
+			return fmt.Errorf("gguf: %w", err)
+		}
+	}
+	return nil
 }
 
 func writeJSON(path string, v any) error {
@@ -117,7 +137,7 @@ var llamaTop = map[string]string{
 	"token_embd.weight": "model.embed_tokens", "output_norm.weight": "model.norm", "output.weight": "lm_head",
 }
 
-func planLlama(g *File) (*llamaPlan, error) {
+func planLlama(g *File, keep int) (*llamaPlan, error) {
 	arch := g.Architecture()
 	if arch != "llama" {
 		return nil, fmt.Errorf("%w: architecture %q: Hippo converts llama GGUF files (SmolLM2, Llama 2/3 and their fine-tunes)", ErrUnsupported, arch)
@@ -131,6 +151,10 @@ func planLlama(g *File) (*llamaPlan, error) {
 		ints[k] = v
 	}
 	hidden, layers, heads := ints["embedding_length"], ints["block_count"], ints["attention.head_count"]
+	total := layers
+	if keep > 0 && keep < layers {
+		layers = keep
+	}
 	kvHeads, ok := g.Int(arch + ".attention.head_count_kv")
 	if !ok {
 		kvHeads = heads
@@ -196,8 +220,11 @@ func planLlama(g *File) (*llamaPlan, error) {
 		} else if sm := blockName.FindStringSubmatch(t.Name); sm != nil {
 			layer, _ := strconv.Atoi(sm[1])
 			mod, ok := llamaBlock[sm[2]]
-			if !ok || layer >= layers {
-				return nil, fmt.Errorf("%w: tensor %s (type %s) has no place in a %d-layer llama model", ErrUnsupported, t.Name, t.Type, layers)
+			if !ok || layer >= total {
+				return nil, fmt.Errorf("%w: tensor %s (type %s) has no place in a %d-layer llama model", ErrUnsupported, t.Name, t.Type, total)
+			}
+			if layer >= layers {
+				continue
 			}
 			m.dst, m.field = fmt.Sprintf("model.layers.%d.%s", layer, mod), sm[3]
 			switch sm[2] {

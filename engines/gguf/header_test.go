@@ -172,7 +172,7 @@ func TestPlanRejectsUnsupported(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = planLlama(g)
+			_, err = planLlama(g, 0)
 			if !errors.Is(err, ErrUnsupported) {
 				t.Fatalf("planLlama = %v; want an error wrapping ErrUnsupported", err)
 			}

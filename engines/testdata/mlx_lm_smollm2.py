@@ -1,11 +1,11 @@
 """mlx-lm on a converted GGUF checkpoint, for the real-weights fidelity tests (smollm2_test.go).
 
-Reads one JSON request on stdin:
+Reads {"jobs": [JOB, ...]} on stdin, each JOB
   {"model": DIR, "dtype": "f32"|"bf16", "generate": [{"prompt_ids": [...], "max_tokens": N}],
    "logprobs": [ids]}
-and writes {"tokens": [[...]], "logprobs": [...]}: greedy ids for each generate request (EOS is
-not special), and the log-probability of each token of `logprobs` after the ones before it,
-from one forward over the whole sequence.
+and writes {"jobs": [{"tokens": [[...]], "logprobs": [...]}, ...]}: greedy ids for each generate
+request (EOS is not special), and the log-probability of each token of `logprobs` after the ones
+before it, from one forward over the whole sequence.
 
 The model is loaded with mlx_lm.load unchanged and cast with set_dtype, as Hippo's --dtype does.
 Like mlx_lm_logprobs.py, it re-executes itself with the OpenBLAS that Hippo links.
@@ -34,8 +34,7 @@ from mlx_lm.generate import generate_step  # noqa: E402
 DTYPES = {"f32": mx.float32, "bf16": mx.bfloat16, "f16": mx.float16}
 
 
-def main():
-    req = json.load(sys.stdin)
+def run(req):
     model, _ = load(req["model"])
     model.set_dtype(DTYPES[req["dtype"]])
     out = {"tokens": [], "logprobs": []}
@@ -48,7 +47,12 @@ def main():
         lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         picked = mx.take_along_axis(lp[:-1], mx.array(ids[1:])[:, None], axis=-1)[:, 0]
         out["logprobs"] = [float(x) for x in picked.tolist()]
-    json.dump(out, sys.stdout)
+    return out
+
+
+def main():
+    req = json.load(sys.stdin)
+    json.dump({"jobs": [run(j) for j in req["jobs"]]}, sys.stdout)
 
 
 if __name__ == "__main__":
