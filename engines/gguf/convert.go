@@ -14,6 +14,10 @@ import (
 	"github.com/hippo-bench/hippo/engines/safetensors"
 )
 
+// ConverterVersion is recorded in a converted config.json ("hippo": {"gguf_converter": N}) and
+// raised whenever Convert's output changes, so cached conversions are redone.
+const ConverterVersion = 1
+
 // groupSize is the block size of every GGUF type MLX maps to its affine quantization.
 const groupSize = 32
 
@@ -278,6 +282,7 @@ func planLlama(g *File, keep int) (*llamaPlan, error) {
 	if name, ok := g.String("general.name"); ok {
 		cfg["_name_or_path"] = name
 	}
+	cfg["hippo"] = map[string]any{"gguf_converter": ConverterVersion, "source": filepath.Base(g.Path)}
 	if len(bitsCount) > 0 {
 		// The most common width is the default; tensors of another width (or dense linear
 		// layers among quantized ones) get a per-module entry, as mlx-lm's mixed quantization writes.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -77,7 +78,7 @@ func resolveGGUF(ctx context.Context, name, modelsDir, tokenizersDir string) (st
 		stem := strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
 		file, dir = abs, filepath.Join(modelsDir, "gguf", stem+"-"+hex.EncodeToString(sum[:4]))
 	}
-	if _, err := os.Stat(filepath.Join(dir, "config.json")); err == nil {
+	if convertedBy(dir) == gguf.ConverterVersion {
 		return dir, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
@@ -95,11 +96,29 @@ func resolveGGUF(ctx context.Context, name, modelsDir, tokenizersDir string) (st
 	if err := w.Do(ctx, func() error { _, err := gguf.Convert(gguf.Options{In: file, Out: tmp}); return err }); err != nil {
 		return "", fmt.Errorf("model %s: convert %s: %w", name, file, err)
 	}
+	os.RemoveAll(dir) // an older conversion (this path is the cache's own)
 	if err := os.Rename(tmp, dir); err != nil {
-		if _, serr := os.Stat(filepath.Join(dir, "config.json")); serr == nil {
-			return dir, nil
+		if convertedBy(dir) == gguf.ConverterVersion {
+			return dir, nil // a concurrent resolver won the race
 		}
 		return "", fmt.Errorf("model %s: %w", name, err)
 	}
 	return dir, nil
+}
+
+// convertedBy returns the converter version recorded in dir/config.json, 0 when there is none.
+func convertedBy(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return 0
+	}
+	var c struct {
+		Hippo struct {
+			Version int `json:"gguf_converter"`
+		} `json:"hippo"`
+	}
+	if json.Unmarshal(b, &c) != nil {
+		return 0
+	}
+	return c.Hippo.Version
 }
