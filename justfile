@@ -86,8 +86,9 @@ golden-gguf-tokens: setup
     CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF" \
       "$venv/bin/pip" install --quiet --disable-pip-version-check 'llama-cpp-python==0.3.36'
     go test -count=1 -run '^TestCorpusSize$' ./engines/tokenizer -args -corpus-out "$PWD/.cache/tokenizer-corpus.json"
+    gzip -n -c .cache/tokenizer-corpus.json > engines/gguf/testdata/tokenizer_corpus.json.gz
     "$venv/bin/python" engines/gguf/testdata/llamacpp_tokens.py .cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf \
-      .cache/tokenizer-corpus.json engines/gguf/testdata/smollm2_llamacpp_tokens.json.gz
+      engines/gguf/testdata/tokenizer_corpus.json.gz engines/gguf/testdata/smollm2_llamacpp_tokens.json.gz
 
 # hippo vs mlx-lm decode tok/s, alternating on the same checkpoints, with ratios and the memory-bandwidth roofline.
 bench-engine: build
