@@ -215,7 +215,7 @@ func TestSmolLM2MatchesMLXLM(t *testing.T) {
 			if worst > 1e-4 {
 				t.Errorf("log-probabilities differ from mlx-lm's by up to %g; want at most 1e-4", worst)
 			}
-			if ppl > 50 {
+			if ppl > 100 {
 				t.Errorf("perplexity %.1f on plain English: the weights are not loaded right", ppl)
 			}
 		})
