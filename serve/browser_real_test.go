@@ -31,7 +31,8 @@ func TestWebChatRealModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	_, ts := newTestServer(t, EngineModel("smollm2-135m", e, 2048), Options{})
+	m := Model{ID: "smollm2-135m", Generator: e, Tokenizer: EngineTokenizer(e.Tokenizer()), Context: 2048, MemoryBytes: e.WeightBytes()}
+	_, ts := newTestServer(t, m, Options{})
 
 	page := cdpPage(t, "http://127.0.0.1:"+startChromium(ctx, t, bin))
 	defer page.Close()
