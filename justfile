@@ -80,9 +80,9 @@ lint:
     test -z "$(gofmt -l $(git ls-files '*.go'))" || { gofmt -l $(git ls-files '*.go'); exit 1; }
     go vet ./...
 
-# Synthesize a small Qwen3-shaped model (real tokenizer), generate from it, print the timing summary.
+# Ask SmolLM2-135M-Instruct (the real model `just setup` installs as a GGUF file) the demo question in its chat template; print the answer and the timing.
 demo: build
-    ./bin/hippo run --model synth:qwen3-demo --prompt "Explain pipeline parallelism in one sentence." --max-tokens 48 --chat
+    ./bin/hippo run --model smollm2-135m --prompt "Explain pipeline parallelism in one sentence." --max-tokens 64 --chat
 
 # Run every test (the MLX parity and tokenizer parity tests included; nothing is skipped), then short fuzz runs.
 test: build lint
@@ -94,6 +94,21 @@ fuzz DURATION="30s":
     go test -run '^$' -fuzz '^FuzzReadFrame$' -fuzztime {{DURATION}} ./transport
     go test -run '^$' -fuzz '^FuzzHandshake$' -fuzztime {{DURATION}} ./transport
     go test -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime {{DURATION}} ./engines/safetensors
+    go test -run '^$' -fuzz '^FuzzRead$' -fuzztime {{DURATION}} ./engines/gguf
+
+# Regenerate llama.cpp's token ids for SmolLM2's GGUF tokenizer on the tokenizer corpus (engines/gguf/testdata); builds the pinned llama-cpp-python from source in a separate venv (many minutes on 2 cores), so CI only compares against the committed ids.
+golden-gguf-tokens: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd "{{root}}"
+    venv=${HIPPO_LLAMACPP_VENV:-/tmp/hippo-llamacpp-venv}
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF" \
+      "$venv/bin/pip" install --quiet --disable-pip-version-check 'llama-cpp-python==0.3.36'
+    go test -count=1 -run '^TestCorpusSize$' ./engines/tokenizer -args -corpus-out "$PWD/.cache/tokenizer-corpus.json"
+    gzip -n -c .cache/tokenizer-corpus.json > engines/gguf/testdata/tokenizer_corpus.json.gz
+    "$venv/bin/python" engines/gguf/testdata/llamacpp_tokens.py .cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf \
+      engines/gguf/testdata/tokenizer_corpus.json.gz engines/gguf/testdata/smollm2_llamacpp_tokens.json.gz
 
 # hippo vs mlx-lm decode tok/s, alternating on the same checkpoints, with ratios and the memory-bandwidth roofline.
 bench-engine: build

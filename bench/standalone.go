@@ -64,18 +64,26 @@ func request(c Config, prompt []int) engines.Request {
 }
 
 // textStream decodes generated tokens into text as they come, passing each piece to onToken.
+// The end-of-sequence token that stops generation is counted but not shown.
 type textStream struct {
 	dec     *tokenizer.StreamDecoder
+	eos     map[int]bool
 	text    []byte
 	onToken func(string)
 }
 
 func newTextStream(tok *tokenizer.Tokenizer, onToken func(string)) *textStream {
-	return &textStream{dec: tok.NewStreamDecoder(), onToken: onToken}
+	t := &textStream{dec: tok.NewStreamDecoder(), eos: map[int]bool{}, onToken: onToken}
+	for _, id := range tok.EOS() {
+		t.eos[id] = true
+	}
+	return t
 }
 
 func (t *textStream) emit(tk engines.Token) error {
-	t.add(t.dec.Add(tk.ID))
+	if !t.eos[tk.ID] {
+		t.add(t.dec.Add(tk.ID))
+	}
 	return nil
 }
 

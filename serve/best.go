@@ -252,8 +252,15 @@ func FromSweep(c bench.Config, context int) ModelConfig {
 		Reply: c.Reply, Hosts: c.Hosts}
 }
 
-// modelConfig reads a checkpoint's config, or a synth preset's without synthesizing it.
+// modelConfig reads a checkpoint's config, or a synth preset's or GGUF model's without writing it.
 func modelConfig(name string) (*model.Config, error) {
+	if _, ok := synth.LookupReal(name); ok || synth.IsGGUF(name) {
+		b, err := synth.GGUFConfig(name)
+		if err != nil {
+			return nil, err
+		}
+		return model.ParseConfig(b, name)
+	}
 	preset, ok := strings.CutPrefix(name, synth.Prefix)
 	if !ok {
 		return model.ReadConfig(name)

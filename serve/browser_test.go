@@ -38,48 +38,7 @@ func TestWebChat(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	profile, err := os.MkdirTemp("", "hippo-chromium-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-		"--no-first-run", "--user-data-dir="+profile, "--remote-debugging-port=0", "--window-size=1000,600", "about:blank")
-	// Its own process group, so that the renderer and helper processes end with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-		for range 50 { // helpers may still be exiting
-			if os.RemoveAll(profile) == nil {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
-	port := make(chan string, 1)
-	go func() {
-		re := regexp.MustCompile(`DevTools listening on ws://127\.0\.0\.1:(\d+)/`)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				port <- m[1]
-			}
-		}
-	}()
-	var devtools string
-	select {
-	case devtools = <-port:
-	case <-ctx.Done():
-		t.Fatal("chromium did not start its DevTools server")
-	}
-
+	devtools := startChromium(ctx, t, bin)
 	page := cdpPage(t, "http://127.0.0.1:"+devtools)
 	defer page.Close()
 	page.call(t, "Page.navigate", map[string]any{"url": ts.URL + "/"})
@@ -115,6 +74,55 @@ func TestWebChat(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", path)
+}
+
+// startChromium starts headless Chromium and returns the port of its DevTools server; the browser
+// and its helpers are killed when the test ends.
+func startChromium(ctx context.Context, t *testing.T, bin string) string {
+	t.Helper()
+	profile, err := os.MkdirTemp("", "hippo-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+		"--no-first-run", "--user-data-dir="+profile, "--remote-debugging-port=0", "--window-size=1000,600", "about:blank")
+	// Its own process group, so that the renderer and helper processes end with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		for range 50 { // helpers may still be exiting
+			if os.RemoveAll(profile) == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	port := make(chan string, 1)
+	go func() {
+		re := regexp.MustCompile(`DevTools listening on ws://127\.0\.0\.1:(\d+)/`)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				port <- m[1]
+			}
+		}
+	}()
+	var devtools string
+	select {
+	case devtools = <-port:
+	case <-ctx.Done():
+		t.Fatal("chromium did not start its DevTools server")
+	}
+
+	return devtools
 }
 
 // cdp is a DevTools protocol connection to one page.
@@ -279,7 +287,13 @@ func (c *cdp) eval(t *testing.T, expr string) string {
 
 func (c *cdp) waitTrue(t *testing.T, expr, what string) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	c.waitTrueFor(t, expr, what, 15*time.Second)
+}
+
+// waitTrueFor is waitTrue with another deadline.
+func (c *cdp) waitTrueFor(t *testing.T, expr, what string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for c.eval(t, expr) != "true" {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s; page text:\n%s", what, strings.TrimSpace(c.eval(t, "document.body.innerText")))

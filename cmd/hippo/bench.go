@@ -15,7 +15,7 @@ func benchCommand() *cli.Command {
 		Subcommands: []*cli.Command{{
 			Name:      "engine",
 			Usage:     "Hippo vs mlx-lm decode tok/s, alternating on the same checkpoints",
-			UsageText: "hippo bench engine [--model DIR|synth:PRESET ...] [--dtype f32 ...] [--rounds N] [--max-tokens N] [--stop-at-eos] [--native]",
+			UsageText: "hippo bench engine [--model DIR|synth:PRESET|smollm2-135m|FILE.gguf ...] [--dtype f32 ...] [--rounds N] [--max-tokens N] [--stop-at-eos] [--native]",
 			Flags: []cli.Flag{
 				&cli.StringSliceFlag{Name: "model", Value: cli.NewStringSlice("synth:tiny-qwen3", "synth:qwen3-0.6b", "synth:deep-narrow"), Usage: "checkpoints to compare"},
 				&cli.StringSliceFlag{Name: "dtype", Value: cli.NewStringSlice("f32"), Usage: "compute dtypes, the same on both sides"},
@@ -44,7 +44,7 @@ func benchCommand() *cli.Command {
 		}, {
 			Name:      "serve",
 			Usage:     "hippo serve vs mlx_lm.server on the same checkpoint: TTFT and aggregate tok/s at 1, 4 and 16 streams",
-			UsageText: "hippo bench serve [--model DIR|synth:PRESET] [--concurrency 1 --concurrency 4 ...] [--rounds N]",
+			UsageText: "hippo bench serve [--model DIR|synth:PRESET|smollm2-135m|FILE.gguf] [--concurrency 1 --concurrency 4 ...] [--rounds N]",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "model", Value: "synth:tiny-qwen3", Usage: "checkpoint"},
 				&cli.IntSliceFlag{Name: "concurrency", Value: cli.NewIntSlice(1, 4, 16), Usage: "concurrent streams"},
@@ -84,7 +84,7 @@ func benchCommand() *cli.Command {
 		}, {
 			Name:      "pipeline",
 			Usage:     "standalone vs 2-stage pipeline per token, per link profile and transport (tcp, mlx-ring), measured network vs predicted",
-			UsageText: "hippo bench pipeline [--model DIR|synth:PRESET] [--link NAME ...] [--transport tcp --transport mlx-ring] [--rounds N] [--max-tokens N]",
+			UsageText: "hippo bench pipeline [--model DIR|synth:PRESET|smollm2-135m|FILE.gguf] [--link NAME ...] [--transport tcp --transport mlx-ring] [--rounds N] [--max-tokens N]",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "model", Value: "synth:qwen3-demo", Usage: "checkpoint"},
 				&cli.StringFlag{Name: "dtype", Usage: "compute dtype"},

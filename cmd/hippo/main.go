@@ -19,7 +19,8 @@ import (
 	"github.com/hippo-bench/hippo/transport"
 )
 
-// resolveModel turns synth:PRESET into a checkpoint under models/, synthesizing it once.
+// resolveModel turns synth:PRESET, a real model's short name or a .gguf file into a checkpoint
+// under models/, synthesizing or converting it once.
 func resolveModel(ctx context.Context, name string) (string, error) {
 	return synth.Resolve(ctx, name, modelsDir(), tokenizersDir())
 }
@@ -43,6 +44,7 @@ func main() {
 		Commands: []*cli.Command{
 			runCommand(),
 			synthCommand(),
+			convertCommand(),
 			benchCommand(),
 			rankCommand(),
 			serveCommand(),

@@ -52,10 +52,11 @@ func modelsCommand() *cli.Command {
 				}
 				out = append(out, e)
 			}
+			real := realModels()
 			if c.Bool("json") {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"models": out, "presets": synth.Names()})
+				return enc.Encode(map[string]any{"models": out, "real": real, "presets": synth.Names()})
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tTYPE\tLAYERS\tHIDDEN\tSIZE\tROLE\tPATH")
@@ -65,6 +66,16 @@ func modelsCommand() *cli.Command {
 					role += " (trained)"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f MB\t%s\t%s\n", e.Name, e.ModelType, e.Layers, e.Hidden, float64(e.Bytes)/1e6, role, e.Path)
+			}
+			tw.Flush()
+			fmt.Println("\nreal models (--model NAME; converted from GGUF into models/NAME on first use):")
+			tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			for _, r := range real {
+				state := "installed"
+				if !r.Installed {
+					state = "missing: run just setup"
+				}
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", r.Name, state, r.File, r.About)
 			}
 			tw.Flush()
 			fmt.Printf("\npresets for synth:PRESET: %v\n", synth.Names())
@@ -104,4 +115,22 @@ func describe(dir string) (modelEntry, error) {
 		}
 	}
 	return e, nil
+}
+
+// realEntry is a real model known by short name.
+type realEntry struct {
+	Name      string `json:"name"`
+	File      string `json:"file"`
+	Installed bool   `json:"installed"`
+	About     string `json:"about"`
+}
+
+func realModels() []realEntry {
+	var out []realEntry
+	for _, m := range synth.RealModels {
+		f := synth.RealFile(m, tokenizersDir())
+		_, err := os.Stat(f)
+		out = append(out, realEntry{Name: m.Name, File: f, Installed: err == nil, About: m.About})
+	}
+	return out
 }

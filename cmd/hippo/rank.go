@@ -18,7 +18,7 @@ func rankCommand() *cli.Command {
 		Usage:     "serve one pipeline stage (layers FROM:TO of a model) for a driver on another process or machine",
 		UsageText: "hippo rank --model DIR --split 0:14,14:28 --stage 1 --listen ADDR [--next ADDR] [--dtype f32|bf16] [--link NAME] [--secret-file FILE] [--context N] [--ram SIZE] [--transport tcp|mlx-ring]",
 		Flags: append(pipelineSecretFlags(),
-			&cli.StringFlag{Name: "model", Required: true, Usage: "checkpoint directory (this machine's copy), or synth:PRESET"},
+			&cli.StringFlag{Name: "model", Required: true, Usage: "checkpoint directory (this machine's copy), synth:PRESET, smollm2-135m or FILE.gguf"},
 			&cli.StringFlag{Name: "split", Required: true, Usage: "every stage's layer range, as the driver uses it"},
 			&cli.IntFlag{Name: "stage", Required: true, Usage: "which stage this rank serves (1 = the one after the driver)"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:7001", Usage: "address to accept the previous stage on"},

@@ -21,9 +21,9 @@ func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "run",
 		Usage:     "generate from a model once and report its timing",
-		UsageText: "hippo run --model DIR|synth:PRESET --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--chat] [--ignore-eos] [--dtype f32|bf16|f16] [--ram SIZE] [--json]",
+		UsageText: "hippo run --model DIR|synth:PRESET|smollm2-135m|FILE.gguf --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--chat] [--ignore-eos] [--dtype f32|bf16|f16] [--ram SIZE] [--json]",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "model", Required: true, Usage: "checkpoint directory, or synth:PRESET"},
+			&cli.StringFlag{Name: "model", Required: true, Usage: "checkpoint directory, synth:PRESET, a real model (smollm2-135m) or a .gguf file"},
 			&cli.StringFlag{Name: "prompt", Value: "The quick brown fox", Usage: "prompt text"},
 			&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens to generate at most"},
 			&cli.Float64Flag{Name: "temperature", Usage: "sampling temperature (0 = greedy)"},
@@ -131,7 +131,7 @@ func modeFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.StringFlag{Name: "mode", Value: "standalone", Usage: "standalone, pipeline, spec or pipeline+spec (speculation across the pipeline)"},
 		&cli.StringFlag{Name: "drafter", Value: "model", Usage: "spec: model, lookup or dflash"},
-		&cli.StringFlag{Name: "draft", Usage: "spec: draft checkpoint for --drafter model or dflash (DIR or synth:PRESET)"},
+		&cli.StringFlag{Name: "draft", Usage: "spec: draft checkpoint for --drafter model or dflash (DIR, synth:PRESET, smollm2-135m or FILE.gguf)"},
 		&cli.IntFlag{Name: "draft-tokens", Value: 4, Usage: "spec: tokens drafted per step (K)"},
 		&cli.IntFlag{Name: "stages", Value: 2, Usage: "pipeline: number of stages"},
 		&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced)"},

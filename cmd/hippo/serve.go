@@ -29,12 +29,12 @@ func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "serve models through an OpenAI-compatible API, with /metrics and a web chat",
-		UsageText: "hippo serve --model DIR|synth:PRESET [--dtype f32|bf16|f16] [--listen ADDR] [--api-key-file FILE] [--max-queue N] [--timeout D] [--max-body SIZE]\n" +
+		UsageText: "hippo serve --model DIR|synth:PRESET|smollm2-135m|FILE.gguf [--dtype f32|bf16|f16] [--listen ADDR] [--api-key-file FILE] [--max-queue N] [--timeout D] [--max-body SIZE]\n" +
 			"hippo serve --model DIR --mode pipeline|spec|pipeline+spec [the mode flags of hippo run: --stages, --split, --link, --hosts, --drafter, --draft, --draft-tokens ...]\n" +
 			"hippo serve --best results/<sweep>/<stamp>   (the fastest servable configuration of a sweep)\n" +
 			"hippo serve --config hippo.yaml              (several models; flags override the file)",
 		Flags: append([]cli.Flag{
-			&cli.StringSliceFlag{Name: "model", Usage: "checkpoint directory or synth:PRESET (repeat to serve several)"},
+			&cli.StringSliceFlag{Name: "model", Usage: "checkpoint directory, synth:PRESET, smollm2-135m or FILE.gguf (repeat to serve several)"},
 			&cli.StringFlag{Name: "best", Usage: "serve the configuration with the best mean decode tok/s in this sweep output directory"},
 			&cli.StringFlag{Name: "config", Usage: "hippo.yaml with listen, api_keys, max_queue, timeout, max_body, ram and models"},
 			&cli.StringFlag{Name: "dtype", Usage: "compute dtype: f32, bf16 or f16 (default: bf16 on a GPU, f32 on the CPU backend)"},
@@ -151,7 +151,7 @@ func serveConfig(c *cli.Context, log *slog.Logger) (serve.Config, error) {
 			cfg.Models = append(cfg.Models, m)
 		}
 	case len(cfg.Models) == 0:
-		return cfg, errors.New("no model: give --model DIR|synth:PRESET, --best results/<sweep>/<stamp> or --config hippo.yaml")
+		return cfg, errors.New("no model: give --model DIR|synth:PRESET|smollm2-135m|FILE.gguf, --best results/<sweep>/<stamp> or --config hippo.yaml")
 	default:
 		for i := range cfg.Models {
 			if c.IsSet("dtype") {

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <cstring>
 #include <optional>
 #include <algorithm>
@@ -17,6 +18,11 @@ namespace mx = mlx::core;
 
 struct hp_array_s {
   mx::array a;
+};
+
+struct hp_gguf_s {
+  std::vector<std::string> names;
+  std::vector<mx::array> arrays;
 };
 
 namespace {
@@ -399,6 +405,34 @@ int hp_random_uniform(hp_array* out, const int* shape, int ndim, int dtype, hp_a
 
 int hp_random_normal(hp_array* out, const int* shape, int ndim, int dtype, float scale, hp_array key) {
   HP_TRY(*out = wrap(mx::random::normal(to_shape(shape, ndim), to_dtype(dtype), 0.0f, scale, opt(key))))
+}
+
+int hp_gguf_load(hp_gguf* out, const char* path) {
+  HP_TRY({
+    mx::GGUFLoad loaded = mx::load_gguf(path);
+    auto g = std::make_unique<hp_gguf_s>();
+    for (auto& [name, arr] : loaded.first) {
+      g->names.push_back(name);
+      g->arrays.push_back(arr);
+    }
+    *out = g.release();
+  })
+}
+
+void hp_gguf_free(hp_gguf g) { delete g; }
+
+int hp_gguf_count(hp_gguf g) { return static_cast<int>(g->names.size()); }
+
+const char* hp_gguf_name(hp_gguf g, int i) {
+  if (i < 0 || i >= static_cast<int>(g->names.size())) return nullptr;
+  return g->names[i].c_str();
+}
+
+int hp_gguf_array(hp_array* out, hp_gguf g, int i) {
+  HP_TRY({
+    if (i < 0 || i >= static_cast<int>(g->arrays.size())) throw std::out_of_range("gguf array index out of range");
+    *out = wrap(g->arrays[i]);
+  })
 }
 
 size_t hp_active_memory(void) { return mx::get_active_memory(); }

@@ -107,6 +107,18 @@ int hp_random_categorical(hp_array* out, hp_array logits, int axis, hp_array key
 int hp_random_uniform(hp_array* out, const int* shape, int ndim, int dtype, hp_array key);
 int hp_random_normal(hp_array* out, const int* shape, int ndim, int dtype, float scale, hp_array key);
 
+// GGUF files through mlx::core::load_gguf. A loaded file is an opaque owning handle freed with
+// hp_gguf_free. Tensors of types MLX maps to its affine quantization (Q4_0, Q4_1, Q8_0) appear as
+// three arrays, NAME.weight (uint32), NAME.scales and NAME.biases; dense ones as one array under
+// their GGUF name. The metadata is not exposed here: the Go side reads the header itself.
+typedef struct hp_gguf_s* hp_gguf;
+int hp_gguf_load(hp_gguf* out, const char* path);
+void hp_gguf_free(hp_gguf g);
+int hp_gguf_count(hp_gguf g);
+// hp_gguf_name returns the name of array i (valid until hp_gguf_free), or NULL when out of range.
+const char* hp_gguf_name(hp_gguf g, int i);
+int hp_gguf_array(hp_array* out, hp_gguf g, int i);
+
 size_t hp_active_memory(void);
 size_t hp_peak_memory(void);
 size_t hp_cache_memory(void);

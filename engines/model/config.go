@@ -19,10 +19,64 @@ import (
 // ErrUnsupported reports a checkpoint whose architecture Hippo does not implement.
 var ErrUnsupported = errors.New("unsupported architecture")
 
-// Quantization is MLX's affine quantization as written by mlx-lm's convert.
+// Quantization is MLX's affine quantization as written by mlx-lm's convert: a default width and
+// group size, and optionally per-module overrides keyed by module path (mixed quantization, or a
+// GGUF file whose embedding is Q8_0 and the rest 4-bit).
 type Quantization struct {
 	GroupSize int `json:"group_size"`
 	Bits      int `json:"bits"`
+	// Modules holds the overrides, e.g. "model.embed_tokens" -> {32, 8}.
+	Modules map[string]Quantization `json:"-"`
+}
+
+// For returns the quantization of the module at path (e.g. "model.layers.0.mlp.up_proj").
+func (q *Quantization) For(path string) Quantization {
+	if m, ok := q.Modules[path]; ok {
+		return m
+	}
+	return Quantization{GroupSize: q.GroupSize, Bits: q.Bits}
+}
+
+// UnmarshalJSON reads group_size and bits and every object-valued key as a module override.
+func (q *Quantization) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	*q = Quantization{}
+	for k, v := range raw {
+		var err error
+		switch k {
+		case "group_size":
+			err = json.Unmarshal(v, &q.GroupSize)
+		case "bits":
+			err = json.Unmarshal(v, &q.Bits)
+		default:
+			if len(v) == 0 || v[0] != '{' {
+				continue // e.g. "mode": "affine"
+			}
+			var m Quantization
+			if err = json.Unmarshal(v, &m); err == nil {
+				if q.Modules == nil {
+					q.Modules = map[string]Quantization{}
+				}
+				q.Modules[k] = m
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("quantization %q: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// MarshalJSON writes the form UnmarshalJSON reads.
+func (q Quantization) MarshalJSON() ([]byte, error) {
+	m := map[string]any{"group_size": q.GroupSize, "bits": q.Bits}
+	for k, v := range q.Modules {
+		m[k] = map[string]int{"group_size": v.GroupSize, "bits": v.Bits}
+	}
+	return json.Marshal(m)
 }
 
 // Config is the subset of a Hugging Face config.json that the supported architectures read.
@@ -163,13 +217,24 @@ func (c *Config) validate() error {
 		c.RMSNormEps = 1e-6
 	}
 	if c.Quantization != nil {
-		q := c.Quantization
-		if q.Bits != 2 && q.Bits != 3 && q.Bits != 4 && q.Bits != 5 && q.Bits != 6 && q.Bits != 8 {
-			return fmt.Errorf("quantization bits %d: MLX affine quantization supports 2, 3, 4, 5, 6 and 8", q.Bits)
+		for path, q := range c.Quantization.Modules {
+			if err := checkQuant(q); err != nil {
+				return fmt.Errorf("quantization of %s: %w", path, err)
+			}
 		}
-		if q.GroupSize != 32 && q.GroupSize != 64 && q.GroupSize != 128 {
-			return fmt.Errorf("quantization group_size %d: use 32, 64 or 128", q.GroupSize)
+		if err := checkQuant(*c.Quantization); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+func checkQuant(q Quantization) error {
+	if q.Bits != 2 && q.Bits != 3 && q.Bits != 4 && q.Bits != 5 && q.Bits != 6 && q.Bits != 8 {
+		return fmt.Errorf("quantization bits %d: MLX affine quantization supports 2, 3, 4, 5, 6 and 8", q.Bits)
+	}
+	if q.GroupSize != 32 && q.GroupSize != 64 && q.GroupSize != 128 {
+		return fmt.Errorf("quantization group_size %d: use 32, 64 or 128", q.GroupSize)
 	}
 	return nil
 }

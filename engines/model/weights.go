@@ -121,7 +121,7 @@ func (w *Weights) Linear(prefix string, out, in int, bias bool) (*Linear, error)
 		if w.quant == nil {
 			return nil, fmt.Errorf("model: %s: %s is quantized but config.json has no quantization section: %w", w.dir, prefix, ErrCheckpoint)
 		}
-		q := w.quant
+		q := w.quant.For(prefix)
 		if in%q.GroupSize != 0 {
 			return nil, fmt.Errorf("model: %s: %s input size %d is not a multiple of group size %d: %w", w.dir, prefix, in, q.GroupSize, ErrCheckpoint)
 		}

@@ -26,8 +26,14 @@ func TokenizerFor(arch string) string {
 
 // Resolve turns a model name into a checkpoint directory. A "synth:PRESET" name maps to
 // modelsDir/PRESET, which is synthesized (seed 0, bf16, the preset's real tokenizer from
-// tokenizersDir) the first time it is asked for; anything else is returned unchanged.
+// tokenizersDir) the first time it is asked for. A real model's short name (RealModels, e.g.
+// "smollm2-135m") or a path to a .gguf file is converted from GGUF into an MLX checkpoint under
+// modelsDir the first time it is asked for (see package gguf). Anything else is returned
+// unchanged.
 func Resolve(ctx context.Context, name, modelsDir, tokenizersDir string) (string, error) {
+	if _, ok := LookupReal(name); ok || IsGGUF(name) {
+		return resolveGGUF(ctx, name, modelsDir, tokenizersDir)
+	}
 	preset, ok := strings.CutPrefix(name, Prefix)
 	if !ok {
 		return name, nil

@@ -1,6 +1,8 @@
 package tokenizer
 
 import (
+	"encoding/json"
+	"flag"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -158,9 +160,22 @@ func buildCorpus() (lines, texts []string, err error) {
 	return lines, texts, nil
 }
 
+// corpusOut, when set, makes TestCorpusSize write the corpus as JSON ({"lines": [...],
+// "texts": [...]}) for references that run outside Go (just golden-gguf-tokens).
+var corpusOut = flag.String("corpus-out", "", "write the tokenizer corpus as JSON to this file")
+
 func TestCorpusSize(t *testing.T) {
 	lines, texts := corpus(t)
 	if len(lines) < 2000 || len(texts) < 5 {
 		t.Fatalf("corpus has %d lines and %d texts; want at least 2000 and 5", len(lines), len(texts))
+	}
+	if *corpusOut != "" {
+		data, err := json.Marshal(map[string][]string{"lines": lines, "texts": texts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(*corpusOut, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
