@@ -1,0 +1,593 @@
+#!/usr/bin/env python3
+"""Train a DFlash block drafter for SmolLM2-135M-Instruct (self-distilled, MLX on CPU).
+
+The drafter follows z-lab's DFlash layout, the one engines/model/dflash.go loads: a Qwen3-block
+stack with no embedding and no head of its own. It reads the target's hidden states at a few tapped
+layers (fc + hidden_norm make its context keys and values), embeds [anchor, mask x (B-1)] with the
+target's embedding, attends non-causally over [context; block] and projects with the target's
+lm_head (tied embedding), drafting B-1 tokens in one forward.
+
+Stages (deterministic for a fixed --seed and library versions):
+  1. target: SmolLM2's GGUF read with mx.load (Q4_1 blocks come back as MLX affine-quantized
+     arrays, group 32), dequantized to float32 and loaded into mlx-lm's llama Model. llama.cpp's
+     converter permutes the rows of Q and K for its rotary layout; load_gguf undoes it.
+  2. prompts: a fixed, seeded set of chat prompts (templates x topics). Topics are split: the
+     held-out topics never appear in training prompts. Held-out prompts go to heldout.json for
+     `hippo bench spec --prompts`.
+  3. data: the target's greedy continuation of each prompt under its chat template (mlx-lm
+     BatchGenerator), then one teacher-forced pass that records the tapped layers' outputs.
+     Cached in --data (reused when the prompt set and sizes match).
+  4. training: random anchors in the generated part; per anchor the draft sees the context before
+     the anchor and must fill the block with the target's next B-1 tokens. Cross entropy per block
+     position, weighted exp(-(k-1)/gamma) (earlier positions decide more of the accepted length).
+     The draft layers start as copies of the target's last layers (no q/k norm in llama: those
+     start at ones), fc starts by passing the deepest tap through. AdamW, warmup + cosine, a fixed
+     wall-clock budget (--minutes) with checkpoints.
+  5. evaluation on the held-out prompts: greedy speculative decoding simulated on the target's own
+     continuation (what greedy verification accepts): mean accepted drafts per block and the
+     acceptance by block position, written to metrics.json and config.json's "hippo" section.
+
+Usage (the justfile's `train-dflash` recipe):
+  LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libopenblas.so.0 .venv/bin/python \
+      engines/spec/train/train_dflash.py --gguf .cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf \
+      --out models/dflash-smollm2
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_map
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.llama import Model as Llama, ModelArgs as LlamaArgs
+
+SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+TEMPLATES = [
+    "What is {t}?", "Explain {t} in simple terms.", "Write a short paragraph about {t}.",
+    "Give me three facts about {t}.", "Why is {t} important?", "How does {t} work?",
+    "Write a short poem about {t}.", "What are the benefits of {t}?", "Describe {t} to a child.",
+    "What are common misconceptions about {t}?", "Summarize the history of {t}.",
+    "List some tips for learning about {t}.", "What should a beginner know about {t}?",
+    "Write a haiku about {t}.", "Compare {t} with something from everyday life.",
+    "What are the pros and cons of {t}?",
+]
+TOPICS = [
+    "photosynthesis", "the water cycle", "black holes", "the Roman Empire", "machine learning",
+    "volcanoes", "the human heart", "climate change", "the internet", "gravity", "honey bees",
+    "the French Revolution", "electric cars", "vaccines", "the moon", "recycling", "chess",
+    "the stock market", "rainbows", "dinosaurs", "coffee", "the Olympic Games", "earthquakes",
+    "solar energy", "the printing press", "sleep", "friendship", "music", "the ocean",
+    "democracy", "bicycles", "the immune system", "clouds", "ancient Egypt", "exercise",
+    "computers", "forests", "the brain", "money", "electricity", "bread baking", "penguins",
+    "the Renaissance", "time management", "mountains", "programming", "the solar system",
+    "deserts", "libraries", "trains", "gardening", "whales", "the Great Wall of China",
+    "nutrition", "weather forecasting", "volunteering", "robots", "the alphabet", "rivers",
+    "photography", "kindness", "insects", "the Industrial Revolution", "smartphones",
+]
+IM_START, IM_END, EOT = 1, 2, 0
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+# ---------------------------------------------------------------- target from GGUF
+
+def load_gguf(path, dtype=mx.float32):
+    """SmolLM2 (llama) from a GGUF file: (mlx-lm llama Model, tokenizer, metadata)."""
+    w, meta = mx.load(path, return_metadata=True)
+    if str(meta.get("general.architecture")) != "llama":
+        sys.exit(f"{path}: architecture {meta.get('general.architecture')}, want llama (SmolLM2)")
+
+    def num(k):
+        return meta[f"llama.{k}"].item()
+
+    hidden, heads = int(num("embedding_length")), int(num("attention.head_count"))
+    kv = int(num("attention.head_count_kv"))
+    args = LlamaArgs(
+        model_type="llama", hidden_size=hidden, num_hidden_layers=int(num("block_count")),
+        intermediate_size=int(num("feed_forward_length")), num_attention_heads=heads,
+        num_key_value_heads=kv, rms_norm_eps=float(num("attention.layer_norm_rms_epsilon")),
+        vocab_size=int(num("vocab_size")), rope_theta=float(num("rope.freq_base")),
+        head_dim=hidden // heads, tie_word_embeddings="output.weight" not in w,
+        max_position_embeddings=int(num("context_length")),
+    )
+
+    def get(name):
+        if name + ".scales" in w:
+            q, s, b = w[name + ".weight"], w[name + ".scales"], w[name + ".biases"]
+            # GGUF's Q4_0/Q4_1/Q8_0 blocks hold 32 values: bits from the packed width.
+            bits = q.shape[1] * 32 // (s.shape[1] * 32)
+            return mx.dequantize(q, s, b, group_size=32, bits=bits).astype(dtype)
+        return w[name + ".weight"].astype(dtype)
+
+    def unpermute(a, n):
+        # inverse of llama.cpp's permute: reshape(n, 2, d/2, in).swapaxes(1, 2)
+        return a.reshape(n, a.shape[0] // n // 2, 2, a.shape[1]).swapaxes(1, 2).reshape(a.shape)
+
+    names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+             "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj"}
+    weights = {"model.embed_tokens.weight": get("token_embd"), "model.norm.weight": get("output_norm")}
+    if not args.tie_word_embeddings:
+        weights["lm_head.weight"] = get("output")
+    for i in range(args.num_hidden_layers):
+        for g, h in names.items():
+            a = get(f"blk.{i}.{g}")
+            if g == "attn_q":
+                a = unpermute(a, heads)
+            elif g == "attn_k":
+                a = unpermute(a, kv)
+            weights[f"model.layers.{i}.{h}.weight"] = a
+    model = Llama(args)
+    model.load_weights(list(weights.items()))
+    model.eval()
+    mx.eval(model.parameters())
+    return model, gguf_tokenizer(meta), meta
+
+
+def gguf_tokenizer(meta):
+    """A `tokenizers` byte-level BPE built from the GGUF vocabulary and merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    toks = list(meta["tokenizer.ggml.tokens"])
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(toks)}, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    types = np.array(meta["tokenizer.ggml.token_type"]) if "tokenizer.ggml.token_type" in meta else None
+    special = [t for i, t in enumerate(toks) if types is not None and int(types[i]) == 3]
+    tok.add_special_tokens(special)
+    return tok
+
+
+def chat_ids(tok, prompt):
+    text = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    return tok.encode(text).ids
+
+
+# ---------------------------------------------------------------- data
+
+def prompt_sets(seed, n_train, n_eval):
+    rng = random.Random(seed)
+    topics = TOPICS[:]
+    rng.shuffle(topics)
+    n_ho = max(4, len(topics) // 8)
+    ho_topics, tr_topics = topics[:n_ho], topics[n_ho:]
+    pairs = [(t, p) for p in tr_topics for t in TEMPLATES]
+    rng.shuffle(pairs)
+    train = [t.format(t=p) for t, p in pairs[:n_train]]
+    ho = [(t, p) for p in ho_topics for t in TEMPLATES]
+    rng.shuffle(ho)
+    heldout = [t.format(t=p) for t, p in ho[:n_eval]]
+    return train, heldout
+
+
+def generate(model, prompts_ids, max_tokens, batch):
+    gen = BatchGenerator(model, max_tokens=max_tokens, stop_tokens=[[IM_END], [EOT]],
+                         sampler=lambda x: mx.argmax(x, axis=-1), completion_batch_size=batch,
+                         prefill_batch_size=batch)
+    uids = gen.insert(prompts_ids, [max_tokens] * len(prompts_ids))
+    out = {u: [] for u in uids}
+    done = 0
+    while responses := gen.next_generated():
+        for r in responses:
+            out[r.uid].append(int(r.token))  # the stop token is kept: it is what the target emits
+            if r.finish_reason is not None:
+                done += 1
+                if done % 32 == 0:
+                    log(f"  generated {done}/{len(uids)}")
+    gen.close()
+    return [out[u] for u in uids]
+
+
+def tapped_features(model, seqs, taps, batch=8):
+    """Teacher-forced outputs of the tapped layers for each sequence: float16 [T, len(taps)*H]."""
+    deepest = max(taps)
+    feats = []
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    res = [None] * len(seqs)
+    for s in range(0, len(order), batch):
+        idx = order[s:s + batch]
+        T = max(len(seqs[i]) for i in idx)
+        x = mx.array([seqs[i] + [EOT] * (T - len(seqs[i])) for i in idx])  # right padding: causal
+        h = model.model.embed_tokens(x)
+        mask = "causal"
+        outs = {}
+        for li, layer in enumerate(model.model.layers[:deepest + 1]):
+            h = layer(h, mask, None)
+            if li in taps:
+                outs[li] = h
+        f = mx.concatenate([outs[t] for t in taps], axis=-1).astype(mx.float16)
+        mx.eval(f)
+        f = np.array(f)
+        for j, i in enumerate(idx):
+            res[i] = f[j, :len(seqs[i])]
+    return res
+
+
+# ---------------------------------------------------------------- draft
+
+def rope(x, pos, theta):
+    """Non-traditional (rotate-half) RoPE at integer positions pos [..., L] broadcast over heads."""
+    d = x.shape[-1]
+    inv = theta ** (-mx.arange(0, d, 2, dtype=mx.float32) / d)
+    ang = pos[..., None].astype(mx.float32) * inv  # [..., L, d/2]
+    cos, sin = mx.cos(ang), mx.sin(ang)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class DraftLayer(nn.Module):
+    def __init__(self, h, heads, kv, hd, inter, eps):
+        super().__init__()
+        self.heads, self.kv, self.hd, self.eps = heads, kv, hd, eps
+        self.q_proj = nn.Linear(h, heads * hd, bias=False)
+        self.k_proj = nn.Linear(h, kv * hd, bias=False)
+        self.v_proj = nn.Linear(h, kv * hd, bias=False)
+        self.o_proj = nn.Linear(heads * hd, h, bias=False)
+        self.q_norm = nn.RMSNorm(hd, eps)
+        self.k_norm = nn.RMSNorm(hd, eps)
+        self.gate_proj = nn.Linear(h, inter, bias=False)
+        self.up_proj = nn.Linear(h, inter, bias=False)
+        self.down_proj = nn.Linear(inter, h, bias=False)
+        self.input_layernorm = nn.RMSNorm(h, eps)
+        self.post_attention_layernorm = nn.RMSNorm(h, eps)
+
+
+class Draft(nn.Module):
+    """DFlash draft for training: many blocks per sequence in one forward, each block seeing only
+    the context before its anchor (the additive mask)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        h, n = cfg["hidden_size"], len(cfg["dflash_config"]["target_layer_ids"])
+        self.cfg, self.theta, eps = cfg, cfg["rope_theta"], cfg["rms_norm_eps"]
+        self.fc = nn.Linear(n * h, h, bias=False)
+        self.hidden_norm = nn.RMSNorm(h, eps)
+        self.norm = nn.RMSNorm(h, eps)
+        self.layers = [DraftLayer(h, cfg["num_attention_heads"], cfg["num_key_value_heads"],
+                                  cfg["head_dim"], cfg["intermediate_size"], eps)
+                       for _ in range(cfg["num_hidden_layers"])]
+
+    def __call__(self, block, bpos, feats, cpos, mask):
+        """block [N, Lb, H] embeddings at positions bpos [N, Lb]; feats [N, Lc, taps*H] at cpos
+        [N, Lc]; mask [N, 1, Lb, Lc+Lb] additive. Returns normed hidden states [N, Lb, H]."""
+        c = self.hidden_norm(self.fc(feats))
+        h = block
+        N, Lb, _ = block.shape
+        Lc = c.shape[1]
+        for l in self.layers:
+            x = l.input_layernorm(h)
+            split = lambda a, L, k: a.reshape(N, L, k, -1).transpose(0, 2, 1, 3)
+            q = rope(l.q_norm(split(l.q_proj(x), Lb, l.heads)), bpos[:, None], self.theta)
+            bk = rope(l.k_norm(split(l.k_proj(x), Lb, l.kv)), bpos[:, None], self.theta)
+            ck = rope(l.k_norm(split(l.k_proj(c), Lc, l.kv)), cpos[:, None], self.theta)
+            bv, cv = split(l.v_proj(x), Lb, l.kv), split(l.v_proj(c), Lc, l.kv)
+            k = mx.concatenate([ck, bk], axis=2)
+            v = mx.concatenate([cv, bv], axis=2)
+            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=l.hd ** -0.5, mask=mask)
+            h = h + l.o_proj(o.transpose(0, 2, 1, 3).reshape(N, Lb, -1))
+            n = l.post_attention_layernorm(h)
+            h = h + l.down_proj(nn.silu(l.gate_proj(n)) * l.up_proj(n))
+        return self.norm(h)
+
+
+def draft_config(target, layers, block, taps, mask_id):
+    a = target.args
+    return {
+        "architectures": ["DFlashDraftModel"], "model_type": "qwen3",
+        "hidden_size": a.hidden_size, "num_hidden_layers": layers,
+        "num_attention_heads": a.num_attention_heads, "num_key_value_heads": a.num_key_value_heads,
+        "head_dim": a.hidden_size // a.num_attention_heads, "intermediate_size": a.intermediate_size,
+        "vocab_size": a.vocab_size, "rms_norm_eps": a.rms_norm_eps, "rope_theta": a.rope_theta,
+        "rope_scaling": None, "max_position_embeddings": a.max_position_embeddings,
+        "tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False,
+        "layer_types": ["full_attention"] * layers, "use_sliding_window": False,
+        "block_size": block, "num_target_layers": a.num_hidden_layers, "torch_dtype": "bfloat16",
+        "dflash_config": {"mask_token_id": mask_id, "target_layer_ids": taps},
+    }
+
+
+def init_from_target(draft, target, taps):
+    """Draft layer i <- target layer L-n+i (attention and MLP), norm <- target's final norm, fc
+    passes the deepest tap through."""
+    tl = target.model.layers
+    n = len(draft.layers)
+    for i, dl in enumerate(draft.layers):
+        t = tl[len(tl) - n + i]
+        for a, b in [("q_proj", t.self_attn.q_proj), ("k_proj", t.self_attn.k_proj),
+                     ("v_proj", t.self_attn.v_proj), ("o_proj", t.self_attn.o_proj),
+                     ("gate_proj", t.mlp.gate_proj), ("up_proj", t.mlp.up_proj),
+                     ("down_proj", t.mlp.down_proj)]:
+            getattr(dl, a).weight = mx.array(b.weight)
+        dl.input_layernorm.weight = mx.array(t.input_layernorm.weight)
+        dl.post_attention_layernorm.weight = mx.array(t.post_attention_layernorm.weight)
+    draft.norm.weight = mx.array(target.model.norm.weight)
+    draft.hidden_norm.weight = mx.array(tl[len(tl) - n].input_layernorm.weight)
+    H = target.args.hidden_size
+    fc = mx.zeros((H, len(taps) * H))
+    j = taps.index(max(taps))
+    fc[:, j * H:(j + 1) * H] = mx.eye(H)
+    draft.fc.weight = fc + 0.01 * mx.random.normal(fc.shape) / math.sqrt(len(taps) * H)
+
+
+# ---------------------------------------------------------------- batches
+
+def make_batch(rng, data, B, nb, Tmax, embed, mask_id, train=True, anchors=None):
+    """Sequences with nb anchors each. Returns the draft's inputs and targets (+ weights)."""
+    seqs, feats, plen = data
+    N = len(anchors) if anchors is not None else None
+    picks = anchors
+    if picks is None:
+        picks = []
+        while len(picks) < BATCH_SEQS:
+            i = rng.randrange(len(seqs))
+            T = len(seqs[i])
+            lo, hi = plen[i], T - 2
+            if hi <= lo:
+                continue
+            picks.append((i, sorted(rng.sample(range(lo, hi + 1), min(nb, hi - lo + 1)))))
+    Nq = len(picks)
+    F = np.zeros((Nq, Tmax, feats[0].shape[1]), np.float16)
+    ids = np.full((Nq, nb, B), mask_id, np.int32)
+    tgt = np.zeros((Nq, nb, B - 1), np.int32)
+    valid = np.zeros((Nq, nb, B - 1), np.float32)
+    bpos = np.zeros((Nq, nb, B), np.int32)
+    maskc = np.full((Nq, nb, B, Tmax), -1e9, np.float32)
+    maskb = np.full((Nq, nb, B, nb, B), -1e9, np.float32)
+    for r, (i, an) in enumerate(picks):
+        s, T = seqs[i], len(seqs[i])
+        F[r, :min(T, Tmax)] = feats[i][:Tmax]
+        for j in range(nb):
+            if j >= len(an):
+                continue  # unused block: fully masked, zero weight
+            a = an[j]
+            ids[r, j, 0] = s[a]
+            bpos[r, j] = np.arange(a, a + B)
+            for k in range(1, B):
+                if a + k < T:
+                    tgt[r, j, k - 1] = s[a + k]
+                    valid[r, j, k - 1] = 1
+            maskc[r, j, :, :min(a, Tmax)] = 0
+            maskb[r, j, :, j, :] = 0
+    mask = np.concatenate([maskc.reshape(Nq, nb * B, Tmax), maskb.reshape(Nq, nb * B, nb * B)], -1)
+    block = embed(mx.array(ids.reshape(Nq, nb * B)))
+    return (block, mx.array(bpos.reshape(Nq, nb * B)), mx.array(F).astype(mx.float32),
+            mx.broadcast_to(mx.arange(Tmax)[None], (Nq, Tmax)), mx.array(mask)[:, None],
+            mx.array(tgt.reshape(Nq, nb, B - 1)), mx.array(valid.reshape(Nq, nb, B - 1)))
+
+
+BATCH_SEQS = 4
+
+
+def simulate(draft, target_head, embed, data, B, mask_id, Tmax):
+    """Greedy DFlash decoding replayed on each held-out continuation: from the first generated
+    token, draft B-1, accept the matching prefix, move past it plus the target's correction."""
+    seqs, feats, plen = data
+    acc_lens, by_pos, blocks = [], np.zeros(B - 1), 0
+    for i in range(len(seqs)):
+        s, T = seqs[i], len(seqs[i])
+        a = plen[i]  # the anchor is the first token the target generated
+        anchors = []
+        # Replay sequentially needs the draft's predictions; run one anchor at a time (cheap).
+        while a < T - 1:
+            inp = make_batch(None, data, B, 1, Tmax, embed, mask_id, anchors=[(i, [a])])
+            h = draft(*inp[:5])
+            pred = np.array(mx.argmax(target_head(h[:, 1:]), -1))[0]
+            m = 0
+            while m < B - 1 and a + 1 + m < T and pred[m] == s[a + 1 + m]:
+                m += 1
+            by_pos[:m] += 1
+            blocks += 1
+            acc_lens.append(m)
+            a += m + 1
+    return float(np.mean(acc_lens)), (by_pos / max(blocks, 1)).tolist(), blocks
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gguf", default=".cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--out", default="models/dflash-smollm2")
+    ap.add_argument("--data", default="", help="data cache (default OUT/data.npz)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-prompts", type=int, default=128)
+    ap.add_argument("--eval-prompts", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--gen-batch", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--block", type=int, default=16)
+    ap.add_argument("--taps", default="1,8,14,20,27")
+    ap.add_argument("--mask-id", type=int, default=4)
+    ap.add_argument("--anchors", type=int, default=4, help="blocks per sequence per step")
+    ap.add_argument("--batch", type=int, default=4, help="sequences per step")
+    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--gamma", type=float, default=5.0, help="position weight decay")
+    ap.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
+    ap.add_argument("--max-steps", type=int, default=4000)
+    ap.add_argument("--check-only", action="store_true", help="load the target, print a greedy reply, exit")
+    ap.add_argument("--eval-only", action="store_true")
+    args = ap.parse_args()
+    global BATCH_SEQS
+    BATCH_SEQS = args.batch
+    mx.random.seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    taps = [int(x) for x in args.taps.split(",")]
+
+    t0 = time.time()
+    target, tok, meta = load_gguf(args.gguf)
+    target.freeze()
+    log(f"target loaded in {time.time() - t0:.1f}s: {target.args.num_hidden_layers} layers, hidden {target.args.hidden_size}")
+    if args.check_only:
+        ids = chat_ids(tok, "What is the capital of France?")
+        out = generate(target, [ids], 48, 1)[0]
+        print(repr(tok.decode(out)))
+        return
+
+    train_p, eval_p = prompt_sets(args.seed, args.train_prompts, args.eval_prompts)
+    with open(os.path.join(args.out, "heldout.json"), "w") as f:
+        json.dump(eval_p, f, indent=1)
+    data_path = args.data or os.path.join(args.out, "data.npz")
+    key = json.dumps([train_p, eval_p, args.max_tokens, taps])
+    data = None
+    if os.path.exists(data_path):
+        z = np.load(data_path, allow_pickle=True)
+        if str(z["key"]) == key:
+            data = z
+            log(f"data from {data_path}")
+    if data is None:
+        all_p = train_p + eval_p
+        pids = [chat_ids(tok, p) for p in all_p]
+        t = time.time()
+        gens = generate(target, pids, args.max_tokens, args.gen_batch)
+        ntok = sum(len(g) for g in gens)
+        log(f"generated {ntok} tokens in {time.time() - t:.0f}s ({ntok / (time.time() - t):.1f} tok/s)")
+        seqs = [p + g for p, g in zip(pids, gens)]
+        t = time.time()
+        feats = tapped_features(target, seqs, taps)
+        log(f"features in {time.time() - t:.0f}s")
+        plen = [len(p) for p in pids]
+        np.savez(data_path, key=key, seqs=np.array(seqs, dtype=object), feats=np.array(feats, dtype=object),
+                 plen=np.array(plen))
+        data = np.load(data_path, allow_pickle=True)
+        print("sample:", repr(tok.decode(gens[0])[:300]), flush=True)
+    seqs, feats, plen = list(data["seqs"]), list(data["feats"]), list(data["plen"])
+    nt = len(train_p)
+    train = (seqs[:nt], feats[:nt], plen[:nt])
+    held = (seqs[nt:], feats[nt:], plen[nt:])
+    Tmax = max(len(s) for s in seqs)
+
+    cfg = draft_config(target, args.layers, args.block, taps, args.mask_id)
+    draft = Draft(cfg)
+    embed = target.model.embed_tokens
+    head = lambda h: embed.as_linear(h)
+    ckpt = os.path.join(args.out, "model.safetensors")
+    B = args.block
+    if args.eval_only:
+        load_draft(draft, ckpt)
+    else:
+        init_from_target(draft, target, taps)
+        mx.eval(draft.parameters())
+        w = mx.exp(-mx.arange(B - 1, dtype=mx.float32) / args.gamma)
+
+        # The loss normalises over the tokens the training continuations use, not the whole
+        # vocabulary: the head is most of a step's cost on CPU, and the drafts only need to win
+        # among tokens the target actually emits here (the full head is used at evaluation).
+        used = sorted({int(x) for i, sq in enumerate(train[0]) for x in sq[train[2][i]:]})
+        remap = np.zeros(target.args.vocab_size, np.int32)
+        remap[used] = np.arange(len(used))
+        head_w = embed.weight[mx.array(used)]
+        remap = mx.array(remap)
+        log(f"training head over {len(used)} of {target.args.vocab_size} tokens")
+
+        def loss_fn(m, block, bpos, F, cpos, mask, tgt, valid):
+            h = m(block, bpos, F, cpos, mask)
+            N = h.shape[0]
+            h = h.reshape(N, args.anchors, B, -1)[:, :, 1:]
+            logits = h @ head_w.T
+            tgt = remap[tgt]
+            ce = nn.losses.cross_entropy(logits, tgt, reduction="none")
+            wt = valid * w
+            acc = ((mx.argmax(logits, -1) == tgt) * valid).sum() / valid.sum()
+            return (ce * wt).sum() / wt.sum(), acc
+
+        lg = nn.value_and_grad(draft, loss_fn)
+        sched = optim.join_schedules(
+            [optim.linear_schedule(1e-6, args.lr, 30),
+             optim.cosine_decay(args.lr, args.max_steps, args.lr * 0.05)], [30])
+        opt = optim.AdamW(learning_rate=sched, weight_decay=0.01)
+        state = [draft.state, opt.state]
+
+        @partial_compile(state)
+        def step(*batch):
+            (l, acc), g = lg(draft, *batch)
+            g, _ = optim.clip_grad_norm(g, 1.0)
+            opt.update(draft, g)
+            return l, acc
+
+        rng = random.Random(args.seed)
+        t = time.time()
+        budget = args.minutes * 60
+        s = 0
+        ema = None
+        while s < args.max_steps and time.time() - t < budget:
+            batch = make_batch(rng, train, B, args.anchors, Tmax, embed, args.mask_id)
+            l, acc = step(*batch)
+            mx.eval(state, l, acc)
+            s += 1
+            ema = (float(l), float(acc)) if ema is None else (0.95 * ema[0] + 0.05 * float(l), 0.95 * ema[1] + 0.05 * float(acc))
+            if s % 10 == 0:
+                log(f"step {s} loss {ema[0]:.3f} token-acc {ema[1]:.3f} ({(time.time() - t) / s:.2f}s/step)")
+            if s % 100 == 0:
+                save(draft, cfg, args.out, {"steps": s})
+        save(draft, cfg, args.out, {"steps": s, "train_seconds": round(time.time() - t)})
+        log(f"trained {s} steps in {time.time() - t:.0f}s")
+    t = time.time()
+    mean, by_pos, blocks = simulate(draft, head, embed, held, B, args.mask_id, Tmax)
+    log(f"held-out: mean accepted per block of {B} = {mean:.2f} over {blocks} blocks ({time.time() - t:.0f}s)")
+    log("acceptance by position: " + " ".join(f"{p:.2f}" for p in by_pos))
+    metrics = {"block_size": B, "heldout_prompts": len(held[0]), "heldout_blocks": blocks,
+               "mean_accepted": round(mean, 3), "accept_by_position": [round(p, 3) for p in by_pos]}
+    for b in (4, 8, 16):
+        if b <= B:
+            # a block of b verifies b-1 drafts: accepted = min(prefix, b-1)
+            metrics[f"mean_accepted_b{b}"] = round(sum(by_pos[:b - 1]), 3)
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    c = json.load(open(os.path.join(args.out, "config.json")))
+    c.setdefault("hippo", {}).update(metrics)
+    json.dump(c, open(os.path.join(args.out, "config.json"), "w"), indent=1)
+
+
+def partial_compile(state):
+    def wrap(f):
+        return mx.compile(f, inputs=state, outputs=state)
+    return wrap
+
+
+# Training names -> z-lab's (engines/model/dflash.go).
+RENAME = {f"{a}.": f"self_attn.{a}." for a in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")}
+RENAME.update({f"{a}.": f"mlp.{a}." for a in ("gate_proj", "up_proj", "down_proj")})
+
+
+def hub_name(k):
+    parts = k.split(".", 2)
+    if parts[0] == "layers":
+        for a, b in RENAME.items():
+            if parts[2].startswith(a):
+                return f"layers.{parts[1]}.{b}{parts[2][len(a):]}"
+    return k
+
+
+def load_draft(draft, path):
+    back = {hub_name(k): k for k, _ in tree_flatten(draft.parameters())}
+    w = mx.load(path)
+    draft.load_weights([(back[k], v.astype(mx.float32)) for k, v in w.items()])
+
+
+def save(draft, cfg, out, info):
+    ws = {hub_name(k): v.astype(mx.bfloat16) for k, v in tree_flatten(draft.parameters())}
+    tmp = os.path.join(out, "model.tmp.safetensors")
+    mx.save_safetensors(tmp, ws, metadata={"format": "mlx"})
+    os.replace(tmp, os.path.join(out, "model.safetensors"))
+    c = dict(cfg)
+    c["hippo"] = dict(info, trained_by="engines/spec/train/train_dflash.py")
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(c, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
