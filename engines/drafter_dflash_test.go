@@ -180,7 +180,7 @@ func scratchLogits(t *testing.T, e *Engine, d *DFlashDrafter, history []int, n i
 		e.fed = e.fed[:0]
 		e.setTaps(d.m.TargetLayers())
 		defer e.setTaps(nil)
-		if _, _, err := e.scoreAll(history[:len(history)-1], false); err != nil {
+		if _, _, _, err := e.scoreAll(history[:len(history)-1], false); err != nil {
 			return err
 		}
 		d.reset()

@@ -53,7 +53,7 @@ func (m *ModelDrafter) Draft(ctx context.Context, history []int, k int, temperat
 		}
 		in := pending
 		for len(out) < k {
-			argmax, lps, err := e.scoreAll(in, temperature > 0)
+			argmax, lps, _, err := e.scoreAll(in, temperature > 0)
 			if err != nil {
 				return err
 			}

@@ -54,13 +54,15 @@ func (e *Engine) sync(history []int) []int {
 	return history[keep:]
 }
 
-// scoreAll feeds tokens to the model and returns the log-probabilities of every position,
-// [len(tokens), vocab], as float32 on the host, plus the evaluated argmax of each position.
-// Must run on the engine's thread.
-func (e *Engine) scoreAll(tokens []int, wantProbs bool) (argmax []int, logProbs [][]float32, err error) {
+// scoreAll feeds tokens to the model and returns the standalone sampler's greedy choice at every
+// position and, with wantProbs, the log-probabilities of every position, [len(tokens), vocab], as
+// float32 on the host. normalised reports that the greedy choice needed the normalised logits (a
+// possible tie after rounding; see greedyPicks); with wantProbs they are always normalised. Must
+// run on the engine's thread.
+func (e *Engine) scoreAll(tokens []int, wantProbs bool) (argmax []int, logProbs [][]float32, normalised bool, err error) {
 	ids, err := tokenIDs(tokens, e.model.Config().VocabSize)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	s := mlx.NewScope()
 	defer s.Close()
@@ -69,33 +71,39 @@ func (e *Engine) scoreAll(tokens []int, wantProbs bool) (argmax []int, logProbs 
 	h, feat := e.layers(m.Embed(mlx.FromInt32s(ids, 1, len(ids))))
 	defer e.record(start, tokens, feat)
 	logits := mlx.Reshape(m.Head(h), len(tokens), -1)
+	if !wantProbs {
+		// The standalone sampler's pick without normalising the block, unless a row may tie.
+		argmax, normalised, err := greedyPicks(logits)
+		if err != nil {
+			return nil, nil, false, err
+		}
+		e.fed = append(e.fed, tokens...)
+		return argmax, nil, normalised, nil
+	}
 	// As in sampling: normalise first, so that greedy picks what the standalone sampler picks.
 	lp := mlx.Sub(logits, mlx.LogSumExp(logits, true, -1))
 	am := mlx.AsType(mlx.Argmax(lp, -1, false), mlx.Int32)
 	if err := mlx.Eval(am); err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	e.fed = append(e.fed, tokens...)
 	a, err := am.Int32s()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	argmax = make([]int, len(a))
 	for i, v := range a {
 		argmax[i] = int(v)
 	}
-	if !wantProbs {
-		return argmax, nil, nil
-	}
 	flat, err := mlx.AsType(lp, mlx.Float32).Float32s()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	v := len(flat) / len(tokens)
 	for i := range tokens {
 		logProbs = append(logProbs, flat[i*v:(i+1)*v])
 	}
-	return argmax, logProbs, nil
+	return argmax, logProbs, true, nil
 }
 
 // GenerateSpec is Generate with speculative decoding: d proposes up to k tokens, the model
@@ -186,9 +194,12 @@ func (e *Engine) GenerateSpec(ctx context.Context, r Request, d Drafter, k int, 
 		err = e.worker.Do(ctx, func() error {
 			pending := e.sync(history[:len(history)-1])
 			in := append(append(pending, history[len(history)-1]), drafts...)
-			argmax, lps, err := e.scoreAll(in, r.Temperature > 0)
+			argmax, lps, normalised, err := e.scoreAll(in, r.Temperature > 0)
 			if err != nil {
 				return err
+			}
+			if normalised && r.Temperature == 0 {
+				ss.Normalised++
 			}
 			// Position j of the verify output predicts the token after in[j]; the drafts start
 			// after the last history token, at offset len(pending).
@@ -246,6 +257,9 @@ func sliceFrom(x [][]float32, i int) [][]float32 {
 // SpecStats summarises speculation over a request.
 type SpecStats struct {
 	Drafted, Accepted int
+	// Normalised counts the greedy verify steps that normalised the logits because a position
+	// might tie after rounding (see greedyPicks); the others took the raw argmax.
+	Normalised int
 	// ByPosition[i] counts accepted drafts at position i; DraftedByPosition[i] how many were
 	// proposed there.
 	ByPosition, DraftedByPosition []int
