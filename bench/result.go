@@ -76,6 +76,9 @@ type Acceptance struct {
 	Rate         float64   `json:"rate"`
 	MeanAccepted float64   `json:"mean_accepted"`
 	ByPosition   []float64 `json:"by_position"`
+	// NormalisedSteps counts greedy verify steps that normalised the logits because a position
+	// might tie after rounding (the others took the raw argmax).
+	NormalisedSteps int `json:"normalised_steps,omitempty"`
 }
 
 // Result is everything one run measured. It is what `hippo run --json` prints and what a sweep

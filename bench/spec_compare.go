@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"gonum.org/v1/gonum/stat"
@@ -14,12 +16,23 @@ import (
 
 // SpecCompareOptions configures CompareSpec.
 type SpecCompareOptions struct {
-	Target, Draft string // checkpoint directories
+	Target string
+	// Draft is the model drafter's checkpoint; DFlash the DFlash draft's.
+	Draft, DFlash string
 	Drafters      []string
-	MaxK          int
-	Rounds        int
-	MaxTokens     int
-	Prompts       []string
+	// MaxK bounds the model and lookup drafters' K (1..MaxK); Blocks lists the DFlash blocks B
+	// measured (B-1 drafts verified per step; each must be at most the draft's trained block).
+	MaxK   int
+	Blocks []int
+	Rounds int
+	// Warmup runs one untimed generation of each kind before measuring.
+	Warmup    bool
+	MaxTokens int
+	Prompts   []string
+	// Chat wraps each prompt in the target's chat template and stops at its end of turn (both
+	// sides emit the same tokens, so the lengths match); otherwise exactly MaxTokens are made.
+	Chat  bool
+	DType string
 }
 
 // ExpectedSpeedup is Leviathan et al.'s expected speedup of speculative decoding with per-token
@@ -27,30 +40,74 @@ type SpecCompareOptions struct {
 // per step, (1 - a^(K+1)) / (1 - a), over the cost of a step, K*c + 1 (one verify forward is
 // counted as one target step).
 func ExpectedSpeedup(a float64, k int, c float64) float64 {
-	var tokens float64
+	return expectedTokens(a, k) / (float64(k)*c + 1)
+}
+
+// ExpectedBlockSpeedup is the same expectation for a block drafter (DFlash), whose K drafts
+// come from one forward costing c target steps: (1 - a^(K+1)) / (1 - a) over c + 1.
+func ExpectedBlockSpeedup(a float64, k int, c float64) float64 {
+	return expectedTokens(a, k) / (c + 1)
+}
+
+func expectedTokens(a float64, k int) float64 {
 	if a >= 1 {
-		tokens = float64(k + 1)
-	} else {
-		tokens = (1 - math.Pow(a, float64(k+1))) / (1 - a)
+		return float64(k + 1)
 	}
-	return tokens / (float64(k)*c + 1)
+	return (1 - math.Pow(a, float64(k+1))) / (1 - a)
+}
+
+// specRow is one drafter setting measured.
+type specRow struct {
+	k                       int
+	alone, spec, acc, tps   []float64
+	draftMS, stepMS         []float64
+	byPos                   [][]float64
+	normalised, verifySteps int
+}
+
+// normalisedShare is the share of greedy verify steps that normalised the logits (a possible tie
+// after rounding; the others took the raw argmax).
+func (r *specRow) normalisedShare() float64 {
+	if r.verifySteps == 0 {
+		return 0
+	}
+	return float64(r.normalised) / float64(r.verifySteps)
 }
 
 // CompareSpec measures speculative decoding against standalone decoding on the same target, for
-// every drafter and K = 1..MaxK, alternating standalone and speculative rounds, and prints the
-// measured speedup beside the analytic expectation from the measured acceptance and cost ratio.
+// every drafter (model and lookup at K = 1..MaxK, dflash at each block in Blocks), alternating
+// standalone and speculative runs prompt by prompt, and prints the measured speedup beside the
+// analytic expectation from the measured acceptance and cost ratio, and the acceptance by
+// draft position.
 func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
-	e, err := engines.Open(ctx, engines.Options{Model: o.Target})
+	if len(o.Prompts) == 0 {
+		return fmt.Errorf("bench spec: no prompts: give --prompt or --prompts FILE")
+	}
+	e, err := engines.Open(ctx, engines.Options{Model: o.Target, DType: o.DType})
 	if err != nil {
 		return err
 	}
 	defer e.Close()
-	base := Config{Model: o.Target, MaxTokens: o.MaxTokens, IgnoreEOS: true}
-	// Cost ratio c: one decode step of the draft model over one of the target.
+	base := Config{Model: o.Target, MaxTokens: o.MaxTokens, IgnoreEOS: !o.Chat, Chat: o.Chat}
+	run := func(p string, d engines.Drafter, k int) (Result, Result, error) {
+		bc := base
+		bc.Prompt = p
+		s, err := Standalone(ctx, e, bc, nil)
+		if err != nil {
+			return s, Result{}, err
+		}
+		bc.DraftTokens = k
+		r, err := Spec(ctx, e, d, bc, nil)
+		if err == nil && s.Text != r.Text {
+			err = fmt.Errorf("bench spec: K=%d on %q: the speculative output differs from standalone decoding (greedy must be identical)", k, p)
+		}
+		return s, r, err
+	}
+	// Cost ratio c of the model drafter: one decode step of the draft model over one of the target.
 	var c float64
 	var dm *engines.Engine
-	if o.Draft != "" {
-		if dm, err = engines.Open(ctx, engines.Options{Model: o.Draft}); err != nil {
+	if o.Draft != "" && contains(o.Drafters, "model") {
+		if dm, err = engines.Open(ctx, engines.Options{Model: o.Draft, DType: o.DType}); err != nil {
 			return err
 		}
 		defer dm.Close()
@@ -73,10 +130,12 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 		fmt.Fprintf(w, "draft/target cost ratio c = %.3f (decode step %.2f ms vs %.2f ms)\n", c, stat.Mean(df, nil), stat.Mean(tf, nil))
 	}
 	for _, name := range o.Drafters {
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "drafter\tK\tacceptance\ttokens/step\tstandalone tok/s\tspec tok/s\tmeasured speedup\texpected speedup\t")
 		var d engines.Drafter
-		cost := c
+		ks := make([]int, 0, o.MaxK)
+		for k := 1; k <= o.MaxK; k++ {
+			ks = append(ks, k)
+		}
+		label := "K"
 		switch name {
 		case "model":
 			if dm == nil {
@@ -84,56 +143,125 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 			}
 			d = engines.NewModelDrafter(dm)
 		case "lookup":
-			d, cost = engines.LookupDrafter{}, 0
+			d = engines.LookupDrafter{}
+		case "dflash":
+			if o.DFlash == "" {
+				return fmt.Errorf("drafter dflash needs --dflash DIR (a DFlash draft for this target, e.g. from `just train-dflash`)")
+			}
+			df, err := engines.NewDFlashDrafter(ctx, e, o.DFlash)
+			if err != nil {
+				return err
+			}
+			defer df.Close()
+			d, label, ks = df, "B", nil
+			for _, b := range o.Blocks {
+				if b < 2 || b > df.BlockSize() {
+					return fmt.Errorf("bench spec: dflash block %d: must be in 2..%d (the draft's trained block)", b, df.BlockSize())
+				}
+				ks = append(ks, b-1)
+			}
 		default:
-			return fmt.Errorf("bench spec: drafter %q: use model or lookup", name)
+			return fmt.Errorf("bench spec: drafter %q: use model, lookup or dflash", name)
 		}
-		best, bestK, breakEven := 0.0, 0, 0
-		for k := 1; k <= o.MaxK; k++ {
-			var alone, spec, acc, tps []float64
-			for round := -1; round < o.Rounds; round++ {
+		if o.Warmup {
+			if _, _, err := run(o.Prompts[0], d, ks[0]); err != nil {
+				return err
+			}
+		}
+		var rows []*specRow
+		for _, k := range ks {
+			row := &specRow{k: k}
+			rows = append(rows, row)
+			for range o.Rounds {
 				for _, p := range o.Prompts {
-					bc := base
-					bc.Prompt = p
-					s, err := Standalone(ctx, e, bc, nil)
+					s, r, err := run(p, d, k)
 					if err != nil {
 						return err
 					}
-					bc.DraftTokens = k
-					r, err := Spec(ctx, e, d, bc, nil)
-					if err != nil {
-						return err
+					row.alone = append(row.alone, s.DecodeTokS)
+					row.spec = append(row.spec, r.DecodeTokS)
+					row.acc = append(row.acc, r.Acceptance.Rate)
+					row.tps = append(row.tps, 1+r.Acceptance.MeanAccepted)
+					row.byPos = append(row.byPos, r.Acceptance.ByPosition)
+					row.stepMS = append(row.stepMS, meanForward(s))
+					for _, st := range r.Steps {
+						row.draftMS = append(row.draftMS, st.DraftMS)
 					}
-					if round < 0 {
-						continue
-					}
-					alone = append(alone, s.DecodeTokS)
-					spec = append(spec, r.DecodeTokS)
-					acc = append(acc, r.Acceptance.Rate)
-					tps = append(tps, 1+r.Acceptance.MeanAccepted)
+					row.normalised += r.Acceptance.NormalisedSteps
+					row.verifySteps += len(r.Steps)
 				}
 			}
-			a := stat.Mean(acc, nil)
-			measured := stat.Mean(spec, nil) / stat.Mean(alone, nil)
-			if measured > best {
-				best, bestK = measured, k
-			}
-			if measured > 1 {
-				breakEven = k
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.2f\t%.1f\t%.1f\t%.2fx\t%.2fx\t\n", name, k, a, stat.Mean(tps, nil),
-				stat.Mean(alone, nil), stat.Mean(spec, nil), measured, ExpectedSpeedup(a, k, cost))
 		}
-		tw.Flush()
-		if breakEven == 0 {
-			fmt.Fprintf(w, "%s: no K beat standalone decoding (best %.2fx at K=%d)\n", name, best, bestK)
-		} else {
-			fmt.Fprintf(w, "%s: best %.2fx at K=%d; speculation pays off up to K=%d\n", name, best, bestK, breakEven)
+		printSpecRows(w, name, label, rows, c)
+	}
+	fmt.Fprintf(w, "\n%d rounds x %d prompts per row, standalone and speculative alternating prompt by prompt; %s; greedy; every speculative output checked equal to standalone's.\n",
+		o.Rounds, len(o.Prompts), map[bool]string{true: fmt.Sprintf("chat template, up to %d tokens", o.MaxTokens), false: fmt.Sprintf("%d tokens each", o.MaxTokens)}[o.Chat])
+	return nil
+}
+
+func printSpecRows(w io.Writer, name, label string, rows []*specRow, c float64) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "drafter\t%s\tacceptance\taccepted/step\tstandalone tok/s\tspec tok/s\tmeasured speedup\texpected speedup\tdraft ms\tcost c\tnormalised\t\n", label)
+	var pays []string
+	best, bestK := 0.0, 0
+	for _, r := range rows {
+		a := stat.Mean(r.acc, nil)
+		measured := stat.Mean(r.spec, nil) / stat.Mean(r.alone, nil)
+		cost, exp := c, 0.0
+		shown := r.k
+		switch name {
+		case "dflash":
+			// One draft forward per step, relative to a target decode step.
+			cost = stat.Mean(r.draftMS, nil) / stat.Mean(r.stepMS, nil)
+			exp = ExpectedBlockSpeedup(a, r.k, cost)
+			shown = r.k + 1
+		case "lookup":
+			cost = 0
+			exp = ExpectedSpeedup(a, r.k, 0)
+		default:
+			exp = ExpectedSpeedup(a, r.k, c)
+		}
+		if measured > best {
+			best, bestK = measured, shown
+		}
+		if measured > 1 {
+			pays = append(pays, strconv.Itoa(shown))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.2f\t%.1f\t%.1f\t%.2fx\t%.2fx\t%.1f\t%.3f\t%.0f%%\t\n", name, shown, a, stat.Mean(r.tps, nil)-1,
+			stat.Mean(r.alone, nil), stat.Mean(r.spec, nil), measured, exp, stat.Mean(r.draftMS, nil), cost, 100*r.normalisedShare())
+	}
+	tw.Flush()
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s %s=%d acceptance by draft position:", name, label, map[bool]int{true: r.k + 1, false: r.k}[name == "dflash"])
+		for i := range r.k {
+			var xs []float64
+			for _, bp := range r.byPos {
+				if i < len(bp) {
+					xs = append(xs, bp[i])
+				}
+			}
+			fmt.Fprintf(w, " %.2f", stat.Mean(xs, nil))
 		}
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "\n%d rounds x %d prompts per row after a warm-up, standalone and speculative alternating; %d tokens each; greedy.\n", o.Rounds, len(o.Prompts), o.MaxTokens)
-	return nil
+	switch {
+	case len(pays) == 0:
+		fmt.Fprintf(w, "%s: no %s beat standalone decoding (best %.2fx at %s=%d)\n", name, label, best, label, bestK)
+	case len(pays) == len(rows):
+		fmt.Fprintf(w, "%s: best %.2fx at %s=%d; faster than standalone at every %s measured\n", name, best, label, bestK, label)
+	default:
+		fmt.Fprintf(w, "%s: best %.2fx at %s=%d; faster than standalone at %s=%s only\n", name, best, label, bestK, label, strings.Join(pays, ","))
+	}
+	fmt.Fprintln(w)
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
 }
 
 func meanForward(r Result) float64 {

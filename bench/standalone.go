@@ -147,7 +147,7 @@ func fillSpec(res *Result, st engines.Stats, ss engines.SpecStats) {
 	if st.Decode > 0 {
 		res.DecodeTokS = float64(len(st.Tokens)-1) / st.Decode.Seconds()
 	}
-	acc := &Acceptance{Drafted: ss.Drafted, Accepted: ss.Accepted, ByPosition: make([]float64, len(ss.ByPosition))}
+	acc := &Acceptance{Drafted: ss.Drafted, Accepted: ss.Accepted, ByPosition: make([]float64, len(ss.ByPosition)), NormalisedSteps: ss.Normalised}
 	if ss.Drafted > 0 {
 		acc.Rate = float64(ss.Accepted) / float64(ss.Drafted)
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 
 	"github.com/urfave/cli/v2"
@@ -64,21 +66,43 @@ func benchCommand() *cli.Command {
 			},
 		}, {
 			Name:      "spec",
-			Usage:     "speculative vs standalone decoding for K = 1..N and each drafter, measured speedup beside the analytic one",
-			UsageText: "hippo bench spec --model DIR --draft DIR [--drafter model --drafter lookup] [--max-k 8] [--rounds N]",
+			Usage:     "speculative vs standalone decoding for each drafter (model and lookup at K = 1..N, dflash at blocks B), measured speedup beside the analytic one",
+			UsageText: "hippo bench spec --model DIR [--draft DIR] [--dflash DIR] [--drafter model --drafter lookup --drafter dflash] [--max-k 8] [--block 4 --block 8 --block 16] [--prompts FILE.json --chat] [--rounds N]",
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "model", Required: true, Usage: "target checkpoint (e.g. the trained pair from `just train-pair`)"},
+				&cli.StringFlag{Name: "model", Required: true, Usage: "target checkpoint (e.g. the trained pair from `just train-pair`, or models/smollm2-135m-dense from `just train-dflash`)"},
 				&cli.StringFlag{Name: "draft", Usage: "draft checkpoint for the model drafter"},
-				&cli.StringSliceFlag{Name: "drafter", Value: cli.NewStringSlice("model", "lookup"), Usage: "drafters"},
-				&cli.IntFlag{Name: "max-k", Value: 8, Usage: "largest draft length"},
+				&cli.StringFlag{Name: "dflash", Usage: "DFlash draft checkpoint for the dflash drafter (e.g. models/dflash-smollm2 from `just train-dflash`)"},
+				&cli.StringSliceFlag{Name: "drafter", Value: cli.NewStringSlice("model", "lookup"), Usage: "drafters: model, lookup, dflash"},
+				&cli.IntFlag{Name: "max-k", Value: 8, Usage: "largest draft length of the model and lookup drafters"},
+				&cli.IntSliceFlag{Name: "block", Value: cli.NewIntSlice(4, 8, 16), Usage: "dflash: blocks B measured (B-1 drafts verified per step)"},
 				&cli.IntFlag{Name: "rounds", Value: 2, Usage: "measured rounds per row"},
-				&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens per run"},
+				&cli.BoolFlag{Name: "warmup", Value: true, Usage: "one untimed standalone+spec run per drafter first"},
+				&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens per run (at most, with --chat)"},
 				&cli.StringSliceFlag{Name: "prompt", Value: cli.NewStringSlice("func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {\n", "// Package sort provides primitives for sorting slices", "for i := 0; i < len(b); i++ {\n"), Usage: "prompts"},
+				&cli.StringFlag{Name: "prompts", Usage: "JSON file with a list of prompt strings (replaces --prompt; e.g. models/dflash-smollm2/heldout.json)"},
+				&cli.IntFlag{Name: "num-prompts", Usage: "use only the first N prompts of --prompts (0: all)"},
+				&cli.BoolFlag{Name: "chat", Usage: "wrap prompts in the target's chat template and stop at end of turn"},
+				&cli.StringFlag{Name: "dtype", Usage: "compute dtype"},
 			},
 			Action: func(c *cli.Context) error {
+				prompts := c.StringSlice("prompt")
+				if f := c.String("prompts"); f != "" {
+					b, err := os.ReadFile(f)
+					if err != nil {
+						return fmt.Errorf("bench spec: --prompts: %w", err)
+					}
+					prompts = nil
+					if err := json.Unmarshal(b, &prompts); err != nil {
+						return fmt.Errorf("bench spec: --prompts %s: want a JSON list of strings: %w", f, err)
+					}
+				}
+				if n := c.Int("num-prompts"); n > 0 && n < len(prompts) {
+					prompts = prompts[:n]
+				}
 				return bench.CompareSpec(c.Context, bench.SpecCompareOptions{
-					Target: c.String("model"), Draft: c.String("draft"), Drafters: c.StringSlice("drafter"),
-					MaxK: c.Int("max-k"), Rounds: c.Int("rounds"), MaxTokens: c.Int("max-tokens"), Prompts: c.StringSlice("prompt"),
+					Target: c.String("model"), Draft: c.String("draft"), DFlash: c.String("dflash"), Drafters: c.StringSlice("drafter"),
+					MaxK: c.Int("max-k"), Blocks: c.IntSlice("block"), Rounds: c.Int("rounds"), Warmup: c.Bool("warmup"),
+					MaxTokens: c.Int("max-tokens"), Prompts: prompts, Chat: c.Bool("chat"), DType: c.String("dtype"),
 				}, os.Stdout)
 			},
 		}, {
