@@ -106,6 +106,36 @@ func (e *Engine) scoreAll(tokens []int, wantProbs bool) (argmax []int, logProbs 
 	return argmax, logProbs, true, nil
 }
 
+// scoreSampled feeds tokens to the model and applies the rejection rule on the device to the
+// drafts, which follow position base (see sampleVerify): it returns the kept drafts and the
+// target's own next token, reading back only token ids and acceptance flags. The key comes from
+// smp's chain. Must run on the engine's thread.
+func (e *Engine) scoreSampled(tokens []int, base int, drafts []int, dists [][]float32, temperature float64, smp *sampler) ([]int, error) {
+	ids, err := tokenIDs(tokens, e.model.Config().VocabSize)
+	if err != nil {
+		return nil, err
+	}
+	s := mlx.NewScope()
+	defer s.Close()
+	m := e.model
+	start := e.caches[0].Offset()
+	h, feat := e.layers(m.Embed(mlx.FromInt32s(ids, 1, len(ids))))
+	defer e.record(start, tokens, feat)
+	// Only the K+1 positions that decide anything go through the head.
+	h = mlx.Slice(h, []int{0, base, 0}, []int{1, len(tokens), h.Dim(2)})
+	logits := mlx.Reshape(m.Head(h), len(tokens)-base, -1)
+	next, sub := mlx.RandomSplit(smp.key)
+	mlx.Detach(next)
+	smp.key.Free()
+	smp.key = next
+	out, err := sampleVerify(logits, drafts, dists, temperature, sub)
+	if err != nil {
+		return nil, err
+	}
+	e.fed = append(e.fed, tokens...)
+	return out, nil
+}
+
 // GenerateSpec is Generate with speculative decoding: d proposes up to k tokens, the model
 // verifies them in one forward, and the caches of both are trimmed back after a rejection.
 // Greedy output equals Generate's; with a temperature, the standard rejection rule keeps the
@@ -147,6 +177,14 @@ func (e *Engine) GenerateSpec(ctx context.Context, r Request, d Drafter, k int, 
 	st.PromptTokens = len(r.Tokens)
 	history := append([]int(nil), r.Tokens...)
 	start := time.Now()
+	// The prefill's sampler; with a temperature its key chain also drives the verify steps.
+	var smp *sampler
+	defer e.worker.Do(context.Background(), func() error {
+		if smp != nil {
+			smp.free()
+		}
+		return nil
+	})
 	err := e.worker.Do(ctx, func() error {
 		for _, c := range e.caches {
 			c.Reset()
@@ -160,9 +198,8 @@ func (e *Engine) GenerateSpec(ctx context.Context, r Request, d Drafter, k int, 
 			return err
 		}
 		e.fed = append(e.fed, r.Tokens...)
-		smp := newSampler(r.Temperature, 1, r.Seed)
+		smp = newSampler(r.Temperature, 1, r.Seed)
 		id, err := smp.sample(logits)
-		smp.free()
 		logits.Free()
 		if err != nil {
 			return err
@@ -194,17 +231,21 @@ func (e *Engine) GenerateSpec(ctx context.Context, r Request, d Drafter, k int, 
 		err = e.worker.Do(ctx, func() error {
 			pending := e.sync(history[:len(history)-1])
 			in := append(append(pending, history[len(history)-1]), drafts...)
-			argmax, lps, normalised, err := e.scoreAll(in, r.Temperature > 0)
-			if err != nil {
-				return err
-			}
-			if normalised && r.Temperature == 0 {
-				ss.Normalised++
-			}
 			// Position j of the verify output predicts the token after in[j]; the drafts start
 			// after the last history token, at offset len(pending).
 			base := len(pending)
-			accepted = verify(drafts, dists, argmax[base:], sliceFrom(lps, base), r.Temperature, rng)
+			if r.Temperature > 0 {
+				accepted, err = e.scoreSampled(in, base, drafts, dists, r.Temperature, smp)
+				return err
+			}
+			argmax, _, normalised, err := e.scoreAll(in, false)
+			if err != nil {
+				return err
+			}
+			if normalised {
+				ss.Normalised++
+			}
+			accepted = verify(drafts, argmax[base:])
 			return nil
 		})
 		if err != nil {
@@ -247,13 +288,6 @@ func finish(eos map[int]bool, tokens []int) string {
 	return "length"
 }
 
-func sliceFrom(x [][]float32, i int) [][]float32 {
-	if x == nil {
-		return nil
-	}
-	return x[i:]
-}
-
 // SpecStats summarises speculation over a request.
 type SpecStats struct {
 	Drafted, Accepted int
@@ -266,60 +300,19 @@ type SpecStats struct {
 	Steps                         []SpecStep
 }
 
-// verify decides which drafts to keep. target[j] is the target's greedy choice after drafts[:j];
-// lps[j] its log-probabilities there (sampling only). It returns the kept drafts followed by
-// one token from the target (the correction, or the bonus token when every draft was kept).
-func verify(drafts []int, dists [][]float32, target []int, lps [][]float32, temperature float64, rng *rand.Rand) []int {
-	if temperature == 0 {
-		out := make([]int, 0, len(drafts)+1)
-		for j, d := range drafts {
-			if target[j] != d {
-				return append(out, target[j])
-			}
-			out = append(out, d)
-		}
-		return append(out, target[len(drafts)])
-	}
+// verify decides which drafts to keep under greedy decoding: target[j] is the target's greedy
+// choice after drafts[:j]. It returns the kept drafts followed by one token from the target (the
+// correction, or the bonus token when every draft was kept). Sampling keeps drafts on the device
+// instead (sampleVerify).
+func verify(drafts []int, target []int) []int {
 	out := make([]int, 0, len(drafts)+1)
 	for j, d := range drafts {
-		p := probs(lps[j], temperature)
-		var q []float32
-		if dists != nil {
-			q = dists[j]
+		if target[j] != d {
+			return append(out, target[j])
 		}
-		qd := 1.0
-		if q != nil {
-			qd = float64(q[d])
-		}
-		if qd > 0 && rng.Float64() < math.Min(1, float64(p[d])/qd) {
-			out = append(out, d)
-			continue
-		}
-		// Rejected: draw from the residual max(0, p - q), normalised.
-		res := make([]float64, len(p))
-		var sum float64
-		for i := range p {
-			qi := 0.0
-			if q != nil {
-				qi = float64(q[i])
-			} else if i == d {
-				qi = 1
-			}
-			if v := float64(p[i]) - qi; v > 0 {
-				res[i] = v
-				sum += v
-			}
-		}
-		return append(out, draw(res, sum, rng))
+		out = append(out, d)
 	}
-	p := probs(lps[len(drafts)], temperature)
-	w := make([]float64, len(p))
-	var sum float64
-	for i, v := range p {
-		w[i] = float64(v)
-		sum += w[i]
-	}
-	return append(out, draw(w, sum, rng))
+	return append(out, target[len(drafts)])
 }
 
 // probs turns log-probabilities into probabilities at a temperature.

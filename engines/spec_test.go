@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/synth"
 )
 
@@ -70,12 +71,12 @@ func TestSpeculativeMatchesStandalone(t *testing.T) {
 	}
 }
 
-// TestRejectionSamplingKeepsTargetDistribution is invariant 3 for sampling: whatever the draft
-// proposes, the first token that speculative decoding emits is distributed as the target's.
-// A chi-square test over seeded draws on a 5-token vocabulary (critical value 18.47 for 4
-// degrees of freedom at p = 0.001).
+// TestRejectionSamplingKeepsTargetDistribution checks the device-side rejection rule
+// (sampleVerify, what GenerateSpec runs at a temperature): whatever the drafter proposes, the
+// first emitted token is distributed as the target's own. A chi-square test over seeded draws on
+// a 5-token vocabulary (critical value 18.47 for 4 degrees of freedom at p = 0.001).
 func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
-	const draws = 40000
+	const draws = 6000
 	logp := func(p ...float64) []float32 {
 		out := make([]float32, len(p))
 		for i, v := range p {
@@ -95,25 +96,50 @@ func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 		{"deterministic draft of a likely token", nil, 0},
 		{"deterministic draft of an unlikely token", nil, 4},
 	}
-	for _, tc := range cases {
+	w := mlx.NewWorker()
+	defer w.Close()
+	for ci, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(1, 2))
 			counts := make([]float64, len(target))
-			for i := 0; i < draws; i++ {
-				d := tc.fixed
-				var dists [][]float32
-				if tc.draft != nil {
-					w := make([]float64, len(tc.draft))
-					var s float64
-					for j, v := range tc.draft {
-						w[j] = float64(v)
-						s += w[j]
+			err := w.Do(context.Background(), func() error {
+				key := mlx.RandomKey(uint64(ci))
+				mlx.Detach(key)
+				defer func() { key.Free() }()
+				logits := mlx.FromFloat32s(append(append([]float32(nil), target...), target...), 2, len(target))
+				mlx.Detach(logits)
+				defer logits.Free()
+				for i := 0; i < draws; i++ {
+					d := tc.fixed
+					var dists [][]float32
+					if tc.draft != nil {
+						w := make([]float64, len(tc.draft))
+						var s float64
+						for j, v := range tc.draft {
+							w[j] = float64(v)
+							s += w[j]
+						}
+						d = draw(w, s, rng)
+						dists = [][]float32{tc.draft}
 					}
-					d = draw(w, s, rng)
-					dists = [][]float32{tc.draft}
+					s := mlx.NewScope()
+					next, sub := mlx.RandomSplit(key)
+					mlx.Detach(next)
+					key.Free()
+					key = next
+					out, err := sampleVerify(logits, []int{d}, dists, 1, sub)
+					if cerr := s.Close(); err == nil {
+						err = cerr
+					}
+					if err != nil {
+						return err
+					}
+					counts[out[0]]++
 				}
-				out := verify([]int{d}, dists, nil, [][]float32{target, target}, 1, rng)
-				counts[out[0]]++
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
 			chi := 0.0
 			for i, c := range counts {
