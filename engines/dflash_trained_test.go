@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-
-	"github.com/hippo-bench/hippo/engines/synth"
 )
 
 // trainedDFlash is the DFlash drafter `just train-dflash` trained for SmolLM2-135M-Instruct,
@@ -24,10 +22,7 @@ const trainedDFlash = "spec/testdata/dflash-smollm2"
 func TestTrainedDFlashMatchesStandalone(t *testing.T) {
 	const n = 24
 	ctx := context.Background()
-	target, err := synth.Resolve(ctx, "smollm2-135m", t.TempDir(), filepath.Join("..", ".cache", "tokenizers"))
-	if err != nil {
-		t.Fatalf("%v (the GGUF comes with `just setup`)", err)
-	}
+	target := smolLM2(t)
 	b, err := os.ReadFile(filepath.Join(trainedDFlash, "heldout.json"))
 	if err != nil {
 		t.Fatal(err)

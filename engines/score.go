@@ -18,7 +18,7 @@ func (e *Engine) LogProbs(ctx context.Context, tokens []int) ([]float64, error) 
 			c.Reset()
 		}
 		e.fed = e.fed[:0]
-		_, lp, err := e.scoreAll(tokens, true)
+		_, lp, _, err := e.scoreAll(tokens, true)
 		if err != nil {
 			return err
 		}
