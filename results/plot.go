@@ -47,6 +47,7 @@ const (
 	PlotCDF       = "latency-cdf"
 	PlotSpeedup   = "speedup-vs-draft"
 	PlotModes     = "modes"
+	PlotAccept    = "acceptance-by-position"
 )
 
 // WritePlots draws every plot for which sums has data into dir, each as <name>.png and <name>.svg:
@@ -66,6 +67,7 @@ func WritePlots(dir string, sums []Summary) (Plots, error) {
 		{PlotCDF, plotCDF},
 		{PlotSpeedup, plotSpeedup},
 		{PlotModes, plotModes},
+		{PlotAccept, plotAcceptByPosition},
 	}
 	for _, m := range makers {
 		p, h, caption, skip := m.fn(sums)
@@ -89,7 +91,7 @@ func WritePlots(dir string, sums []Summary) (Plots, error) {
 // RemovePlots deletes plot files of every known stem from dir, so a rebuild never leaves a stale
 // plot beside a report that says it was skipped.
 func RemovePlots(dir string) error {
-	for _, n := range []string{PlotTokS, PlotBreakdown, PlotCDF, PlotSpeedup, PlotModes} {
+	for _, n := range []string{PlotTokS, PlotBreakdown, PlotCDF, PlotSpeedup, PlotModes, PlotAccept} {
 		for _, ext := range []string{"png", "svg"} {
 			if err := os.Remove(filepath.Join(dir, n+"."+ext)); err != nil && !os.IsNotExist(err) {
 				return err
@@ -486,6 +488,41 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 		p.Add(one)
 	}
 	return p, 5 * vg.Inch, "Measured speedup (points, approximate 95% CI) against the analytic expectation (1-a^(K+1))/((1-a)(1+Kc)) from the measured acceptance rate a and draft/target cost ratio c (Leviathan et al., 2023).", ""
+}
+
+// plotAcceptByPosition draws, for every speculative configuration, the acceptance rate at each
+// draft position: how far into a draft the target keeps agreeing.
+func plotAcceptByPosition(sums []Summary) (*plot.Plot, vg.Length, string, string) {
+	p := plot.New()
+	p.Title.Text = "Speculative decoding: acceptance by draft position"
+	p.X.Label.Text = "draft position"
+	p.Y.Label.Text = "share of steps that kept the draft at this position"
+	p.Legend.Top = true
+	p.Y.Min, p.Y.Max = 0, 1
+	p.Add(plotter.NewGrid())
+	n := 0
+	for _, s := range sums {
+		if len(s.AcceptByPosition) == 0 {
+			continue
+		}
+		var pts plotter.XYs
+		for i, v := range s.AcceptByPosition {
+			pts = append(pts, plotter.XY{X: float64(i + 1), Y: v})
+		}
+		line, sc, err := plotter.NewLinePoints(pts)
+		if err != nil {
+			return nil, 0, "", err.Error()
+		}
+		line.Color, sc.Color = plotutil.Color(n), plotutil.Color(n)
+		line.Dashes = plotutil.Dashes(n)
+		p.Add(line, sc)
+		p.Legend.Add(s.Label, line, sc)
+		n++
+	}
+	if n == 0 {
+		return nil, 0, "", "no speculative runs with acceptance by position"
+	}
+	return p, 5 * vg.Inch, "Acceptance rate at each draft position, averaged over runs: a draft at position i counts as kept only when every earlier one was, so the curve falls; its sum is the mean number of drafts kept per step.", ""
 }
 
 // ModeBest is the fastest configuration of one mode for one model.

@@ -56,6 +56,9 @@ func syntheticRuns(t *testing.T, dir string, withSpec bool) {
 		res.DecodeTokS = float64(tokens) / total * 1000
 		if spec {
 			acc.Rate = float64(acc.Accepted) / float64(acc.Drafted)
+			for i := range c.DraftTokens {
+				acc.ByPosition = append(acc.ByPosition, acc.Rate/float64(i+1))
+			}
 			res.Acceptance = &acc
 		}
 		r.Result = res
@@ -101,7 +104,7 @@ func TestBuildEverything(t *testing.T) {
 	if len(b.Plots.Skipped) != 0 {
 		t.Errorf("skipped plots %+v; want none", b.Plots.Skipped)
 	}
-	for _, name := range []string{PlotTokS, PlotBreakdown, PlotCDF, PlotSpeedup, PlotModes} {
+	for _, name := range []string{PlotTokS, PlotBreakdown, PlotCDF, PlotSpeedup, PlotModes, PlotAccept} {
 		checkPNG(t, filepath.Join(dir, name+".png"))
 		checkSVG(t, filepath.Join(dir, name+".svg"))
 	}
@@ -138,8 +141,8 @@ func TestBuildSkipsPlotsWithoutData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b.Plots.Skipped) != 1 || b.Plots.Skipped[0].Name != PlotSpeedup {
-		t.Errorf("skipped %+v; want only %s", b.Plots.Skipped, PlotSpeedup)
+	if len(b.Plots.Skipped) != 2 || b.Plots.Skipped[0].Name != PlotSpeedup || b.Plots.Skipped[1].Name != PlotAccept {
+		t.Errorf("skipped %+v; want only %s and %s", b.Plots.Skipped, PlotSpeedup, PlotAccept)
 	}
 	if _, err := os.Stat(filepath.Join(out, PlotSpeedup+".png")); err == nil {
 		t.Errorf("%s.png written without speculative runs", PlotSpeedup)
@@ -163,8 +166,8 @@ func TestBuildSkipsPlotsWithoutData(t *testing.T) {
 	for _, sk := range b.Plots.Skipped {
 		skipped = append(skipped, sk.Name)
 	}
-	if strings.Join(skipped, ",") != "latency-cdf,speedup-vs-draft,modes" {
-		t.Errorf("skipped %v; want latency-cdf, speedup-vs-draft, modes", skipped)
+	if strings.Join(skipped, ",") != "latency-cdf,speedup-vs-draft,modes,acceptance-by-position" {
+		t.Errorf("skipped %v; want latency-cdf, speedup-vs-draft, modes, acceptance-by-position", skipped)
 	}
 	if _, err := os.Stat(filepath.Join(only, ReportFile)); err == nil {
 		t.Error("PlotsOnly wrote report.md")
@@ -179,8 +182,8 @@ func TestBuildEmpty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b.Plots.Figures) != 0 || len(b.Plots.Skipped) != 5 {
-		t.Errorf("empty runs: %d figures, %d skipped; want 0 and 5", len(b.Plots.Figures), len(b.Plots.Skipped))
+	if len(b.Plots.Figures) != 0 || len(b.Plots.Skipped) != 6 {
+		t.Errorf("empty runs: %d figures, %d skipped; want 0 and 6", len(b.Plots.Figures), len(b.Plots.Skipped))
 	}
 }
 

@@ -142,6 +142,9 @@ type Summary struct {
 	Acceptance *Estimate `json:"acceptance,omitempty"`
 	Drafted    int       `json:"drafted,omitempty"`
 	Accepted   int       `json:"accepted,omitempty"`
+	// AcceptByPosition is the mean over runs of the acceptance rate at each draft position
+	// (position i is kept only when positions before it were); nil when no run drafted.
+	AcceptByPosition []float64 `json:"accept_by_position,omitempty"`
 
 	// steps keeps the pooled step totals for CDF plots.
 	steps     []float64
@@ -204,6 +207,7 @@ func Summarize(recs []Record) []Summary {
 
 func summarizeRuns(s *Summary, recs []Record) {
 	var decode, prefill, ttft, acc []float64
+	var byPos [][]float64
 	var fwd, net, smp, drf, total []float64
 	var stages [][]float64
 	var netSum, totalSum float64
@@ -222,6 +226,12 @@ func summarizeRuns(s *Summary, recs []Record) {
 				rate = float64(a.Accepted) / float64(a.Drafted)
 			}
 			acc = append(acc, rate)
+			for i, v := range a.ByPosition {
+				for len(byPos) <= i {
+					byPos = append(byPos, nil)
+				}
+				byPos[i] = append(byPos[i], v)
+			}
 		}
 		for _, st := range res.Steps {
 			t := st.ForwardMS + st.NetworkMS + st.SampleMS + st.DraftMS
@@ -273,6 +283,13 @@ func summarizeRuns(s *Summary, recs []Record) {
 	if len(acc) > 0 {
 		e := Describe(acc)
 		s.Acceptance = &e
+	}
+	for _, xs := range byPos {
+		var sum float64
+		for _, x := range xs {
+			sum += x
+		}
+		s.AcceptByPosition = append(s.AcceptByPosition, sum/float64(len(xs)))
 	}
 	s.steps = total
 }
