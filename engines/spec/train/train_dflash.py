@@ -372,6 +372,7 @@ def make_batch(rng, data, B, nb, Tmax, embed, mask_id, train=True, anchors=None)
 
 
 BATCH_SEQS = 4
+EVAL_SEQS = 6  # held-out replies replayed (one draft forward per block: slow on a loaded CPU)
 
 
 def simulate(draft, target_head, embed, data, B, mask_id, Tmax):
@@ -379,7 +380,7 @@ def simulate(draft, target_head, embed, data, B, mask_id, Tmax):
     token, draft B-1, accept the matching prefix, move past it plus the target's correction."""
     seqs, feats, plen = data
     acc_lens, by_pos, blocks = [], np.zeros(B - 1), 0
-    for i in range(len(seqs)):
+    for i in range(min(len(seqs), EVAL_SEQS)):
         s, T = seqs[i], len(seqs[i])
         a = plen[i]  # the anchor is the first token the target generated
         anchors = []
@@ -420,6 +421,7 @@ def main():
     ap.add_argument("--max-steps", type=int, default=4000)
     ap.add_argument("--check-only", action="store_true", help="load the target, print a greedy reply, exit")
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/model.safetensors (fresh optimizer)")
     args = ap.parse_args()
     global BATCH_SEQS
     BATCH_SEQS = args.batch
@@ -479,7 +481,13 @@ def main():
     if args.eval_only:
         load_draft(draft, ckpt)
     else:
-        init_from_target(draft, target, taps)
+        steps0 = 0
+        if args.resume:
+            load_draft(draft, ckpt)
+            steps0 = json.load(open(os.path.join(args.out, "config.json"))).get("hippo", {}).get("steps", 0)
+            log(f"resuming after {steps0} steps")
+        else:
+            init_from_target(draft, target, taps)
         mx.eval(draft.parameters())
         w = mx.exp(-mx.arange(B - 1, dtype=mx.float32) / args.gamma)
 
@@ -518,7 +526,7 @@ def main():
             opt.update(draft, g)
             return l, acc
 
-        rng = random.Random(args.seed)
+        rng = random.Random(args.seed + steps0)  # a resumed run draws other batches
         t = time.time()
         budget = args.minutes * 60
         s = 0
@@ -532,14 +540,14 @@ def main():
             if s % 10 == 0:
                 log(f"step {s} loss {ema[0]:.3f} token-acc {ema[1]:.3f} ({(time.time() - t) / s:.2f}s/step)")
             if s % 100 == 0:
-                save(draft, cfg, args.out, {"steps": s})
-        save(draft, cfg, args.out, {"steps": s, "train_seconds": round(time.time() - t)})
+                save(draft, cfg, args.out, {"steps": steps0 + s})
+        save(draft, cfg, args.out, {"steps": steps0 + s, "train_seconds": round(time.time() - t)})
         log(f"trained {s} steps in {time.time() - t:.0f}s")
     t = time.time()
     mean, by_pos, blocks = simulate(draft, head, embed, held, B, args.mask_id, Tmax)
     log(f"held-out: mean accepted per block of {B} = {mean:.2f} over {blocks} blocks ({time.time() - t:.0f}s)")
     log("acceptance by position: " + " ".join(f"{p:.2f}" for p in by_pos))
-    metrics = {"block_size": B, "heldout_prompts": len(held[0]), "heldout_blocks": blocks,
+    metrics = {"block_size": B, "heldout_prompts": min(len(held[0]), EVAL_SEQS), "heldout_blocks": blocks,
                "mean_accepted": round(mean, 3), "accept_by_position": [round(p, 3) for p in by_pos]}
     for b in (4, 8, 16):
         if b <= B:
