@@ -15,12 +15,12 @@ const trainedDFlash = "spec/testdata/dflash-smollm2"
 
 // TestTrainedDFlashMatchesStandalone is invariant 3 on the real model with the trained drafter:
 // SmolLM2-135M-Instruct (the GGUF `just setup` installs, converted here) decodes a held-out chat
-// prompt greedily, standalone and with the trained DFlash drafter at blocks 4, 8 and 16; the
+// prompt greedily, standalone and with the trained DFlash drafter at blocks 4 and 8; the
 // tokens must be identical. The shipped drafter accepts few drafts on held-out prompts (0.07 per
 // block in its metrics.json: it memorised its small distillation set), so this test checks
 // exactness with real trained weights on a llama target, not usefulness.
 func TestTrainedDFlashMatchesStandalone(t *testing.T) {
-	const n = 24
+	const n = 16
 	ctx := context.Background()
 	target := smolLM2(t)
 	b, err := os.ReadFile(filepath.Join(trainedDFlash, "heldout.json"))
@@ -50,7 +50,7 @@ func TestTrainedDFlashMatchesStandalone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, block := range []int{4, 8, 16} {
+	for _, block := range []int{4, 8} {
 		t.Run(fmt.Sprintf("b%d", block), func(t *testing.T) {
 			got, ss, err := e.GenerateSpec(ctx, req, d, block-1, func(Token) error { return nil })
 			if err != nil {
