@@ -203,3 +203,55 @@ func TestBatcherBounds(t *testing.T) {
 		t.Errorf("Generate after Close: %v; want ErrClosed", err)
 	}
 }
+
+// TestBatcherSlowReader: a reader that stops reading holds back only its own row; the other rows
+// finish meanwhile, and the slow row resumes where it stopped once its reader reads again.
+func TestBatcherSlowReader(t *testing.T) {
+	dir := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 5})
+	e, err := Open(context.Background(), Options{Model: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	req := func(salt int) Request {
+		return Request{Tokens: []int{300 + salt, 400, 500 + salt}, MaxTokens: 24, IgnoreEOS: true}
+	}
+	solo, err := e.Generate(context.Background(), req(0), func(Token) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewBatcher(e, BatchOptions{MaxBatch: 5, StreamBuffer: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	release := make(chan struct{})
+	slow := make(chan []int)
+	go func() {
+		var toks []int
+		b.Generate(context.Background(), req(0), func(tk Token) error {
+			if len(toks) == 1 {
+				<-release // stop reading after one token
+			}
+			toks = append(toks, tk.ID)
+			return nil
+		})
+		slow <- toks
+	}()
+	var wg sync.WaitGroup
+	for i := 1; i <= 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, err := b.Generate(context.Background(), req(i), func(Token) error { return nil })
+			if err != nil || len(st.Tokens) != 24 {
+				t.Errorf("request %d beside a stalled reader: %d tokens, %v; want 24", i, len(st.Tokens), err)
+			}
+		}()
+	}
+	wg.Wait() // would hang if the stalled reader held the batch
+	close(release)
+	if got := <-slow; !slices.Equal(got, solo.Tokens) {
+		t.Errorf("the slow reader's tokens %v; want solo %v", got, solo.Tokens)
+	}
+}
