@@ -15,27 +15,36 @@ import (
 //
 // A scheduler goroutine owns every running sequence and, between decode steps, admits waiting
 // requests (up to the batch bound), prefills at most PrefillBudget prompt tokens of admitted
-// sequences, then decodes every sequence that is ready in one forward pass. Each sequence keeps
-// its own KV caches (model.KVCache per layer), so admitting and retiring a row never moves
-// another row's state, and a row's attention reads exactly the positions a solo generation would.
-// The decode step concatenates the rows' hidden states into [B, 1, hidden] for the projections,
-// the MLP and the head, so each weight matrix is read once per step for all B rows: on
-// bandwidth-bound decoding that is the whole gain. RoPE and attention run per row at that row's
-// position (model.RowLayer), which keeps the masks trivial and the result exact; a padded batched
-// attention would save a few small kernels per layer at the price of masks and per-row offsets.
+// sequences (chunks of equal length in one batched pass, each sequence into KV caches of its
+// own), then decodes every ready sequence in one forward pass.
+//
+// The decode step works on a left-padded batch cache (model.Padded, as mlx-lm's BatchKVCache):
+// per layer one [B, kvHeads, capacity, headDim] tensor in which every row writes its next
+// position into the same slot, the rows' histories right-aligned before it and the slots left of
+// a row's history masked out. So a step costs the same small number of kernels per layer
+// whatever B is: the projections, the MLP and the head see [B, 1, hidden] at once (each weight
+// matrix read once per step for all rows, the whole gain on bandwidth-bound decoding), RoPE takes
+// per-row offsets, and one masked attention covers every row. The batch is rebuilt only when its
+// membership changes (a prefilled sequence joins, a finished or cancelled one leaves): the
+// survivors' rows are gathered, the newcomers' caches padded in, and padding that no row needs
+// any more is cut. Per-row caches with per-row attention were tried first and are exact, but
+// their per-row kernels made a 16-row step cost about as much as 16 single steps on the CPU.
 //
 // Sampling is per row with the row's own sampler (temperature, top-p, seeded key), so a seeded
 // request draws the same tokens whatever shares its batch. Stop sequences and cancellation are the
 // caller's: its emit returns an error or its context ends, and the row retires before the next
-// step. Rows whose reader lags (their token buffer is full) sit out decode steps until it drains,
-// so a slow reader never holds the others back; the engine itself never writes to a socket.
+// step. Tokens reach the caller through a buffer that holds the whole request (MaxTokens), so the
+// scheduler never waits for a reader: a slow reader holds back nobody, and the engine never
+// writes to a socket (the server bounds what it buffers per client and drops one that stops
+// reading).
 //
-// Exactness: a row's tokens equal Engine.Generate's on the same request as long as a batched
-// matrix product computes each row as the single-row product does. MLX's CPU matmul calls BLAS
-// sgemm for every shape, and OpenBLAS's sgemm walks the inner dimension in the same order for
-// every row of A, so [B, K] x [K, N] row r equals [1, K] x [K, N] bit for bit; the invariant test
-// (TestBatchedMatchesSolo) checks that token for token, and it is what would catch a BLAS that
-// switches kernels with the row count.
+// Exactness: a row's tokens equal Engine.Generate's on the same request when the batched kernels
+// compute each row as the single-row ones do. The matrix products do (OpenBLAS sgemm walks the
+// inner dimension in the same order for every row). The padded attention reduces over the key
+// slots of the padded row: the masked slots add exact zeros, but where a row's keys sit relative
+// to the vector lanes differs from the solo run, so a sum may round differently in its last bit.
+// TestBatchedMatchesSolo checks tokens for equality, greedy and seeded, on several models; see
+// its comment for what it found.
 
 // Batching defaults.
 const (
@@ -44,8 +53,6 @@ const (
 	// DefaultPrefillBudget is how many prompt tokens one scheduler step prefills, so that a long
 	// prompt delays running streams by at most one such chunk per step.
 	DefaultPrefillBudget = 512
-	// DefaultStreamBuffer is how many tokens a sequence may get ahead of its reader.
-	DefaultStreamBuffer = 64
 )
 
 // BatchOptions configures NewBatcher. The zero value of each field picks a default.
@@ -60,9 +67,6 @@ type BatchOptions struct {
 	RAM int64
 	// PrefillBudget is the prompt tokens prefilled per step (default DefaultPrefillBudget).
 	PrefillBudget int
-	// StreamBuffer is the tokens one sequence may hold for its reader (default
-	// DefaultStreamBuffer).
-	StreamBuffer int
 }
 
 // Batcher runs many generations at once on one Engine with continuous batching. Generate may be
@@ -74,7 +78,6 @@ type Batcher struct {
 	maxBatch int
 	context  int
 	budget   int
-	buffer   int
 	eos      map[int]bool
 
 	in    chan *seq
@@ -85,17 +88,34 @@ type Batcher struct {
 
 	// Owned by the scheduler goroutine.
 	waiting, running []*seq
-	step             int
+	batch            padded
+}
+
+// padded is the decode batch: its rows in order, their padding and the layers' padded caches.
+// Rows' histories end at slot n; row r's starts at pad[r].
+type padded struct {
+	rows   []*seq
+	pad    []int
+	n, cap int
+	layers []model.Padded
+}
+
+func (p *padded) free() {
+	for _, l := range p.layers {
+		l.Keys.Free()
+		l.Values.Free()
+	}
+	*p = padded{}
 }
 
 // NewBatcher starts a scheduler on e. It bounds the batch by o.MaxBatch and by the KV cache of
 // o.Context tokens per sequence that fits next to the weights in the memory the guard allows.
 func NewBatcher(e *Engine, o BatchOptions) (*Batcher, error) {
-	if o.MaxBatch < 0 || o.Context < 0 || o.PrefillBudget < 0 || o.StreamBuffer < 0 {
+	if o.MaxBatch < 0 || o.Context < 0 || o.PrefillBudget < 0 {
 		return nil, fmt.Errorf("engines: batch options %+v: values must not be negative", o)
 	}
 	b := &Batcher{
-		e: e, maxBatch: o.MaxBatch, context: o.Context, budget: o.PrefillBudget, buffer: o.StreamBuffer,
+		e: e, maxBatch: o.MaxBatch, context: o.Context, budget: o.PrefillBudget,
 		eos: map[int]bool{}, in: make(chan *seq), kick: make(chan struct{}, 1),
 		quit: make(chan struct{}), done: make(chan struct{}),
 	}
@@ -107,9 +127,6 @@ func NewBatcher(e *Engine, o BatchOptions) (*Batcher, error) {
 	}
 	if b.budget == 0 {
 		b.budget = DefaultPrefillBudget
-	}
-	if b.buffer == 0 {
-		b.buffer = DefaultStreamBuffer
 	}
 	fit, err := SequencesFit(e.Config(), e.DType(), b.context, o.RAM)
 	if err != nil {
@@ -175,7 +192,7 @@ type seq struct {
 	start time.Time
 	// last is when the previous token was sampled, for Step timings.
 	last time.Time
-	// out carries the tokens to Generate's goroutine; the scheduler writes only when it has room.
+	// out carries the tokens to Generate's goroutine; it holds MaxTokens, so sends never block.
 	out chan Token
 	// Set by the scheduler before it closes out.
 	stats Stats
@@ -185,9 +202,9 @@ type seq struct {
 func (s *seq) ready() bool { return s.fed == len(s.req.Tokens)-1 }
 
 // Generate runs r as one row of the batch and calls emit for each token on the calling goroutine
-// (never on the MLX thread), so emit may block, for instance on a slow client: meanwhile the row
-// sits out decode steps once StreamBuffer tokens are waiting, and the other rows go on. An error
-// from emit, or the end of ctx, retires the row before the next step and frees its caches.
+// (never on the MLX thread), so emit may block, for instance on a slow client, without holding
+// back any other row. An error from emit, or the end of ctx, retires the row before the next step
+// and frees its caches.
 // Stats.PeakMemory is not measured per row (rows share the process).
 func (b *Batcher) Generate(ctx context.Context, r Request, emit func(Token) error) (Stats, error) {
 	if err := CheckRequest(r); err != nil {
@@ -201,7 +218,7 @@ func (b *Batcher) Generate(ctx context.Context, r Request, emit func(Token) erro
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s := &seq{ctx: sctx, cancel: cancel, req: r, eos: b.eos, start: time.Now(), out: make(chan Token, b.buffer)}
+	s := &seq{ctx: sctx, cancel: cancel, req: r, eos: b.eos, start: time.Now(), out: make(chan Token, r.MaxTokens)}
 	if r.IgnoreEOS {
 		s.eos = nil
 	}
@@ -214,13 +231,13 @@ func (b *Batcher) Generate(ctx context.Context, r Request, emit func(Token) erro
 	}
 	var emitErr error
 	for t := range s.out {
-		b.wake()
 		if emitErr != nil {
 			continue
 		}
 		if err := emit(t); err != nil {
 			emitErr = err
 			cancel() // the scheduler retires the row at its next step
+			b.wake()
 		}
 	}
 	if emitErr != nil {
@@ -229,7 +246,7 @@ func (b *Batcher) Generate(ctx context.Context, r Request, emit func(Token) erro
 	return s.stats, s.err
 }
 
-// wake tells the scheduler that something changed (a reader drained its buffer).
+// wake tells the scheduler that something changed (a row was cancelled).
 func (b *Batcher) wake() {
 	select {
 	case b.kick <- struct{}{}:
@@ -261,7 +278,7 @@ func (b *Batcher) schedule() {
 			case <-b.kick:
 				continue
 			case <-time.After(50 * time.Millisecond):
-				// Rows whose readers went away while paused: notice their contexts.
+				// Waiting rows whose callers went away: notice their contexts.
 				continue
 			case <-b.quit:
 				b.shutdown()
@@ -276,6 +293,7 @@ func (b *Batcher) schedule() {
 					b.retire(s, "", fmt.Errorf("engines: batched step: %w", err))
 				}
 				b.running = b.running[:0]
+				b.batch.free()
 				return nil
 			})
 		}
@@ -287,10 +305,8 @@ func (b *Batcher) runnable() bool {
 	if len(b.waiting) > 0 && len(b.running) < b.maxBatch {
 		return true
 	}
-	for _, s := range b.running {
-		if s.ctx.Err() != nil || !s.ready() || len(s.out) < cap(s.out) {
-			return true
-		}
+	if len(b.running) > 0 {
+		return true
 	}
 	for _, s := range b.waiting {
 		if s.ctx.Err() != nil {
@@ -306,6 +322,7 @@ func (b *Batcher) shutdown() {
 			b.retire(s, "", ErrClosed)
 		}
 		b.running, b.waiting = nil, nil
+		b.batch.free()
 		return nil
 	})
 }
@@ -363,69 +380,55 @@ func (b *Batcher) iterate() error {
 	return b.decode()
 }
 
-// prefill feeds up to budget prompt tokens of the admitted rows, oldest first, in chunks of at
-// most budget (and PrefillChunk) tokens, all but each prompt's last token.
+// prefill feeds up to budget prompt tokens of the admitted rows, oldest first, all but each
+// prompt's last token, in chunks of at most budget (and PrefillChunk) tokens. Chunks of the same
+// length run as one batched forward (a burst of equal prompts costs one pass over the weights).
 func (b *Batcher) prefill() error {
 	left := b.budget
+	var groups [][]*seq
+	byLen := map[int]int{}
+	chunk := map[*seq]int{}
 	for _, s := range b.running {
-		for left > 0 && !s.ready() {
-			n := min(left, PrefillChunk, len(s.req.Tokens)-1-s.fed)
-			if err := b.fill(s, s.req.Tokens[s.fed:s.fed+n]); err != nil {
-				return err
-			}
-			s.fed += n
-			left -= n
-		}
 		if left == 0 {
 			break
+		}
+		if s.ready() {
+			continue
+		}
+		n := min(left, PrefillChunk, len(s.req.Tokens)-1-s.fed)
+		left -= n
+		chunk[s] = n
+		g, ok := byLen[n]
+		if !ok {
+			g = len(groups)
+			byLen[n] = g
+			groups = append(groups, nil)
+		}
+		groups[g] = append(groups[g], s)
+	}
+	for _, g := range groups {
+		if err := b.fill(g, chunk[g[0]]); err != nil {
+			return err
+		}
+		for _, s := range g {
+			s.fed += chunk[s]
 		}
 	}
 	return nil
 }
 
-// fill runs tokens through s's caches without the head and evaluates the caches, as
-// Engine.forward does during prefill.
-func (b *Batcher) fill(s *seq, tokens []int) error {
-	ids, err := tokenIDs(tokens, b.e.Config().VocabSize)
-	if err != nil {
-		return err
-	}
-	m := b.e.model
-	sc := mlx.NewScope()
-	h := m.Embed(mlx.FromInt32s(ids, 1, len(ids)))
-	for i, c := range s.caches {
-		h = m.Layer(i, h, c)
-	}
-	if err := sc.Close(); err != nil {
-		return err
-	}
-	var state []mlx.Array
-	for _, c := range s.caches {
-		state = append(state, c.State()...)
-	}
-	return mlx.Eval(state...)
-}
-
-// decode runs one batched step for every ready row with room in its buffer, samples each row's
-// token with its own sampler, hands the tokens out and retires finished rows.
-func (b *Batcher) decode() error {
-	var rows []*seq
-	for _, s := range b.running {
-		if s.ready() && len(s.out) < cap(s.out) {
-			rows = append(rows, s)
+// fill runs the next n prompt tokens of each row through its caches, without the head, and
+// evaluates the caches, as Engine.forward does during prefill.
+func (b *Batcher) fill(rows []*seq, n int) error {
+	ids := make([]int32, 0, len(rows)*n)
+	for _, s := range rows {
+		for _, t := range s.req.Tokens[s.fed : s.fed+n] {
+			ids = append(ids, int32(t))
 		}
 	}
-	if len(rows) == 0 {
-		return nil
-	}
 	m := b.e.model
-	t0 := time.Now()
-	ids := make([]int32, len(rows))
-	for i, s := range rows {
-		ids[i] = int32(s.next)
-	}
 	sc := mlx.NewScope()
-	h := m.Embed(mlx.FromInt32s(ids, len(rows), 1))
+	h := m.Embed(mlx.FromInt32s(ids, len(rows), n))
 	caches := make([]model.Cache, len(rows))
 	for i := range m.Config().NumLayers {
 		for r, s := range rows {
@@ -433,20 +436,50 @@ func (b *Batcher) decode() error {
 		}
 		h = model.LayerRows(m, i, h, caches)
 	}
-	logits := mlx.Reshape(m.Head(h), len(rows), -1)
-	sc.Keep(logits)
 	if err := sc.Close(); err != nil {
-		logits.Free()
 		return err
 	}
-	err := mlx.Eval(logits)
-	forward := time.Since(t0)
+	var state []mlx.Array
+	for _, s := range rows {
+		for _, c := range s.caches {
+			state = append(state, c.State()...)
+		}
+	}
+	return mlx.Eval(state...)
+}
+
+// decode runs one batched step for every ready row, samples each row's token with its own
+// sampler, hands the tokens out and retires finished rows.
+func (b *Batcher) decode() error {
+	var rows []*seq
+	for _, s := range b.running {
+		if s.ready() {
+			rows = append(rows, s)
+		}
+	}
+	if len(rows) == 0 {
+		b.batch.free()
+		return nil
+	}
+	m := b.e.model
+	t0 := time.Now()
+	var logits mlx.Array
+	var err error
+	if pl, ok := m.Model.(model.PaddedLayer); ok {
+		logits, err = b.forwardPadded(pl, rows)
+	} else {
+		logits, err = b.forwardRows(rows)
+	}
 	if err != nil {
-		logits.Free()
 		return err
 	}
+	rows = b.batch.rows
+	if len(rows) == 0 { // forwardRows keeps the order of rows
+		rows = b.readyRows()
+	}
+	forward := time.Since(t0)
 	t1 := time.Now()
-	sc = mlx.NewScope()
+	sc := mlx.NewScope()
 	picks := make([]mlx.Array, len(rows))
 	vocab := logits.Dim(1)
 	for r, s := range rows {
@@ -477,7 +510,7 @@ func (b *Batcher) decode() error {
 			s.stats.Steps = append(s.stats.Steps, step)
 		}
 		s.stats.Tokens = append(s.stats.Tokens, id)
-		s.out <- Token{ID: id, Step: step} // room was checked above
+		s.out <- Token{ID: id, Step: step} // out holds MaxTokens: never blocks
 		s.next = id
 		switch {
 		case s.eos[id]:
@@ -486,11 +519,267 @@ func (b *Batcher) decode() error {
 			b.finish(s, "length")
 		}
 	}
-	b.step++
 	return nil
 }
 
-// finish retires a row that ended normally and drops it from the running set.
+func (b *Batcher) readyRows() []*seq {
+	var rows []*seq
+	for _, s := range b.running {
+		if s.ready() {
+			rows = append(rows, s)
+		}
+	}
+	return rows
+}
+
+// forwardRows is the decode forward for models without PaddedLayer: projections batched,
+// attention row by row against each row's own caches. It returns evaluated logits [B, vocab].
+func (b *Batcher) forwardRows(rows []*seq) (mlx.Array, error) {
+	b.batch.free()
+	m := b.e.model
+	ids := make([]int32, len(rows))
+	for i, s := range rows {
+		ids[i] = int32(s.next)
+	}
+	sc := mlx.NewScope()
+	h := m.Embed(mlx.FromInt32s(ids, len(rows), 1))
+	caches := make([]model.Cache, len(rows))
+	for i := range m.Config().NumLayers {
+		for r, s := range rows {
+			caches[r] = s.caches[i]
+		}
+		h = model.LayerRows(m, i, h, caches)
+	}
+	logits := mlx.Reshape(m.Head(h), len(rows), -1)
+	sc.Keep(logits)
+	if err := sc.Close(); err != nil {
+		logits.Free()
+		return mlx.Array{}, err
+	}
+	if err := mlx.Eval(logits); err != nil {
+		logits.Free()
+		return mlx.Array{}, err
+	}
+	return logits, nil
+}
+
+// forwardPadded is the decode forward over the padded batch, rebuilt first when its membership
+// differs from rows. It returns evaluated logits [B, vocab] in b.batch.rows order.
+func (b *Batcher) forwardPadded(pl model.PaddedLayer, rows []*seq) (mlx.Array, error) {
+	if !sameRows(b.batch.rows, rows) {
+		if err := b.rebuild(rows); err != nil {
+			return mlx.Array{}, err
+		}
+	}
+	p := &b.batch
+	if p.n+1 > p.cap {
+		if err := p.grow(); err != nil {
+			return mlx.Array{}, err
+		}
+	}
+	m := b.e.model
+	ids := make([]int32, len(p.rows))
+	offs := make([]int32, len(p.rows))
+	pads := make([]int32, len(p.rows))
+	for r, s := range p.rows {
+		ids[r] = int32(s.next)
+		offs[r] = int32(p.n - p.pad[r])
+		pads[r] = int32(p.pad[r])
+	}
+	sc := mlx.NewScope()
+	st := model.PaddedStep{
+		N:       p.n,
+		Offsets: mlx.FromInt32s(offs, len(offs)),
+		Mask: mlx.GreaterEqual(mlx.Reshape(mlx.Arange(0, float64(p.n+1), 1, mlx.Int32), 1, 1, 1, p.n+1),
+			mlx.FromInt32s(pads, len(pads), 1, 1, 1)),
+	}
+	h := m.Embed(mlx.FromInt32s(ids, len(ids), 1))
+	for i := range m.Config().NumLayers {
+		h = pl.LayerPadded(i, h, &p.layers[i], st)
+	}
+	logits := mlx.Reshape(m.Head(h), len(ids), -1)
+	sc.Keep(logits)
+	if err := sc.Close(); err != nil {
+		logits.Free()
+		return mlx.Array{}, err
+	}
+	state := []mlx.Array{logits}
+	for _, l := range p.layers {
+		state = append(state, l.Keys, l.Values)
+	}
+	if err := mlx.Eval(state...); err != nil {
+		logits.Free()
+		return mlx.Array{}, err
+	}
+	p.n++
+	return logits, nil
+}
+
+func sameRows(a, b []*seq) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	in := make(map[*seq]bool, len(a))
+	for _, s := range a {
+		in[s] = true
+	}
+	for _, s := range b {
+		if !in[s] {
+			return false
+		}
+	}
+	return true
+}
+
+// rebuild makes the padded batch hold exactly rows: the rows already in it keep their history
+// (gathered, shifted so that the longest history ends at the new write slot), the others join
+// with the caches their prefill filled, which are then freed.
+func (b *Batcher) rebuild(rows []*seq) error {
+	old := b.batch
+	oldIdx := map[*seq]int{}
+	for r, s := range old.rows {
+		oldIdx[s] = r
+	}
+	var keep []int32 // old row indices of the survivors, in the new order
+	var join []*seq
+	length := map[*seq]int{}
+	var nr []*seq
+	for _, s := range rows {
+		if r, ok := oldIdx[s]; ok {
+			keep = append(keep, int32(r))
+			length[s] = old.n - old.pad[r]
+			nr = append(nr, s)
+		}
+	}
+	for _, s := range rows {
+		if _, ok := oldIdx[s]; !ok {
+			join = append(join, s)
+			length[s] = s.fed
+			nr = append(nr, s)
+		}
+	}
+	n := 0
+	for _, s := range nr {
+		n = max(n, length[s])
+	}
+	capacity := (n + 1 + cacheStep - 1) / cacheStep * cacheStep
+	nb := padded{rows: nr, n: n, cap: capacity}
+	for _, s := range nr {
+		nb.pad = append(nb.pad, n-length[s])
+	}
+	sc := mlx.NewScope()
+	layers := b.e.model.Config().NumLayers
+	for i := range layers {
+		var parts [2][]mlx.Array
+		for kv := range 2 {
+			if len(keep) > 0 {
+				src := old.layers[i].Keys
+				if kv == 1 {
+					src = old.layers[i].Values
+				}
+				sh := src.Shape()
+				g := mlx.Take(src, mlx.FromInt32s(keep, len(keep)), 0)
+				// The survivors' longest history is cut to n slots ending at n.
+				from := max(0, old.n-n)
+				g = mlx.Slice(g, []int{0, 0, from, 0}, []int{len(keep), sh[1], old.n, sh[3]})
+				parts[kv] = append(parts[kv], padSlots(g, n-(old.n-from), capacity-n))
+			}
+			for _, s := range join {
+				st := s.caches[i].State()
+				hist := length[s]
+				var g mlx.Array
+				if hist > 0 {
+					src := st[kv]
+					sh := src.Shape()
+					g = mlx.Slice(src, []int{0, 0, 0, 0}, []int{1, sh[1], hist, sh[3]})
+				}
+				parts[kv] = append(parts[kv], padOrEmpty(g, b.e, n-hist, capacity-n))
+			}
+		}
+		k, v := parts[0][0], parts[1][0]
+		if len(parts[0]) > 1 {
+			k, v = mlx.Concat(0, parts[0]...), mlx.Concat(0, parts[1]...)
+		}
+		sc.Keep(k, v)
+		nb.layers = append(nb.layers, model.Padded{Keys: k, Values: v})
+	}
+	if err := sc.Close(); err != nil {
+		nb.free()
+		return err
+	}
+	var state []mlx.Array
+	for _, l := range nb.layers {
+		mlx.Detach(l.Keys, l.Values)
+		state = append(state, l.Keys, l.Values)
+	}
+	if err := mlx.Eval(state...); err != nil {
+		nb.free()
+		return err
+	}
+	old.free()
+	for _, s := range join {
+		for _, c := range s.caches {
+			c.Free()
+		}
+		s.caches = nil
+	}
+	b.batch = nb
+	return nil
+}
+
+// padSlots adds zero slots before and after a [B, heads, L, dim] cache along the slot axis.
+func padSlots(a mlx.Array, before, after int) mlx.Array {
+	sh := a.Shape()
+	var parts []mlx.Array
+	if before > 0 {
+		parts = append(parts, mlx.Full(0, a.DType(), sh[0], sh[1], before, sh[3]))
+	}
+	parts = append(parts, a)
+	if after > 0 {
+		parts = append(parts, mlx.Full(0, a.DType(), sh[0], sh[1], after, sh[3]))
+	}
+	if len(parts) == 1 {
+		return a
+	}
+	return mlx.Concat(2, parts...)
+}
+
+// padOrEmpty is padSlots for a joining row, whose history g may be empty (invalid): then the row
+// is all padding.
+func padOrEmpty(g mlx.Array, e *Engine, before, after int) mlx.Array {
+	if g.Valid() {
+		return padSlots(g, before, after)
+	}
+	c := e.Config()
+	return mlx.Full(0, e.model.Compute, 1, c.NumKVHeads, before+after, c.KVHeadDim())
+}
+
+// grow adds cacheStep slots to every layer of the batch.
+func (p *padded) grow() error {
+	sc := mlx.NewScope()
+	next := make([]model.Padded, len(p.layers))
+	for i, l := range p.layers {
+		next[i] = model.Padded{Keys: padSlots(l.Keys, 0, cacheStep), Values: padSlots(l.Values, 0, cacheStep)}
+		sc.Keep(next[i].Keys, next[i].Values)
+	}
+	if err := sc.Close(); err != nil {
+		return err
+	}
+	for i, l := range p.layers {
+		mlx.Detach(next[i].Keys, next[i].Values)
+		l.Keys.Free()
+		l.Values.Free()
+	}
+	p.layers = next
+	p.cap += cacheStep
+	return nil
+}
+
+// cacheStep is the slot granularity of the padded batch (as model.KVCache's).
+const cacheStep = 256
+
+// finish retires a row that ended normally and drops it from the running set (the padded batch
+// drops it at its next rebuild).
 func (b *Batcher) finish(s *seq, reason string) {
 	b.retire(s, reason, nil)
 	for i, x := range b.running {

@@ -13,7 +13,7 @@ import (
 // TestBatchedMatchesSolo is the batching invariant: every request served by a Batcher, whatever
 // else shares its batch, gets the tokens Engine.Generate gives it alone: greedy and seeded sampled
 // requests, prompts of mixed lengths (some longer than the prefill budget, so prefilled in chunks
-// across steps), requests joining while others decode, a request cancelled mid-flight and one
+// across steps, and prompts of equal length prefilled in one batched pass), requests joining while others decode, a request cancelled mid-flight and one
 // stopped by its caller (as a stop sequence does) get a prefix of their solo tokens.
 func TestBatchedMatchesSolo(t *testing.T) {
 	cases := []struct{ preset, dtype string }{
@@ -63,6 +63,7 @@ func testBatchedMatchesSolo(t *testing.T, e *Engine) {
 		{name: "cancelled", req: Request{Tokens: prompt(7, 6), MaxTokens: 30, IgnoreEOS: true}, cancelAt: 5},
 		{name: "stopped", req: Request{Tokens: prompt(12, 7), MaxTokens: 30, IgnoreEOS: true}, after: 2, stopAt: 8},
 		{name: "eos allowed", req: Request{Tokens: prompt(5, 8), MaxTokens: 25}},
+		{name: "prefilled beside an equal prompt", req: Request{Tokens: prompt(9, 9), MaxTokens: 18, IgnoreEOS: true}},
 	}
 	solo := make([][]int, len(cases))
 	for i, c := range cases {
@@ -72,7 +73,7 @@ func testBatchedMatchesSolo(t *testing.T, e *Engine) {
 		}
 		solo[i] = st.Tokens
 	}
-	b, err := NewBatcher(e, BatchOptions{MaxBatch: 6, PrefillBudget: 16, StreamBuffer: 4})
+	b, err := NewBatcher(e, BatchOptions{MaxBatch: 6, PrefillBudget: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,8 +205,8 @@ func TestBatcherBounds(t *testing.T) {
 	}
 }
 
-// TestBatcherSlowReader: a reader that stops reading holds back only its own row; the other rows
-// finish meanwhile, and the slow row resumes where it stopped once its reader reads again.
+// TestBatcherSlowReader: a reader that stops reading holds back nobody: the other rows finish
+// meanwhile, and the slow reader gets every token of its row once it reads again.
 func TestBatcherSlowReader(t *testing.T) {
 	dir := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 5})
 	e, err := Open(context.Background(), Options{Model: dir})
@@ -220,7 +221,7 @@ func TestBatcherSlowReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := NewBatcher(e, BatchOptions{MaxBatch: 5, StreamBuffer: 2})
+	b, err := NewBatcher(e, BatchOptions{MaxBatch: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
