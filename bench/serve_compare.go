@@ -32,6 +32,9 @@ type ServeCompareOptions struct {
 	Prompt      string
 	// MaxBatch is hippo serve's --max-batch (0: its default).
 	MaxBatch int
+	// Baseline is another hippo binary (e.g. built from an earlier commit) served as a third
+	// server with the same flags but --max-batch, to compare against; empty: none.
+	Baseline string
 	// Client is the load client: "sdk" (the official OpenAI Python SDK, bench/peers/openai_load.py,
 	// the default) or "go" (OpenAI.Burst).
 	Client string
@@ -67,11 +70,19 @@ func CompareServers(ctx context.Context, o ServeCompareOptions, w io.Writer) err
 	if err != nil {
 		return err
 	}
-	args := []string{"serve", "--model", o.Model, "--listen", hp, "--dtype", dtype, "--max-queue", "256"}
+	bp, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	serveArgs := func(addr string) []string {
+		return []string{"serve", "--model", o.Model, "--listen", addr, "--dtype", dtype, "--max-queue", "256"}
+	}
+	args := serveArgs(hp)
 	if o.MaxBatch > 0 {
 		args = append(args, "--max-batch", fmt.Sprint(o.MaxBatch))
 	}
 	hippo := exec.CommandContext(ctx, o.Exe, args...)
+	cmds := []*exec.Cmd{hippo}
 	_, port, _ := net.SplitHostPort(mp)
 	py := filepath.Join(o.Root, ".venv", "bin", "python")
 	peer := exec.CommandContext(ctx, py, "-m", "mlx_lm.server", "--model", o.Model, "--host", "127.0.0.1", "--port", port)
@@ -80,7 +91,11 @@ func CompareServers(ctx context.Context, o ServeCompareOptions, w io.Writer) err
 	if blas != "" {
 		peer.Env = append(peer.Env, "LD_PRELOAD="+blas)
 	}
-	for _, c := range []*exec.Cmd{hippo, peer} {
+	cmds = append(cmds, peer)
+	if o.Baseline != "" {
+		cmds = append(cmds, exec.CommandContext(ctx, o.Baseline, serveArgs(bp)...))
+	}
+	for _, c := range cmds {
 		c.Stdout, c.Stderr = io.Discard, io.Discard
 		if err := c.Start(); err != nil {
 			return err
@@ -95,6 +110,10 @@ func CompareServers(ctx context.Context, o ServeCompareOptions, w io.Writer) err
 	}{
 		{"hippo serve", "http://" + hp + "/v1", filepath.Base(o.Model)},
 		{"mlx_lm.server", "http://" + mp + "/v1", o.Model},
+	}
+	if o.Baseline != "" {
+		servers = append(servers, struct{ name, base, model string }{"baseline hippo", "http://" + bp + "/v1", filepath.Base(o.Model)})
+		fmt.Fprintf(w, "baseline hippo: %s\n", o.Baseline)
 	}
 	for _, s := range servers {
 		if err := waitHTTP(ctx, s.base+"/models", 2*time.Minute); err != nil {
@@ -122,15 +141,12 @@ func CompareServers(ctx context.Context, o ServeCompareOptions, w io.Writer) err
 	fmt.Fprintln(tw, "streams\tserver\tdtype\ttok/s\t±sd\tvs mlx_lm\tTTFT p50 ms\tTTFT p99 ms\tITL p50 ms\tITL p99 ms\t")
 	var single float64
 	for _, n := range o.Concurrency {
-		var res [2]acc
+		res := make([]acc, len(servers))
 		for round := -1; round < o.Rounds; round++ {
 			for k := range servers {
-				// Alternate which server goes first, so neither always runs on a machine warmed
-				// (or heated) by the other.
-				i := k
-				if round%2 != 0 {
-					i = 1 - k
-				}
+				// Rotate which server goes first, so none always runs on a machine warmed (or
+				// heated) by another.
+				i := (k + round + 1) % len(servers)
 				s := servers[i]
 				b, err := burst(s.base, s.model, n)
 				if err != nil {
@@ -153,8 +169,10 @@ func CompareServers(ctx context.Context, o ServeCompareOptions, w io.Writer) err
 			r := res[i]
 			mean, sd := stat.MeanStdDev(r.tps, nil)
 			ratio := "-"
-			if i == 0 {
+			if i != 1 {
 				ratio = fmt.Sprintf("%.2fx", mean/theirs)
+			}
+			if i == 0 {
 				if n == 1 {
 					single = mean
 				} else if single > 0 {
@@ -166,7 +184,7 @@ func CompareServers(ctx context.Context, o ServeCompareOptions, w io.Writer) err
 		}
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\n%d measured rounds per row after a warm-up, servers alternating (the first server switches every round).\n", o.Rounds)
+	fmt.Fprintf(w, "\n%d measured rounds per row after a warm-up, servers alternating (which goes first rotates every round).\n", o.Rounds)
 	fmt.Fprintln(w, "tok/s: completion tokens of all streams / wall time of the whole burst (queueing and prefill included); mean ± sd over rounds.")
 	fmt.Fprintln(w, "TTFT: request sent to first text, per stream, queueing included; ITL: gaps between text chunks; percentiles pooled over all rounds' streams.")
 	return nil

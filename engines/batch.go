@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
@@ -89,6 +90,36 @@ type Batcher struct {
 	// Owned by the scheduler goroutine.
 	waiting, running []*seq
 	batch            padded
+
+	// Published after every step for Load.
+	nRunning, nWaiting, nBatch, kvBytes atomic.Int64
+}
+
+// BatchLoad is a snapshot of a Batcher's occupancy, for metrics.
+type BatchLoad struct {
+	// Running are the admitted sequences (prefilling or decoding); Waiting are queued behind
+	// MaxBatch; Batch is how many rows the last decode step ran.
+	Running, Waiting, Batch int
+	// KVBytes is the memory the decode batch's KV cache holds (capacity, padding included).
+	KVBytes int64
+}
+
+// Load reports the scheduler's occupancy after its last step. It may be called from any
+// goroutine.
+func (b *Batcher) Load() BatchLoad {
+	return BatchLoad{Running: int(b.nRunning.Load()), Waiting: int(b.nWaiting.Load()), Batch: int(b.nBatch.Load()), KVBytes: b.kvBytes.Load()}
+}
+
+// publish updates what Load reports.
+func (b *Batcher) publish() {
+	b.nRunning.Store(int64(len(b.running)))
+	b.nWaiting.Store(int64(len(b.waiting)))
+	b.nBatch.Store(int64(len(b.batch.rows)))
+	var kv int64
+	for _, l := range b.batch.layers {
+		kv += int64(l.Keys.NBytes() + l.Values.NBytes())
+	}
+	b.kvBytes.Store(kv)
 }
 
 // padded is the decode batch: its rows in order, their padding and the layers' padded caches.
@@ -374,6 +405,7 @@ func (b *Batcher) iterate() error {
 		s.next = s.req.Tokens[len(s.req.Tokens)-1]
 		b.running = append(b.running, s)
 	}
+	defer b.publish()
 	if err := b.prefill(); err != nil {
 		return err
 	}

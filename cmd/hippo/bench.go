@@ -52,6 +52,7 @@ func benchCommand() *cli.Command {
 				&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens per stream"},
 				&cli.StringFlag{Name: "prompt", Value: "Write a haiku about latency.", Usage: "prompt"},
 				&cli.IntFlag{Name: "max-batch", Usage: "hippo serve --max-batch (default: its own)"},
+				&cli.StringFlag{Name: "baseline", Usage: "another hippo binary (e.g. built from main) served alongside, to compare against"},
 				&cli.StringFlag{Name: "client", Value: "sdk", Usage: "load client: sdk (the official OpenAI Python SDK in .venv) or go"},
 			},
 			Action: func(c *cli.Context) error {
@@ -62,7 +63,7 @@ func benchCommand() *cli.Command {
 				return bench.CompareServers(c.Context, bench.ServeCompareOptions{
 					Model: dir, Exe: exe, Root: home(), Concurrency: c.IntSlice("concurrency"),
 					Rounds: c.Int("rounds"), MaxTokens: c.Int("max-tokens"), Prompt: c.String("prompt"),
-					MaxBatch: c.Int("max-batch"), Client: c.String("client"),
+					MaxBatch: c.Int("max-batch"), Client: c.String("client"), Baseline: c.String("baseline"),
 				}, os.Stdout)
 			},
 		}, {
