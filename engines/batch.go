@@ -218,11 +218,12 @@ type seq struct {
 	smp    *sampler
 	// fed is how many prompt tokens the caches hold; the last prompt token is fed by the first
 	// decode step, as Engine.Generate feeds it alone for the first logits.
-	fed   int
-	next  int // the token the next decode step feeds
-	start time.Time
-	// last is when the previous token was sampled, for Step timings.
-	last time.Time
+	fed  int
+	next int // the token the next decode step feeds
+	// shared, when set, holds the row's prefilled caches as row sharedRow (instead of caches).
+	shared    *sharedCaches
+	sharedRow int
+	start     time.Time
 	// out carries the tokens to Generate's goroutine; it holds MaxTokens, so sends never block.
 	out chan Token
 	// Set by the scheduler before it closes out.
@@ -364,6 +365,10 @@ func (b *Batcher) retire(s *seq, finish string, err error) {
 		c.Free()
 	}
 	s.caches = nil
+	if s.shared != nil {
+		s.shared.release()
+		s.shared = nil
+	}
 	if s.smp != nil {
 		s.smp.free()
 		s.smp = nil
@@ -438,13 +443,91 @@ func (b *Batcher) prefill() error {
 		}
 		groups[g] = append(groups[g], s)
 	}
+	_, padded := b.e.model.Model.(model.PaddedLayer)
 	for _, g := range groups {
-		if err := b.fill(g, chunk[g[0]]); err != nil {
+		n := chunk[g[0]]
+		if padded && len(g) > 1 && whole(g, n) {
+			// Fresh prompts of one length, prefilled whole: one batched pass with an ordinary
+			// causal mask; their rows join the padded batch straight from the shared caches.
+			if err := b.fillShared(g, n); err != nil {
+				return err
+			}
+			for _, s := range g {
+				s.fed += n
+			}
+			continue
+		}
+		if err := b.fill(g, n); err != nil {
 			return err
 		}
 		for _, s := range g {
 			s.fed += chunk[s]
 		}
+	}
+	return nil
+}
+
+// whole says whether n tokens prefill each row of g from its first token to its last but one.
+func whole(g []*seq, n int) bool {
+	for _, s := range g {
+		if s.fed != 0 || len(s.req.Tokens)-1 != n {
+			return false
+		}
+	}
+	return true
+}
+
+// sharedCaches are the KV caches of rows prefilled together, [G, ...] per layer, freed when the
+// last of those rows has joined the decode batch or retired.
+type sharedCaches struct {
+	caches []model.Cache
+	users  int
+}
+
+func (c *sharedCaches) release() {
+	if c.users--; c.users == 0 {
+		for _, x := range c.caches {
+			x.Free()
+		}
+	}
+}
+
+// fillShared prefills rows g, n tokens each from position 0, through model.Layer on [G, n] with
+// caches shared by the group (row r of them is g[r]'s).
+func (b *Batcher) fillShared(g []*seq, n int) error {
+	ids := make([]int32, 0, len(g)*n)
+	for _, s := range g {
+		for _, t := range s.req.Tokens[:n] {
+			ids = append(ids, int32(t))
+		}
+	}
+	m := b.e.model
+	sh := &sharedCaches{caches: model.NewCaches(m), users: len(g)}
+	sc := mlx.NewScope()
+	h := m.Embed(mlx.FromInt32s(ids, len(g), n))
+	for i, c := range sh.caches {
+		h = m.Layer(i, h, c)
+	}
+	err := sc.Close()
+	if err == nil {
+		var state []mlx.Array
+		for _, c := range sh.caches {
+			state = append(state, c.State()...)
+		}
+		err = mlx.Eval(state...)
+	}
+	if err != nil {
+		for _, c := range sh.caches {
+			c.Free()
+		}
+		return err
+	}
+	for r, s := range g {
+		for _, c := range s.caches {
+			c.Free()
+		}
+		s.caches = nil
+		s.shared, s.sharedRow = sh, r
 	}
 	return nil
 }
@@ -717,13 +800,16 @@ func (b *Batcher) rebuild(rows []*seq) error {
 				parts[kv] = append(parts[kv], padSlots(g, n-(old.n-from), capacity-n))
 			}
 			for _, s := range join {
-				st := s.caches[i].State()
 				hist := length[s]
 				var g mlx.Array
 				if hist > 0 {
-					src := st[kv]
+					row, c := 0, s.caches
+					if s.shared != nil {
+						row, c = s.sharedRow, s.shared.caches
+					}
+					src := c[i].State()[kv]
 					sh := src.Shape()
-					g = mlx.Slice(src, []int{0, 0, 0, 0}, []int{1, sh[1], hist, sh[3]})
+					g = mlx.Slice(src, []int{row, 0, 0, 0}, []int{row + 1, sh[1], hist, sh[3]})
 				}
 				parts[kv] = append(parts[kv], padOrEmpty(g, b.e, n-hist, capacity-n))
 			}
@@ -754,6 +840,10 @@ func (b *Batcher) rebuild(rows []*seq) error {
 			c.Free()
 		}
 		s.caches = nil
+		if s.shared != nil {
+			s.shared.release()
+			s.shared = nil
+		}
 	}
 	b.batch = nb
 	return nil

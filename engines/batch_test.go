@@ -64,6 +64,8 @@ func testBatchedMatchesSolo(t *testing.T, e *Engine) {
 		{name: "stopped", req: Request{Tokens: prompt(12, 7), MaxTokens: 30, IgnoreEOS: true}, after: 2, stopAt: 8},
 		{name: "eos allowed", req: Request{Tokens: prompt(5, 8), MaxTokens: 25}},
 		{name: "prefilled beside an equal prompt", req: Request{Tokens: prompt(9, 9), MaxTokens: 18, IgnoreEOS: true}},
+		{name: "pair a", req: Request{Tokens: prompt(6, 10), MaxTokens: 12, IgnoreEOS: true}, after: 10},
+		{name: "pair b", req: Request{Tokens: prompt(6, 11), MaxTokens: 12, Temperature: 1, Seed: 5, IgnoreEOS: true}, after: 10},
 	}
 	solo := make([][]int, len(cases))
 	for i, c := range cases {
@@ -73,7 +75,7 @@ func testBatchedMatchesSolo(t *testing.T, e *Engine) {
 		}
 		solo[i] = st.Tokens
 	}
-	b, err := NewBatcher(e, BatchOptions{MaxBatch: 6, PrefillBudget: 16})
+	b, err := NewBatcher(e, BatchOptions{MaxBatch: 12, PrefillBudget: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +84,8 @@ func testBatchedMatchesSolo(t *testing.T, e *Engine) {
 	errStop := errors.New("stop sequence")
 	got := make([][]int, len(cases))
 	errs := make([]error, len(cases))
-	// progress[k] is closed once request 0 has produced k tokens.
+	// progress[k] is closed once request 0 has produced k tokens; requests with the same after
+	// arrive together.
 	progress := make(map[int]chan struct{})
 	for _, c := range cases {
 		if c.after > 0 {
