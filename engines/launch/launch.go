@@ -517,6 +517,9 @@ func (g *batched) Close()                          {}
 // MaxBatch is how many Generate calls may run at once.
 func (g *batched) MaxBatch() int { return g.b.MaxBatch() }
 
+// Load is the batcher's occupancy, for metrics.
+func (g *batched) Load() engines.BatchLoad { return g.b.Load() }
+
 func (g *batched) Generate(ctx context.Context, r engines.Request, emit func(engines.Token) error) (engines.Stats, error) {
 	return g.b.Generate(ctx, r, emit)
 }
