@@ -503,6 +503,13 @@ func (p *plain) Generate(ctx context.Context, r engines.Request, emit func(engin
 	return p.e.Generate(ctx, r, emit)
 }
 
+// batched is a standalone engine behind a Batcher: Generate calls may overlap. It has the
+// optional abilities serve looks for (serve.Batching, serve.Occupier).
+var _ interface {
+	MaxBatch() int
+	Occupancy() (int, int64, int64)
+} = (*batched)(nil)
+
 // batched is a standalone engine behind a Batcher: Generate calls may overlap.
 type batched struct {
 	b    *engines.Batcher
@@ -517,8 +524,13 @@ func (g *batched) Close()                          {}
 // MaxBatch is how many Generate calls may run at once.
 func (g *batched) MaxBatch() int { return g.b.MaxBatch() }
 
-// Load is the batcher's occupancy, for metrics.
-func (g *batched) Load() engines.BatchLoad { return g.b.Load() }
+// Occupancy reports the sequences admitted (prefilling or decoding), the KV cache the decode
+// batch holds (its allocated slots, padding included) and the most the batcher may hold: MaxBatch
+// sequences of the context (serve.Occupier). It may be called from any goroutine.
+func (g *batched) Occupancy() (running int, kvBytes, kvCapacity int64) {
+	l := g.b.Load()
+	return l.Running, l.KVBytes, int64(g.b.MaxBatch()) * g.info.KVBytes(g.info.context)
+}
 
 func (g *batched) Generate(ctx context.Context, r engines.Request, emit func(engines.Token) error) (engines.Stats, error) {
 	return g.b.Generate(ctx, r, emit)
