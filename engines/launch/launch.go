@@ -170,8 +170,20 @@ func Open(ctx context.Context, c Config) (Generator, error) {
 		l.Close()
 		return nil, err
 	}
+	if b, ok := g.(*batched); ok {
+		// Keep the optional abilities (MaxBatch, Occupancy) visible through the wrapper.
+		return ownedBatched{b, l}, nil
+	}
 	return owned{g, l}, nil
 }
+
+// ownedBatched is owned for a batched generator.
+type ownedBatched struct {
+	*batched
+	l *Loader
+}
+
+func (o ownedBatched) Close() { o.l.Close() }
 
 // owned is a Loader's generator that closes its Loader.
 type owned struct {
