@@ -164,9 +164,13 @@ bench-spec-real: build
     ./bin/hippo bench spec --model models/smollm2-135m-dense --dflash "$d" --drafter dflash --drafter lookup \
         --block 4 --block 8 --block 16 --max-k 8 --prompts "$d/heldout.json" --num-prompts 4 --chat --max-tokens 64 --rounds 1
 
-# hippo serve vs mlx_lm.server on the same checkpoint: added TTFT and aggregate tok/s at 1, 4 and 16 streams.
+# hippo serve vs mlx_lm.server on a 6-layer, hidden-512 Qwen3-shaped f32 checkpoint (same dtype and BLAS on both sides), OpenAI SDK as client: aggregate tok/s, TTFT and inter-token latency at 1, 4 and 16 streams.
 bench-serve: build
-    ./bin/hippo bench serve
+    #!/usr/bin/env bash
+    set -euo pipefail
+    m=models/qwen3-h512-l6-f32
+    [ -d "$m" ] || ./bin/hippo synth --preset qwen3-0.6b --layers 6 --set hidden_size=512 --dtype f32 --out "$m"
+    ./bin/hippo bench serve --model "$m" --max-tokens 48 --rounds 3
 
 # Train the speculative-decoding pair from scratch on the Go toolchain's source (qwen3 target + 1-layer draft, fixed seed, ~10-15 min on 2 cores); writes models/pair/{target,draft} and models/pair/metrics.json.
 train-pair: setup

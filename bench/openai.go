@@ -34,13 +34,59 @@ type streamResult struct {
 	err     error
 }
 
+// Burst is one burst of concurrent streams as a client sees it.
+type Burst struct {
+	// Wall is from the first request sent to the last stream's end.
+	Wall time.Duration
+	// Tokens is the completion tokens of all streams (from the usage chunk, else the text chunks).
+	Tokens int
+	// TTFT has one entry per stream: the time to its first text; Gaps are the times between
+	// later text chunks, over all streams (inter-token latency when a chunk is a token).
+	TTFT, Gaps []time.Duration
+}
+
+// TokS is the aggregate throughput: completion tokens over the wall time of the whole burst,
+// prefill and queueing included, which is what n clients get out of the server together.
+func (b Burst) TokS() float64 {
+	if b.Wall <= 0 {
+		return 0
+	}
+	return float64(b.Tokens) / b.Wall.Seconds()
+}
+
 // Run executes one configuration of mode "openai": c.BaseURL is the server's /v1 root, c.Model the
-// model name it serves.
+// model name it serves. DecodeTokS is the burst's aggregate tok/s (Burst.TokS).
 func (o *OpenAI) Run(ctx context.Context, c Config) (Result, error) {
 	res := Result{Mode: "openai", Model: c.Model}
 	if c.BaseURL == "" {
 		return res, fmt.Errorf("mode openai needs base_url (e.g. http://127.0.0.1:8002/v1)")
 	}
+	b, results, err := o.burst(ctx, c)
+	if err != nil {
+		return res, err
+	}
+	for _, g := range b.Gaps {
+		res.Steps = append(res.Steps, Step{ForwardMS: ms(g), Tokens: 1})
+	}
+	first := results[0]
+	res.Text, res.FinishReason, res.PromptTokens = first.text, first.finish, first.prompt
+	res.Tokens = []int{}
+	var ttft time.Duration
+	for _, t := range b.TTFT {
+		ttft += t
+	}
+	res.TTFTMS = ms(ttft) / float64(len(b.TTFT))
+	res.DecodeTokS = b.TokS()
+	return res, nil
+}
+
+// Burst runs max(c.Concurrency, 1) identical streams at once and measures them.
+func (o *OpenAI) Burst(ctx context.Context, c Config) (Burst, error) {
+	b, _, err := o.burst(ctx, c)
+	return b, err
+}
+
+func (o *OpenAI) burst(ctx context.Context, c Config) (Burst, []streamResult, error) {
 	n := max(c.Concurrency, 1)
 	results := make([]streamResult, n)
 	var wg sync.WaitGroup
@@ -53,29 +99,16 @@ func (o *OpenAI) Run(ctx context.Context, c Config) (Result, error) {
 		}(i)
 	}
 	wg.Wait()
-	wall := time.Since(start)
-	var tokens int
-	var ttft time.Duration
+	b := Burst{Wall: time.Since(start)}
 	for _, r := range results {
 		if r.err != nil {
-			return res, r.err
+			return b, nil, r.err
 		}
-		tokens += r.tokens
-		ttft += r.ttft
-		for _, g := range r.gaps {
-			res.Steps = append(res.Steps, Step{ForwardMS: ms(g), Tokens: 1})
-		}
+		b.Tokens += r.tokens
+		b.TTFT = append(b.TTFT, r.ttft)
+		b.Gaps = append(b.Gaps, r.gaps...)
 	}
-	first := results[0]
-	res.Text, res.FinishReason, res.PromptTokens = first.text, first.finish, first.prompt
-	res.Tokens = []int{}
-	res.TTFTMS = ms(ttft) / float64(n)
-	// Aggregate decode throughput: every stream's tokens after its first, over the wall time
-	// after the mean first token.
-	if d := wall - ttft/time.Duration(n); d > 0 {
-		res.DecodeTokS = float64(tokens-n) / d.Seconds()
-	}
-	return res, nil
+	return b, results, nil
 }
 
 func (o *OpenAI) stream(ctx context.Context, c Config) streamResult {

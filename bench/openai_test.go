@@ -64,3 +64,22 @@ func TestOpenAIReportsServerErrors(t *testing.T) {
 		t.Errorf("Run without base_url = %v; want an error naming base_url", err)
 	}
 }
+
+// TestBurstAggregate: a burst counts every stream's completion tokens over the wall time of the
+// whole burst (not the time after the first token, which flatters a server that serves streams
+// one at a time).
+func TestBurstAggregate(t *testing.T) {
+	srv := fakeOpenAI(t, 8, 2*time.Millisecond)
+	defer srv.Close()
+	var o OpenAI
+	b, err := o.Burst(context.Background(), Config{BaseURL: srv.URL, Model: "m", Prompt: "hi", MaxTokens: 8, Concurrency: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Tokens != 24 || len(b.TTFT) != 3 || len(b.Gaps) != 21 {
+		t.Errorf("burst: %d tokens, %d TTFTs, %d gaps; want 24, 3, 21", b.Tokens, len(b.TTFT), len(b.Gaps))
+	}
+	if got, want := b.TokS(), 24/b.Wall.Seconds(); got != want {
+		t.Errorf("TokS() = %v; want tokens / wall = %v", got, want)
+	}
+}

@@ -1,5 +1,7 @@
 // Package engines runs language models on MLX. Engine is the standalone engine: one process,
 // the whole model, autoregressive decoding with a KV cache, every step timed after evaluation.
+// Batcher runs many generations on an Engine at once by continuous batching (see batch.go for
+// its design).
 package engines
 
 import (

@@ -33,6 +33,12 @@ type Config struct {
 	APIKeys  []string `yaml:"api_keys"`
 	MaxQueue int      `yaml:"max_queue"`
 	Timeout  Duration `yaml:"timeout"`
+	// WriteTimeout is how long a streamed write may wait on a client that stopped reading
+	// (DefaultWriteTimeout); then the client is dropped and its generation freed.
+	WriteTimeout Duration `yaml:"write_timeout"`
+	// MaxBatch bounds the generations a model runs at once by continuous batching
+	// (engines.DefaultMaxBatch); the memory guard may lower it. 1 serves one at a time.
+	MaxBatch int      `yaml:"max_batch"`
 	MaxBody  ByteSize `yaml:"max_body"`
 	// RAM overrides the detected memory for the memory guard.
 	RAM    ByteSize      `yaml:"ram"`
@@ -150,6 +156,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxQueue < 0 {
 		return fmt.Errorf("max_queue %d: must be at least 0 (0 means %d)", c.MaxQueue, DefaultMaxQueue)
+	}
+	if c.MaxBatch < 0 {
+		return fmt.Errorf("max_batch %d: must be at least 0 (0 means %d)", c.MaxBatch, engines.DefaultMaxBatch)
 	}
 	for i, k := range c.APIKeys {
 		if strings.TrimSpace(k) == "" {

@@ -10,15 +10,27 @@ import (
 )
 
 // Generator runs one generation, calling emit for each token as it is produced. Calls may come
-// from many goroutines; the server never overlaps two calls on one Generator. emit may run on
-// another goroutine (the engine's MLX thread) and must not call the Generator; an error from emit
-// stops generation and is returned. Generate must return soon after ctx ends. *engines.Engine
-// implements it.
+// from many goroutines; the server never overlaps two calls on one Generator unless it implements
+// Batching. emit may run on another goroutine (the engine's MLX thread) and must not call the
+// Generator; an error from emit stops generation and is returned. emit never writes to the client
+// itself (it hands the token to the request's writer and may block while that writer's buffer is
+// full, at most until ctx ends). Generate must return soon after ctx ends. *engines.Engine and
+// *engines.Batcher implement it.
 type Generator interface {
 	Generate(ctx context.Context, r engines.Request, emit func(engines.Token) error) (engines.Stats, error)
 }
 
-var _ Generator = (*engines.Engine)(nil)
+// Batching is the optional ability of a Generator to run several generations at once (continuous
+// batching): the server overlaps up to MaxBatch calls of Generate and queues the others.
+type Batching interface {
+	MaxBatch() int
+}
+
+var (
+	_ Generator = (*engines.Engine)(nil)
+	_ Generator = (*engines.Batcher)(nil)
+	_ Batching  = (*engines.Batcher)(nil)
+)
 
 // Occupier is an optional ability of a Generator that decodes several sequences at once
 // (continuous batching). The server reads it at every /metrics scrape, from any goroutine, as

@@ -7,7 +7,6 @@ package serve
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -704,6 +703,3 @@ func (completionFormat) complete(m Meta, text, reason string, u Usage) any {
 	return TextCompletion{ID: m.ID, Object: "text_completion", Created: m.Created, Model: m.Model,
 		Choices: []TextChoice{{Text: text, FinishReason: &reason}}, Usage: optionalUsage{set: true, u: &u}}
 }
-
-// errStopSequence is returned from the emit callback to end generation at a stop sequence.
-var errStopSequence = errors.New("serve: stop sequence reached")

@@ -71,6 +71,10 @@ func Run(ctx context.Context, c Config, o RunOptions) error {
 			}
 		}
 		lc.Exe = o.Exe
+		lc.MaxBatch = c.MaxBatch
+		if lc.MaxBatch == 0 {
+			lc.MaxBatch = engines.DefaultMaxBatch
+		}
 		start := time.Now()
 		g, err := launch.Open(ctx, lc)
 		if err != nil {
@@ -81,11 +85,11 @@ func Run(ctx context.Context, c Config, o RunOptions) error {
 		models = append(models, m)
 		info := g.Info()
 		log.Info("model loaded", "id", mc.ID, "dir", lc.Model, "mode", info.Mode, "dtype", info.DType, "context", m.Context,
-			"stages", info.Stages, "link", info.Link, "drafter", mc.Drafter, "draft_tokens", info.DraftTokens,
+			"max_batch", info.MaxBatch, "stages", info.Stages, "link", info.Link, "drafter", mc.Drafter, "draft_tokens", info.DraftTokens,
 			"weights", engines.FormatBytes(info.WeightBytes), "took", time.Since(start).Round(time.Millisecond))
 	}
 	s, err := New(Options{Models: models, APIKeys: c.APIKeys, MaxQueue: c.MaxQueue, Timeout: time.Duration(c.Timeout),
-		MaxBody: int64(c.MaxBody), Registry: reg, Logger: log})
+		WriteTimeout: time.Duration(c.WriteTimeout), MaxBody: int64(c.MaxBody), Registry: reg, Logger: log})
 	if err != nil {
 		return err
 	}

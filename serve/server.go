@@ -38,6 +38,15 @@ const (
 	DefaultTimeout  = 10 * time.Minute
 	DefaultMaxBody  = 1 << 20
 	DefaultContext  = 4096
+	// DefaultMaxTokens is the completion length of a chat request that omits max_tokens (capped by
+	// the context): mlx_lm.server's default. Filling the context instead (thousands of tokens)
+	// would let one casual request hold a batch row for minutes.
+	DefaultMaxTokens = 512
+	// DefaultWriteTimeout is how long a streamed write may block on a client that stopped
+	// reading before the server drops it and frees its generation.
+	DefaultWriteTimeout = 30 * time.Second
+	// streamBuffer is how many tokens a stream holds between the generator and the writer.
+	streamBuffer = 64
 )
 
 // Options configures New. Only Models is required.
@@ -50,6 +59,9 @@ type Options struct {
 	MaxQueue int
 	// Timeout bounds one request, queueing included. 0 means DefaultTimeout.
 	Timeout time.Duration
+	// WriteTimeout bounds one write of a streamed response: a client that reads nothing for that
+	// long is dropped and its generation cancelled. 0 means DefaultWriteTimeout.
+	WriteTimeout time.Duration
 	// MaxBody bounds a request body in bytes (413 beyond). 0 means DefaultMaxBody.
 	MaxBody int64
 	// Registry receives the metrics and is what /metrics serves; nil makes a private one.
@@ -69,6 +81,7 @@ type Server struct {
 	maxQueue int64
 	waiting  atomic.Int64
 	timeout  time.Duration
+	writeTO  time.Duration
 	maxBody  int64
 	metrics  *Metrics
 	log      *slog.Logger
@@ -80,7 +93,8 @@ type Server struct {
 // served is a model plus what the server keeps for it.
 type served struct {
 	Model
-	// slot holds a token while a generation runs: the engine runs one at a time.
+	// slot holds a token per generation running: one at a time, or up to MaxBatch for a
+	// generator that batches (Batching).
 	slot chan struct{}
 	eos  map[int]bool
 	// running and positions count the generations in progress and the positions their KV
@@ -109,7 +123,7 @@ func New(o Options) (*Server, error) {
 		return nil, errors.New("serve: no models: give at least one")
 	}
 	s := &Server{
-		byID: map[string]*served{}, maxQueue: int64(o.MaxQueue), timeout: o.Timeout, maxBody: o.MaxBody,
+		byID: map[string]*served{}, maxQueue: int64(o.MaxQueue), timeout: o.Timeout, writeTO: o.WriteTimeout, maxBody: o.MaxBody,
 		log: o.Logger, now: o.Now, newID: o.NewID,
 	}
 	if s.maxQueue <= 0 {
@@ -117,6 +131,9 @@ func New(o Options) (*Server, error) {
 	}
 	if s.timeout <= 0 {
 		s.timeout = DefaultTimeout
+	}
+	if s.writeTO <= 0 {
+		s.writeTO = DefaultWriteTimeout
 	}
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBody
@@ -149,7 +166,11 @@ func New(o Options) (*Server, error) {
 		if m.Created.IsZero() {
 			m.Created = created
 		}
-		sv := &served{Model: m, slot: make(chan struct{}, 1), eos: map[int]bool{}}
+		slots := 1
+		if b, ok := m.Generator.(Batching); ok {
+			slots = max(1, b.MaxBatch())
+		}
+		sv := &served{Model: m, slot: make(chan struct{}, slots), eos: map[int]bool{}}
 		for _, id := range m.Tokenizer.EOS() {
 			sv.eos[id] = true
 		}
@@ -463,7 +484,7 @@ func (s *Server) generate(w *recorder, r *http.Request, j job) {
 		return
 	}
 	if j.MaxTokens == 0 {
-		j.MaxTokens = m.Context - len(j.prompt)
+		j.MaxTokens = min(DefaultMaxTokens, m.Context-len(j.prompt))
 	}
 	if len(j.prompt)+j.MaxTokens > m.Context {
 		writeError(w, newError(http.StatusBadRequest, "max_tokens", "context_length_exceeded",
@@ -499,9 +520,7 @@ func (s *Server) generate(w *recorder, r *http.Request, j job) {
 	var sse *sseWriter
 	if j.stream {
 		sse = newSSEWriter(w)
-		// A stalled client must not hold the engine past the request's deadline.
-		deadline, _ := ctx.Deadline()
-		sse.rc.SetWriteDeadline(deadline)
+		sse.timeout = s.writeTO
 		if ev := j.format.open(meta, j.includeUsage); ev != nil {
 			if err := sse.event(ev); err != nil {
 				w.code = statusClientClosed
@@ -521,15 +540,40 @@ func (s *Server) generate(w *recorder, r *http.Request, j job) {
 		return sse.event(j.format.delta(meta, piece, j.includeUsage))
 	}
 
+	// The generator runs on a goroutine of its own and hands tokens over a bounded buffer; only
+	// this goroutine writes to the client. A client that stops reading blocks only its own
+	// writes: after the write timeout the stream is dropped, the generation cancelled (gen ends),
+	// and a batching generator frees the row; until then the buffer fills and the row waits.
+	tokens := make(chan engines.Token, streamBuffer)
+	gen, cancelGen := context.WithCancel(ctx)
+	defer cancelGen()
+	var stats engines.Stats
+	var genErr error
+	m.running.Add(1)
+	m.positions.Add(int64(len(j.prompt)))
+	go func() {
+		defer close(tokens)
+		stats, genErr = m.Generator.Generate(gen, engines.Request{
+			Tokens: j.prompt, MaxTokens: j.MaxTokens, Temperature: j.Temperature, TopP: j.TopP, Seed: j.Seed,
+		}, func(t engines.Token) error {
+			select {
+			case tokens <- t:
+				return nil
+			case <-gen.Done():
+				return gen.Err()
+			}
+		})
+	}()
 	dec := m.Tokenizer.NewDecoder()
 	stop := NewStopScanner(j.Stop)
 	var generated int
+	var stopped bool
+	var writeErr error
 	last := time.Now()
-	m.running.Add(1)
-	m.positions.Add(int64(len(j.prompt)))
-	stats, err := m.Generator.Generate(ctx, engines.Request{
-		Tokens: j.prompt, MaxTokens: j.MaxTokens, Temperature: j.Temperature, TopP: j.TopP, Seed: j.Seed,
-	}, func(t engines.Token) error {
+	for t := range tokens {
+		if stopped || writeErr != nil {
+			continue // drain until the cancelled generation returns
+		}
 		now := time.Now()
 		generated++
 		m.positions.Add(1)
@@ -540,29 +584,29 @@ func (s *Server) generate(w *recorder, r *http.Request, j job) {
 		}
 		last = now
 		if m.eos[t.ID] {
-			return nil
+			continue
 		}
-		out, stopped := stop.Push(dec.Add(t.ID))
-		if err := send(out); err != nil {
-			return err
+		var out string
+		out, stopped = stop.Push(dec.Add(t.ID))
+		if writeErr = send(out); writeErr != nil || stopped {
+			cancelGen()
 		}
-		if stopped {
-			return errStopSequence
-		}
-		return nil
-	})
+	}
 	m.running.Add(-1)
 	m.positions.Add(-int64(len(j.prompt) + generated))
 	s.metrics.ObserveStats(m.ID, stats)
 	s.metrics.PromptTokens.WithLabelValues(m.ID).Add(float64(len(j.prompt)))
 	s.metrics.GeneratedTokens.WithLabelValues(m.ID).Add(float64(generated))
 	finish := stats.FinishReason
+	err = genErr
 	switch {
-	case errors.Is(err, errStopSequence):
+	case writeErr != nil:
+		err = fmt.Errorf("write to client: %w", writeErr)
+	case stopped:
 		finish, err = "stop", nil
 	case err == nil:
-		out, stopped := stop.Push(dec.Flush())
-		if stopped {
+		out, hit := stop.Push(dec.Flush())
+		if hit {
 			finish = "stop"
 		} else {
 			out += stop.Flush()
@@ -575,13 +619,18 @@ func (s *Server) generate(w *recorder, r *http.Request, j job) {
 	usage := NewUsage(len(j.prompt), generated)
 	if sse != nil {
 		// The closing events (or the error event after a timeout) get a short deadline of their own.
-		sse.rc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		sse.timeout = min(sse.timeout, 5*time.Second)
 	}
 	if err != nil {
 		var e *Error
 		switch {
 		case r.Context().Err() != nil:
 			w.code = statusClientClosed
+		case writeErr != nil:
+			// The client stopped reading (or the connection broke): nothing more can reach it.
+			w.code = statusClientClosed
+			log.Warn("client dropped: it stopped reading", "tokens", generated, "write_timeout", s.writeTO, "err", writeErr)
+			return
 		case ctx.Err() != nil:
 			e = newError(http.StatusServiceUnavailable, "", "timeout", "request timed out after %s, %d tokens generated (--timeout)", s.timeout, generated)
 		default:

@@ -3,6 +3,7 @@ package serve
 import (
 	"encoding/json"
 	"net/http"
+	"time"
 )
 
 // sseWriter writes Server-Sent Events as OpenAI streams them: one `data: <json>\n\n` event per
@@ -10,6 +11,8 @@ import (
 type sseWriter struct {
 	w  http.ResponseWriter
 	rc *http.ResponseController
+	// timeout bounds each write: a client that reads nothing for that long fails the write.
+	timeout time.Duration
 }
 
 func newSSEWriter(w http.ResponseWriter) *sseWriter {
@@ -36,6 +39,9 @@ func (s *sseWriter) raw(data []byte) error {
 	buf = append(buf, "data: "...)
 	buf = append(buf, data...)
 	buf = append(buf, "\n\n"...)
+	if s.timeout > 0 {
+		s.rc.SetWriteDeadline(time.Now().Add(s.timeout))
+	}
 	if _, err := s.w.Write(buf); err != nil {
 		return err
 	}

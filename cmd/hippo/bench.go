@@ -45,14 +45,17 @@ func benchCommand() *cli.Command {
 			},
 		}, {
 			Name:      "serve",
-			Usage:     "hippo serve vs mlx_lm.server on the same checkpoint: TTFT and aggregate tok/s at 1, 4 and 16 streams",
-			UsageText: "hippo bench serve [--model DIR|synth:PRESET|smollm2-135m|FILE.gguf] [--concurrency 1 --concurrency 4 ...] [--rounds N]",
+			Usage:     "hippo serve vs mlx_lm.server on the same checkpoint, dtype and BLAS: aggregate tok/s, TTFT and inter-token latency at 1, 4 and 16 streams",
+			UsageText: "hippo bench serve [--model DIR|synth:PRESET|smollm2-135m|FILE.gguf] [--concurrency 1 --concurrency 4 ...] [--rounds N] [--max-tokens N] [--max-batch N] [--client sdk|go]",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "model", Value: "synth:tiny-qwen3", Usage: "checkpoint"},
 				&cli.IntSliceFlag{Name: "concurrency", Value: cli.NewIntSlice(1, 4, 16), Usage: "concurrent streams"},
 				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "measured rounds per row"},
 				&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens per stream"},
 				&cli.StringFlag{Name: "prompt", Value: "Write a haiku about latency.", Usage: "prompt"},
+				&cli.IntFlag{Name: "max-batch", Usage: "hippo serve --max-batch (default: its own)"},
+				&cli.StringFlag{Name: "baseline", Usage: "another hippo binary (e.g. built from main) served alongside, to compare against"},
+				&cli.StringFlag{Name: "client", Value: "sdk", Usage: "load client: sdk (the official OpenAI Python SDK in .venv) or go"},
 			},
 			Action: func(c *cli.Context) error {
 				dir, exe, err := modelAndExe(c)
@@ -62,6 +65,7 @@ func benchCommand() *cli.Command {
 				return bench.CompareServers(c.Context, bench.ServeCompareOptions{
 					Model: dir, Exe: exe, Root: home(), Concurrency: c.IntSlice("concurrency"),
 					Rounds: c.Int("rounds"), MaxTokens: c.Int("max-tokens"), Prompt: c.String("prompt"),
+					MaxBatch: c.Int("max-batch"), Client: c.String("client"), Baseline: c.String("baseline"),
 				}, os.Stdout)
 			},
 		}, {

@@ -29,20 +29,22 @@ func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "serve models through an OpenAI-compatible API, with /metrics and a web chat",
-		UsageText: "hippo serve --model DIR|synth:PRESET|smollm2-135m|FILE.gguf [--dtype f32|bf16|f16] [--listen ADDR] [--api-key-file FILE] [--max-queue N] [--timeout D] [--max-body SIZE]\n" +
+		UsageText: "hippo serve --model DIR|synth:PRESET|smollm2-135m|FILE.gguf [--dtype f32|bf16|f16] [--listen ADDR] [--api-key-file FILE] [--max-batch N] [--max-queue N] [--timeout D] [--write-timeout D] [--max-body SIZE]\n" +
 			"hippo serve --model DIR --mode pipeline|spec|pipeline+spec [the mode flags of hippo run: --stages, --split, --link, --hosts, --drafter, --draft, --draft-tokens ...]\n" +
 			"hippo serve --best results/<sweep>/<stamp>   (the fastest servable configuration of a sweep)\n" +
 			"hippo serve --config hippo.yaml              (several models; flags override the file)",
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "model", Usage: "checkpoint directory, synth:PRESET, smollm2-135m or FILE.gguf (repeat to serve several)"},
 			&cli.StringFlag{Name: "best", Usage: "serve the configuration with the best mean decode tok/s in this sweep output directory"},
-			&cli.StringFlag{Name: "config", Usage: "hippo.yaml with listen, api_keys, max_queue, timeout, max_body, ram and models"},
+			&cli.StringFlag{Name: "config", Usage: "hippo.yaml with listen, api_keys, max_batch, max_queue, timeout, write_timeout, max_body, ram and models"},
 			&cli.StringFlag{Name: "dtype", Usage: "compute dtype: f32, bf16 or f16 (default: bf16 on a GPU, f32 on the CPU backend)"},
 			&cli.StringFlag{Name: "listen", Value: serve.DefaultListen, Usage: "address to listen on"},
 			&cli.StringFlag{Name: "api-key-file", Usage: "file with the accepted bearer keys, one a line (default: $" + apiKeyEnv + ", comma-separated); none leaves the API open, allowed on loopback only"},
 			argvSecretFlag("api-key", apiKeyEnv, "api-key-file"),
 			&cli.IntFlag{Name: "max-queue", Value: serve.DefaultMaxQueue, Usage: "requests that may wait for a model before the server answers 429"},
 			&cli.DurationFlag{Name: "timeout", Value: serve.DefaultTimeout, Usage: "limit on one request, queueing included"},
+			&cli.IntFlag{Name: "max-batch", Value: engines.DefaultMaxBatch, Usage: "generations a model runs at once (continuous batching; the memory guard may lower it); 1 serves one at a time"},
+			&cli.DurationFlag{Name: "write-timeout", Value: serve.DefaultWriteTimeout, Usage: "drop a streaming client that reads nothing for this long and free its generation"},
 			&cli.StringFlag{Name: "max-body", Value: "1MiB", Usage: "largest request body"},
 			&cli.IntFlag{Name: "context", Value: serve.DefaultContext, Usage: "longest prompt + completion served (the memory guard plans for it)"},
 			&cli.StringFlag{Name: "ram", Usage: "plan for this much RAM instead of the detected amount (e.g. 16GB)"},
@@ -108,6 +110,12 @@ func serveConfig(c *cli.Context, log *slog.Logger) (serve.Config, error) {
 	}
 	if set("timeout") {
 		cfg.Timeout = serve.Duration(c.Duration("timeout"))
+	}
+	if set("max-batch") {
+		cfg.MaxBatch = c.Int("max-batch")
+	}
+	if set("write-timeout") {
+		cfg.WriteTimeout = serve.Duration(c.Duration("write-timeout"))
 	}
 	if set("max-body") {
 		n, err := engines.ParseBytes(c.String("max-body"))

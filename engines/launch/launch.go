@@ -63,6 +63,11 @@ type Config struct {
 	// Exe is the hippo binary that serves local pipeline stages (`hippo rank`); empty means this
 	// executable.
 	Exe string
+	// MaxBatch, when above 0, runs a standalone model through an engines.Batcher that decodes up
+	// to MaxBatch generations at once (continuous batching): Generate calls may then overlap, and
+	// the Generator has a MaxBatch() int method saying how many (see serve.Batching). Other modes
+	// ignore it and run one generation at a time.
+	MaxBatch int
 }
 
 // Generator is an opened configuration. Generate calls must not overlap; emit runs on the
@@ -89,6 +94,8 @@ type Info struct {
 	DraftTokens int
 	// WeightBytes is the memory the target's weights take on all stages together.
 	WeightBytes int64
+	// MaxBatch is how many generations run at once (1 unless batched; see Config.MaxBatch).
+	MaxBatch int
 
 	cfg     *model.Config
 	dt      mlx.DType
@@ -163,8 +170,20 @@ func Open(ctx context.Context, c Config) (Generator, error) {
 		l.Close()
 		return nil, err
 	}
+	if b, ok := g.(*batched); ok {
+		// Keep the optional abilities (MaxBatch, Occupancy) visible through the wrapper.
+		return ownedBatched{b, l}, nil
+	}
 	return owned{g, l}, nil
 }
+
+// ownedBatched is owned for a batched generator.
+type ownedBatched struct {
+	*batched
+	l *Loader
+}
+
+func (o ownedBatched) Close() { o.l.Close() }
 
 // owned is a Loader's generator that closes its Loader.
 type owned struct {
@@ -190,6 +209,31 @@ type Loader struct {
 	pipeKey string
 	local   *pipeline.Local
 	driver  *pipeline.Driver
+
+	batchKey string
+	batcher  *engines.Batcher
+}
+
+// batcherFor returns the Batcher of engine e for c, starting it when it changed.
+func (l *Loader) batcherFor(e *engines.Engine, c Config) (*engines.Batcher, error) {
+	key := fmt.Sprintf("%p|%d|%d|%d", e, c.MaxBatch, c.Context, c.RAM)
+	if l.batcher != nil && l.batchKey == key {
+		return l.batcher, nil
+	}
+	l.closeBatcher()
+	b, err := engines.NewBatcher(e, engines.BatchOptions{MaxBatch: c.MaxBatch, Context: c.Context, RAM: c.RAM})
+	if err != nil {
+		return nil, err
+	}
+	l.batcher, l.batchKey = b, key
+	return b, nil
+}
+
+func (l *Loader) closeBatcher() {
+	if l.batcher != nil {
+		l.batcher.Close()
+		l.batcher, l.batchKey = nil, ""
+	}
 }
 
 // Load opens c, reusing what the previous Load loaded where it can.
@@ -214,7 +258,7 @@ func (l *Loader) Load(ctx context.Context, c Config) (Generator, error) {
 	if c.Context == 0 {
 		c.Context = 4096
 	}
-	info := Info{Mode: orDefault(c.Mode, Standalone), DType: dt.String(), cfg: cfg, dt: dt, context: c.Context}
+	info := Info{Mode: orDefault(c.Mode, Standalone), DType: dt.String(), cfg: cfg, dt: dt, context: c.Context, MaxBatch: 1}
 	switch info.Mode {
 	case Standalone:
 		e, err := l.engine(ctx, c)
@@ -222,6 +266,14 @@ func (l *Loader) Load(ctx context.Context, c Config) (Generator, error) {
 			return nil, err
 		}
 		info.WeightBytes = e.WeightBytes()
+		if c.MaxBatch > 0 {
+			b, err := l.batcherFor(e, c)
+			if err != nil {
+				return nil, err
+			}
+			info.MaxBatch = b.MaxBatch()
+			return &batched{b, e, info}, nil
+		}
 		return &plain{e, info}, nil
 	case Spec:
 		e, err := l.engine(ctx, c)
@@ -376,6 +428,7 @@ func (l *Loader) closeDraft() {
 }
 
 func (l *Loader) closeEngine() {
+	l.closeBatcher() // it runs on the engine
 	if _, ok := l.draft.(engines.FeatureDrafter); ok {
 		l.closeDraft() // a dflash drafter lives on the engine's thread and dies with it
 	}
@@ -460,6 +513,39 @@ func (p *plain) Info() Info                      { return p.info }
 func (p *plain) Close()                          {}
 func (p *plain) Generate(ctx context.Context, r engines.Request, emit func(engines.Token) error) (engines.Stats, error) {
 	return p.e.Generate(ctx, r, emit)
+}
+
+// batched is a standalone engine behind a Batcher: Generate calls may overlap. It has the
+// optional abilities serve looks for (serve.Batching, serve.Occupier).
+var _ interface {
+	MaxBatch() int
+	Occupancy() (int, int64, int64)
+} = (*batched)(nil)
+
+// batched is a standalone engine behind a Batcher: Generate calls may overlap.
+type batched struct {
+	b    *engines.Batcher
+	e    *engines.Engine
+	info Info
+}
+
+func (g *batched) Tokenizer() *tokenizer.Tokenizer { return g.e.Tokenizer() }
+func (g *batched) Info() Info                      { return g.info }
+func (g *batched) Close()                          {}
+
+// MaxBatch is how many Generate calls may run at once.
+func (g *batched) MaxBatch() int { return g.b.MaxBatch() }
+
+// Occupancy reports the sequences admitted (prefilling or decoding), the KV cache the decode
+// batch holds (its allocated slots, padding included) and the most the batcher may hold: MaxBatch
+// sequences of the context (serve.Occupier). It may be called from any goroutine.
+func (g *batched) Occupancy() (running int, kvBytes, kvCapacity int64) {
+	l := g.b.Load()
+	return l.Running, l.KVBytes, int64(g.b.MaxBatch()) * g.info.KVBytes(g.info.context)
+}
+
+func (g *batched) Generate(ctx context.Context, r engines.Request, emit func(engines.Token) error) (engines.Stats, error) {
+	return g.b.Generate(ctx, r, emit)
 }
 
 // specTarget verifies drafts: the standalone engine or a pipeline driver.

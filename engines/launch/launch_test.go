@@ -99,3 +99,52 @@ func TestLoaderReuses(t *testing.T) {
 		t.Errorf("drafter = %T; want the model drafter that replaced lookup", l.draft)
 	}
 }
+
+// TestOpenBatched: a standalone configuration with MaxBatch opens a generator that serve can
+// overlap (MaxBatch) and read occupancy from (Occupancy), through Open's wrapper too, and that
+// generates what the plain engine generates.
+func TestOpenBatched(t *testing.T) {
+	p, err := synth.Lookup("tiny-qwen3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := synth.Options{Preset: "tiny-qwen3", Seed: 3, Out: t.TempDir(), Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))}
+	w := mlx.NewWorker()
+	err = w.Do(context.Background(), func() error { _, err := synth.Write(o); return err })
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	run := func(c Config) (Generator, []int) {
+		g, err := Open(ctx, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := g.Generate(ctx, engines.Request{Tokens: []int{1, 2, 3, 4}, MaxTokens: 10, IgnoreEOS: true}, func(engines.Token) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g, st.Tokens
+	}
+	plain, want := run(Config{Model: o.Out})
+	plain.Close()
+	g, got := run(Config{Model: o.Out, MaxBatch: 4})
+	defer g.Close()
+	b, ok := g.(interface {
+		MaxBatch() int
+		Occupancy() (int, int64, int64)
+	})
+	if !ok {
+		t.Fatalf("Open with MaxBatch 4 gave %T, without MaxBatch and Occupancy", g)
+	}
+	if n := b.MaxBatch(); n != 4 {
+		t.Errorf("MaxBatch() = %d; want 4", n)
+	}
+	if _, _, capacity := b.Occupancy(); capacity <= 0 {
+		t.Errorf("Occupancy capacity %d; want > 0", capacity)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("batched tokens %v; want the plain engine's %v", got, want)
+	}
+}

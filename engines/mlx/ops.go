@@ -387,6 +387,21 @@ func RoPE(x Array, dims int, traditional bool, base, scale float32, offset int, 
 	return result("rope", st, h)
 }
 
+// RoPEOffsets is RoPE with one offset per batch row: offsets is int32 [B] and x is [B, ..., seq,
+// dim], row b rotated for positions offsets[b]... .
+func RoPEOffsets(x Array, dims int, traditional bool, base, scale float32, offsets, freqs Array) Array {
+	if !valid(x, offsets) {
+		return Array{}
+	}
+	t := C.int(0)
+	if traditional {
+		t = 1
+	}
+	var h C.hp_array
+	st := C.hp_rope_offsets(&h, x.h, C.int(dims), t, C.float(base), C.float(scale), offsets.h, freqs.h)
+	return result("rope", st, h)
+}
+
 // Mask modes for SDPA.
 const (
 	MaskNone   = ""

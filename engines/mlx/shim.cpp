@@ -327,6 +327,14 @@ int hp_rope(hp_array* out, hp_array x, int dims, int traditional, float base, fl
   })
 }
 
+int hp_rope_offsets(hp_array* out, hp_array x, int dims, int traditional, float base, float scale, hp_array offsets, hp_array freqs) {
+  HP_TRY({
+    std::optional<float> b = base;
+    if (freqs != nullptr) b = std::nullopt;
+    *out = wrap(mx::fast::rope(x->a, dims, traditional != 0, b, scale, offsets->a, opt(freqs)));
+  })
+}
+
 int hp_sdpa(hp_array* out, hp_array q, hp_array k, hp_array v, float scale, const char* mask_mode, hp_array mask) {
   HP_TRY({
     std::string mode = mask_mode ? mask_mode : "";

@@ -93,6 +93,7 @@ int hp_quantized_matmul(hp_array* out, hp_array x, hp_array wq, hp_array scales,
 // Fused ops from mlx::core::fast (composed ops on the CPU backend). weight, freqs and mask may be NULL.
 int hp_rms_norm(hp_array* out, hp_array x, hp_array weight, float eps);
 int hp_rope(hp_array* out, hp_array x, int dims, int traditional, float base, float scale, int offset, hp_array freqs);
+int hp_rope_offsets(hp_array* out, hp_array x, int dims, int traditional, float base, float scale, hp_array offsets, hp_array freqs);
 // mask_mode is "", "causal" or "array" (then mask is used).
 int hp_sdpa(hp_array* out, hp_array q, hp_array k, hp_array v, float scale, const char* mask_mode, hp_array mask);
 
