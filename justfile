@@ -119,7 +119,7 @@ sweep NAME *FLAGS: build
     ./bin/hippo sweep {{FLAGS}} {{NAME}}
 
 # Serve a model through the OpenAI-compatible API, /metrics and the web chat at http://127.0.0.1:8002 (e.g. just serve --best results/quick/<stamp>).
-serve *ARGS="--model synth:qwen3-demo": build
+serve *ARGS="--model smollm2-135m": build
     ./bin/hippo serve {{ARGS}}
 
 # Print how to watch a running `hippo serve` in Prometheus + Grafana (deploy/).
