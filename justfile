@@ -193,3 +193,7 @@ train-dflash: setup build
     [ -d models/smollm2-135m ] || ./bin/hippo convert "$gguf" --out models/smollm2-135m
     [ -d models/smollm2-135m-dense ] || "{{python}}" engines/spec/train/dequantize.py models/smollm2-135m models/smollm2-135m-dense
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2
+
+# SmolLM2 fidelity against mlx-lm with every case in bf16 too (8 prompts x 64 tokens, the 2,100-token prompt); CI runs the bf16 half reduced, since MLX's CPU bf16 quantized matmul runs ~1 tok/s (about 30 minutes on 2 cores).
+fidelity-smollm2: build
+    HIPPO_FIDELITY=full go test -count=1 -timeout 90m -run '^TestSmolLM2MatchesMLXLM$' -v ./engines

@@ -93,7 +93,8 @@ type smolJob struct {
 
 // TestSmolLM2MatchesMLXLM is invariant 1 on real weights: on the checkpoint converted from
 // SmolLM2's GGUF file (4-bit layers, 8-bit embedding, as shipped), greedy decoding equals mlx-lm's
-// token for token in f32 and bf16 for eight chat prompts x 64 tokens, and the log-probabilities of a
+// token for token for eight chat prompts x 64 tokens (in f32; bf16 too with HIPPO_FIDELITY=full, two
+// prompts x 16 tokens otherwise), and the log-probabilities of a
 // fixed text agree within 1e-4 in f32. A prompt of over 2,048 tokens (two prefill chunks) runs on
 // the first two real layers only: MLX's CPU quantized matmul takes minutes for the whole stack.
 // mlx-lm runs in a second process at the same time as Hippo, to halve the wall time.
@@ -121,17 +122,29 @@ func TestSmolLM2MatchesMLXLM(t *testing.T) {
 		t.Fatalf("long prompt has %d tokens; want more than %d", len(long), PrefillChunk)
 	}
 	text := tok.Encode(perplexityText, true)
+	// MLX's CPU backend has no fast bfloat16 quantized matmul (about 1 tok/s here against 7-9 in
+	// float32), so by default the bf16 half covers two prompts x 16 tokens and no long prompt, which
+	// keeps CI in minutes. HIPPO_FIDELITY=full (just fidelity-smollm2) runs every case in both dtypes.
+	full := os.Getenv("HIPPO_FIDELITY") == "full"
+	t.Logf("HIPPO_FIDELITY=full: %v", full)
 	var jobs []*smolJob
 	for _, dtype := range []string{"f32", "bf16"} {
-		j := &smolJob{name: "30 layers/" + dtype, dir: dir, dtype: dtype, prompts: prompts}
-		for range prompts {
-			j.max = append(j.max, n)
+		ps, m := prompts, n
+		if dtype == "bf16" && !full {
+			ps, m = prompts[:2], 16
+		}
+		j := &smolJob{name: "30 layers/" + dtype, dir: dir, dtype: dtype, prompts: ps}
+		for range ps {
+			j.max = append(j.max, m)
 		}
 		if dtype == "f32" {
 			j.text = text
 		}
-		jobs = append(jobs, j, &smolJob{name: fmt.Sprintf("2 layers/%s/%d-token prompt", dtype, len(long)), dir: short,
-			dtype: dtype, prompts: [][]int{long}, max: []int{16}})
+		jobs = append(jobs, j)
+		if dtype == "f32" || full {
+			jobs = append(jobs, &smolJob{name: fmt.Sprintf("2 layers/%s/%d-token prompt", dtype, len(long)), dir: short,
+				dtype: dtype, prompts: [][]int{long}, max: []int{16}})
+		}
 	}
 
 	var req []map[string]any
