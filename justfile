@@ -87,14 +87,16 @@ demo: build
 # Run every test (the MLX parity and tokenizer parity tests included; nothing is skipped), then short fuzz runs.
 test: build lint
     go test -count=1 -timeout 25m ./...
-    just fuzz 10s
+    just fuzz 200000x
 
-# Fuzz the decoders of untrusted input (wire frames, safetensors headers) for DURATION each.
-fuzz DURATION="30s":
-    go test -run '^$' -fuzz '^FuzzReadFrame$' -fuzztime {{DURATION}} ./transport
-    go test -run '^$' -fuzz '^FuzzHandshake$' -fuzztime {{DURATION}} ./transport
-    go test -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime {{DURATION}} ./engines/safetensors
-    go test -run '^$' -fuzz '^FuzzRead$' -fuzztime {{DURATION}} ./engines/gguf
+# Fuzz the decoders of untrusted input (wire frames, handshakes, safetensors and GGUF headers) for EXECS inputs each.
+fuzz EXECS="600000x":
+    # Execution counts, not durations: a wall-clock -fuzztime races Go 1.26's fuzz coordinator and
+    # fails with "context deadline exceeded" and no crasher (golang/go#75804, fixed in Go 1.27).
+    go test -run '^$' -fuzz '^FuzzReadFrame$' -fuzztime {{EXECS}} ./transport
+    go test -run '^$' -fuzz '^FuzzHandshake$' -fuzztime {{EXECS}} ./transport
+    go test -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime {{EXECS}} ./engines/safetensors
+    go test -run '^$' -fuzz '^FuzzRead$' -fuzztime {{EXECS}} ./engines/gguf
 
 # Regenerate llama.cpp's token ids for SmolLM2's GGUF tokenizer on the tokenizer corpus (engines/gguf/testdata); builds the pinned llama-cpp-python from source in a separate venv (many minutes on 2 cores), so CI only compares against the committed ids.
 golden-gguf-tokens: setup

@@ -125,7 +125,11 @@ func Read(r io.Reader) (*File, error) {
 	for i := uint64(0); i < nTensors; i++ {
 		t := Tensor{Name: d.str()}
 		nd := d.u32()
-		if d.err == nil && nd > maxDims {
+		if d.err != nil {
+			// Stop before sizing anything from a count that was never read.
+			return nil, d.fail(fmt.Sprintf("tensor %d", i))
+		}
+		if nd > maxDims {
 			return nil, fmt.Errorf("%w: tensor %q has %d dimensions", ErrFormat, t.Name, nd)
 		}
 		t.Shape = make([]int, nd)
@@ -179,9 +183,12 @@ func (d *decoder) str() string {
 		d.err = fmt.Errorf("%w: a string of %d bytes", ErrFormat, n)
 		return ""
 	}
-	b := make([]byte, n)
-	_, d.err = io.ReadFull(d.r, b)
-	return string(b)
+	// Grow with the data actually read: a claimed length must not allocate before the bytes exist.
+	var b strings.Builder
+	if _, err := io.CopyN(&b, d.r, int64(n)); err != nil {
+		d.err = err
+	}
+	return b.String()
 }
 
 // GGUF metadata value types.
