@@ -46,15 +46,7 @@ func (d *decoder) LayerRows(i int, x mlx.Array, caches []Cache) mlx.Array {
 
 func (d *decoder) attentionRows(l *decoderLayer, x mlx.Array, caches []Cache) mlx.Array {
 	b, n := len(caches), x.Dim(1)
-	q := mlx.Reshape(l.q.Forward(x), b, n, d.heads, -1)
-	k := mlx.Reshape(l.k.Forward(x), b, n, d.kvh, -1)
-	v := mlx.Transpose(mlx.Reshape(l.v.Forward(x), b, n, d.kvh, -1), 0, 2, 1, 3)
-	if d.qkNorm {
-		q = mlx.RMSNorm(q, l.qNorm, d.eps)
-		k = mlx.RMSNorm(k, l.kNorm, d.eps)
-	}
-	q = mlx.Transpose(q, 0, 2, 1, 3)
-	k = mlx.Transpose(k, 0, 2, 1, 3)
+	q, k, v := d.project(l, x, b, n)
 	hd := q.Dim(3)
 	mode := mlx.MaskNone
 	if n > 1 {
@@ -119,15 +111,7 @@ func (d *decoder) LayerPadded(i int, x mlx.Array, c *Padded, st PaddedStep) mlx.
 
 func (d *decoder) attentionPadded(l *decoderLayer, x mlx.Array, c *Padded, st PaddedStep) mlx.Array {
 	b := x.Dim(0)
-	q := mlx.Reshape(l.q.Forward(x), b, 1, d.heads, -1)
-	k := mlx.Reshape(l.k.Forward(x), b, 1, d.kvh, -1)
-	v := mlx.Transpose(mlx.Reshape(l.v.Forward(x), b, 1, d.kvh, -1), 0, 2, 1, 3)
-	if d.qkNorm {
-		q = mlx.RMSNorm(q, l.qNorm, d.eps)
-		k = mlx.RMSNorm(k, l.kNorm, d.eps)
-	}
-	q = mlx.Transpose(q, 0, 2, 1, 3)
-	k = mlx.Transpose(k, 0, 2, 1, 3)
+	q, k, v := d.project(l, x, b, 1)
 	r := d.rope
 	q = mlx.RoPEOffsets(q, r.dims, r.traditional, r.base, r.scale, st.Offsets, r.freqs)
 	k = mlx.RoPEOffsets(k, r.dims, r.traditional, r.base, r.scale, st.Offsets, r.freqs)

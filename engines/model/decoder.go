@@ -148,15 +148,7 @@ func (d *decoder) Layer(i int, x mlx.Array, c Cache) mlx.Array {
 func (d *decoder) attention(l *decoderLayer, x mlx.Array, c Cache) mlx.Array {
 	s := x.Shape()
 	b, n := s[0], s[1]
-	q := mlx.Reshape(l.q.Forward(x), b, n, d.heads, -1)
-	k := mlx.Reshape(l.k.Forward(x), b, n, d.kvh, -1)
-	v := mlx.Transpose(mlx.Reshape(l.v.Forward(x), b, n, d.kvh, -1), 0, 2, 1, 3)
-	if d.qkNorm {
-		q = mlx.RMSNorm(q, l.qNorm, d.eps)
-		k = mlx.RMSNorm(k, l.kNorm, d.eps)
-	}
-	q = mlx.Transpose(q, 0, 2, 1, 3)
-	k = mlx.Transpose(k, 0, 2, 1, 3)
+	q, k, v := d.project(l, x, b, n)
 	off := c.Offset()
 	q = d.rope.apply(q, off)
 	k = d.rope.apply(k, off)
@@ -167,4 +159,20 @@ func (d *decoder) attention(l *decoderLayer, x mlx.Array, c Cache) mlx.Array {
 	}
 	o := mlx.SDPA(q, k, v, d.scale, mode, mlx.Array{})
 	return l.o.Forward(mlx.Reshape(mlx.Transpose(o, 0, 2, 1, 3), b, n, -1))
+}
+
+// project computes the queries, keys and values of x [B, L, hidden] as [B, heads, L, head_dim],
+// with Qwen3's q/k norms where the model has them. Every attention path (single sequence, rows,
+// padded batch) shares it, so they cannot drift apart.
+func (d *decoder) project(l *decoderLayer, x mlx.Array, b, n int) (q, k, v mlx.Array) {
+	q = mlx.Reshape(l.q.Forward(x), b, n, d.heads, -1)
+	k = mlx.Reshape(l.k.Forward(x), b, n, d.kvh, -1)
+	v = mlx.Transpose(mlx.Reshape(l.v.Forward(x), b, n, d.kvh, -1), 0, 2, 1, 3)
+	if d.qkNorm {
+		q = mlx.RMSNorm(q, l.qNorm, d.eps)
+		k = mlx.RMSNorm(k, l.kNorm, d.eps)
+	}
+	q = mlx.Transpose(q, 0, 2, 1, 3)
+	k = mlx.Transpose(k, 0, 2, 1, 3)
+	return q, k, v
 }
