@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"path/filepath"
 	"slices"
 	"text/tabwriter"
@@ -49,8 +50,47 @@ type ComparisonRow struct {
 	BytesPerToken int64
 }
 
-// Ratio is the mean of Hippo's rounds over the mean of mlx-lm's.
-func (r ComparisonRow) Ratio() float64 { return stat.Mean(r.Hippo, nil) / stat.Mean(r.Peer, nil) }
+// PairedRatios is Hippo's rate over mlx-lm's for each round. The two sides of a round run back
+// to back, so a load change on a shared machine moves both; a ratio of means would mix rounds
+// taken under different load.
+func (r ComparisonRow) PairedRatios() []float64 {
+	n := min(len(r.Hippo), len(r.Peer))
+	q := make([]float64, 0, n)
+	for i := range n {
+		if r.Peer[i] > 0 {
+			q = append(q, r.Hippo[i]/r.Peer[i])
+		}
+	}
+	return q
+}
+
+// Ratio is the median of the per-round ratios (NaN with no rounds).
+func (r ComparisonRow) Ratio() float64 {
+	q := r.PairedRatios()
+	if len(q) == 0 {
+		return math.NaN()
+	}
+	return median(q)
+}
+
+// median is the middle value of x (the mean of the two middle ones for an even count); it sorts x.
+func median(x []float64) float64 {
+	slices.Sort(x)
+	n := len(x)
+	if n%2 == 1 {
+		return x[n/2]
+	}
+	return (x[n/2-1] + x[n/2]) / 2
+}
+
+// RatioRange is the lowest and highest per-round ratio.
+func (r ComparisonRow) RatioRange() (lo, hi float64) {
+	q := r.PairedRatios()
+	if len(q) == 0 {
+		return math.NaN(), math.NaN()
+	}
+	return slices.Min(q), slices.Max(q)
+}
 
 // CompareEngines runs Hippo and mlx-lm alternately, round by round, on the same checkpoints,
 // prompt and dtype, and writes a table of decode tok/s, their ratio and the roofline. Which side
@@ -113,11 +153,11 @@ func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]Compa
 			}
 			rows = append(rows, row)
 			// A line per row as it completes, so a run cut short still reports what it measured.
-			fmt.Fprintf(w, "%s %s: hippo %.1f tok/s, mlx-lm %.1f tok/s (%.3fx)\n", filepath.Base(m), p.ours, stat.Mean(row.Hippo, nil), stat.Mean(row.Peer, nil), row.Ratio())
+			fmt.Fprintf(w, "%s %s: hippo %.1f tok/s, mlx-lm %.1f tok/s (median round ratio %.3fx)\n", filepath.Base(m), p.ours, stat.Mean(row.Hippo, nil), stat.Mean(row.Peer, nil), row.Ratio())
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "model\thippo dtype\tmlx-lm dtype\tprompt\ttokens (hippo/mlx-lm)\thippo tok/s\tmlx-lm tok/s\tratio\tMB/token\troofline tok/s\thippo % of roofline\t")
+	fmt.Fprintln(tw, "model\thippo dtype\tmlx-lm dtype\tprompt\ttokens (hippo/mlx-lm)\thippo tok/s\tmlx-lm tok/s\tratio (median of rounds)\tround ratios\tMB/token\troofline tok/s\thippo % of roofline\t")
 	for _, r := range rows {
 		hm, hs := stat.MeanStdDev(r.Hippo, nil)
 		pm, ps := stat.MeanStdDev(r.Peer, nil)
@@ -126,11 +166,12 @@ func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]Compa
 		if peerDT == "" {
 			peerDT = "checkpoint"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s/%s\t%.1f ± %.1f\t%.1f ± %.1f\t%.3fx\t%.1f\t%.1f\t%.0f%%\t\n",
-			filepath.Base(r.Model), r.HippoDType, peerDT, r.PromptTokens, spread(r.HippoTokens), spread(r.PeerTokens), hm, hs, pm, ps, r.Ratio(), float64(r.BytesPerToken)/1e6, roof, 100*hm/roof)
+		lo, hi := r.RatioRange()
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s/%s\t%.1f ± %.1f\t%.1f ± %.1f\t%.3fx\t%.2f-%.2fx\t%.1f\t%.1f\t%.0f%%\t\n",
+			filepath.Base(r.Model), r.HippoDType, peerDT, r.PromptTokens, spread(r.HippoTokens), spread(r.PeerTokens), hm, hs, pm, ps, r.Ratio(), lo, hi, float64(r.BytesPerToken)/1e6, roof, 100*hm/roof)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\n%d rounds per row after a warm-up round per side, alternating which side runs first; ± is the standard deviation.\n", o.Rounds)
+	fmt.Fprintf(w, "\n%d rounds per row after a warm-up round per side, alternating which side runs first; ± is the standard deviation; ratio is the median over rounds of hippo/mlx-lm within a round (the two sides run back to back), round ratios their range.\n", o.Rounds)
 	return rows, nil
 }
 
