@@ -70,11 +70,13 @@ func (r ComparisonRow) Ratio() float64 {
 	if len(q) == 0 {
 		return math.NaN()
 	}
-	return median(q)
+	return Median(q)
 }
 
-// median is the middle value of x (the mean of the two middle ones for an even count); it sorts x.
-func median(x []float64) float64 {
+// Median is the middle value of x (the mean of the two middle ones for an even count); x is
+// left as it was.
+func Median(x []float64) float64 {
+	x = slices.Clone(x)
 	slices.Sort(x)
 	n := len(x)
 	if n%2 == 1 {

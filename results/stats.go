@@ -44,7 +44,7 @@ func Describe(xs []float64) Estimate {
 		return e
 	}
 	e.Mean = stat.Mean(xs, nil)
-	e.Median = median(xs)
+	e.Median = bench.Median(xs)
 	if len(xs) < 2 {
 		return e
 	}
@@ -80,21 +80,11 @@ func Distribute(xs []float64) Distribution {
 	return Distribution{
 		N:      len(s),
 		Mean:   stat.Mean(s, nil),
-		Median: median(s),
+		Median: bench.Median(s),
 		P90:    stat.Quantile(0.90, stat.Empirical, s, nil),
 		P99:    stat.Quantile(0.99, stat.Empirical, s, nil),
 		Max:    s[len(s)-1],
 	}
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	sort.Float64s(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
 }
 
 func finite(xs []float64) []float64 {
