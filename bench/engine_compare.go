@@ -53,12 +53,16 @@ type ComparisonRow struct {
 // PairedRatios is Hippo's rate over mlx-lm's for each round. The two sides of a round run back
 // to back, so a load change on a shared machine moves both; a ratio of means would mix rounds
 // taken under different load.
-func (r ComparisonRow) PairedRatios() []float64 {
-	n := min(len(r.Hippo), len(r.Peer))
+func (r ComparisonRow) PairedRatios() []float64 { return PairedRatios(r.Hippo, r.Peer) }
+
+// PairedRatios is a[i]/b[i] for each round both sides measured (rounds where b is zero are left
+// out).
+func PairedRatios(a, b []float64) []float64 {
+	n := min(len(a), len(b))
 	q := make([]float64, 0, n)
 	for i := range n {
-		if r.Peer[i] > 0 {
-			q = append(q, r.Hippo[i]/r.Peer[i])
+		if b[i] > 0 {
+			q = append(q, a[i]/b[i])
 		}
 	}
 	return q

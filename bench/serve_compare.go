@@ -164,13 +164,14 @@ func CompareServers(ctx context.Context, o ServeCompareOptions, w io.Writer) err
 				}
 			}
 		}
-		theirs := stat.Mean(res[1].tps, nil)
 		for i, s := range servers {
 			r := res[i]
 			mean, sd := stat.MeanStdDev(r.tps, nil)
 			ratio := "-"
-			if i != 1 {
-				ratio = fmt.Sprintf("%.2fx", mean/theirs)
+			if q := PairedRatios(r.tps, res[1].tps); i != 1 && len(q) > 0 {
+				// Each round runs the servers back to back: the ratio within a round is what
+				// load drift on a shared machine moves least.
+				ratio = fmt.Sprintf("%.2fx [%.2f-%.2f]", Median(q), slices.Min(q), slices.Max(q))
 			}
 			if i == 0 {
 				if n == 1 {
@@ -185,7 +186,7 @@ func CompareServers(ctx context.Context, o ServeCompareOptions, w io.Writer) err
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\n%d measured rounds per row after a warm-up, servers alternating (which goes first rotates every round).\n", o.Rounds)
-	fmt.Fprintln(w, "tok/s: completion tokens of all streams / wall time of the whole burst (queueing and prefill included); mean ± sd over rounds.")
+	fmt.Fprintln(w, "tok/s: completion tokens of all streams / wall time of the whole burst (queueing and prefill included); mean ± sd over rounds; vs mlx_lm: median over rounds of the ratio within a round [lowest-highest].")
 	fmt.Fprintln(w, "TTFT: request sent to first text, per stream, queueing included; ITL: gaps between text chunks; percentiles pooled over all rounds' streams.")
 	return nil
 }
