@@ -226,7 +226,7 @@ func compareOne(ctx context.Context, peer *Peer, dir, ours, theirs string, o Com
 		if len(st.Tokens) < 2 {
 			return 0, len(st.Tokens), fmt.Errorf("bench engine: %s stopped after %d token: no decode to time (try without --stop-at-eos)", filepath.Base(dir), len(st.Tokens))
 		}
-		return float64(len(st.Tokens)) / st.Decode.Seconds(), len(st.Tokens), nil
+		return DecodeTokS(st), len(st.Tokens), nil
 	}
 	peerRound := func() (float64, int, error) {
 		var resp struct {

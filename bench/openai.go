@@ -48,10 +48,7 @@ type Burst struct {
 // TokS is the aggregate throughput: completion tokens over the wall time of the whole burst,
 // prefill and queueing included, which is what n clients get out of the server together.
 func (b Burst) TokS() float64 {
-	if b.Wall <= 0 {
-		return 0
-	}
-	return float64(b.Tokens) / b.Wall.Seconds()
+	return Rate(b.Tokens, b.Wall)
 }
 
 // Run executes one configuration of mode "openai": c.BaseURL is the server's /v1 root, c.Model the

@@ -110,9 +110,7 @@ func fill(res *Result, st engines.Stats, text string) {
 	res.Text = text
 	res.FinishReason = st.FinishReason
 	res.TTFTMS = ms(st.TTFT)
-	if st.Prefill > 0 {
-		res.PrefillTokS = float64(st.PromptTokens) / st.Prefill.Seconds()
-	}
+	res.PrefillTokS = PrefillTokS(st)
 	res.PeakMemoryBytes = st.PeakMemory
 	res.Steps = make([]Step, len(st.Steps))
 	for i, s := range st.Steps {
@@ -122,10 +120,7 @@ func fill(res *Result, st engines.Stats, text string) {
 		}
 		res.Steps[i] = step
 	}
-	// Wall clock from the first token to the last, as mlx-lm's generation_tps counts it.
-	if st.Decode > 0 {
-		res.DecodeTokS = float64(len(st.Steps)) / st.Decode.Seconds()
-	}
+	res.DecodeTokS = DecodeTokS(st)
 	if st.Spec != nil {
 		fillSpec(res, st, *st.Spec)
 	}
@@ -142,10 +137,6 @@ func fillSpec(res *Result, st engines.Stats, ss engines.SpecStats) {
 			res.Steps[i].Tokens = s.Accepted + 1
 			res.Steps[i].SampleMS = 0
 		}
-	}
-	// A speculative step emits several tokens: decode tok/s counts tokens, not steps.
-	if st.Decode > 0 {
-		res.DecodeTokS = float64(len(st.Tokens)-1) / st.Decode.Seconds()
 	}
 	acc := &Acceptance{Drafted: ss.Drafted, Accepted: ss.Accepted, ByPosition: make([]float64, len(ss.ByPosition)), NormalisedSteps: ss.Normalised}
 	if ss.Drafted > 0 {
