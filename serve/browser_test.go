@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,10 +34,16 @@ func TestWebChat(t *testing.T) {
 		t.Fatal("chromium is not installed: run `just setup` (it installs the Debian package chromium)")
 	}
 	m, g := fakeModel("Hippos ", "are ", "large ", "semi-aquatic ", "mammals.")
-	g.delay = 30 * time.Millisecond // slow enough to see tokens arrive one by one
+	// The generator waits at its gate before each token: the test lets two through, sees the page
+	// show them, then opens the gate. A page or server that only shows the reply once it is whole
+	// never shows the partial one, however long the wait.
+	g.gate = make(chan struct{})
+	var open sync.Once
+	release := func() { open.Do(func() { close(g.gate) }) }
+	defer release()
 	_, ts := newTestServer(t, m, Options{})
 
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	devtools := startChromium(ctx, t, bin)
 	page := cdpPage(t, "http://127.0.0.1:"+devtools)
@@ -49,7 +56,15 @@ func TestWebChat(t *testing.T) {
 		page.call(t, "Input.dispatchKeyEvent", map[string]any{"type": typ, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r"})
 	}
 	// Tokens arrive one by one: the reply must be seen part-way before it is complete.
-	page.waitTrue(t, `(document.querySelector(".assistant .text")||{}).textContent === "Hippos are "`, "a partial reply")
+	for i := range 2 {
+		select {
+		case g.gate <- struct{}{}:
+		case <-time.After(time.Minute):
+			t.Fatalf("the generator was not asked for token %d within a minute; page text:\n%s", i+1, strings.TrimSpace(page.eval(t, "document.body.innerText")))
+		}
+	}
+	page.waitTrueFor(t, `(document.querySelector(".assistant .text")||{}).textContent === "Hippos are "`, "a partial reply", time.Minute)
+	release()
 	page.waitTrue(t, `(document.querySelector(".assistant .text")||{}).textContent === "Hippos are large semi-aquatic mammals."`, "the whole reply")
 	page.waitTrue(t, `/6 tokens · [0-9.]+ tok\/s · first token .* · stop/.test(document.getElementById("stats").textContent)`, "the live stats")
 	if got := page.eval(t, `document.querySelector(".user .text").textContent`); got != "Tell me about hippos" {
@@ -287,7 +302,7 @@ func (c *cdp) eval(t *testing.T, expr string) string {
 
 func (c *cdp) waitTrue(t *testing.T, expr, what string) {
 	t.Helper()
-	c.waitTrueFor(t, expr, what, 15*time.Second)
+	c.waitTrueFor(t, expr, what, 30*time.Second)
 }
 
 // waitTrueFor is waitTrue with another deadline.
