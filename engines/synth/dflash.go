@@ -174,22 +174,11 @@ func DFlashParams(o DFlashOptions) (int64, error) {
 // resolveDFlash is Resolve for a DFlash preset: written once to modelsDir/PRESET, seed 0, bf16.
 func resolveDFlash(ctx context.Context, name, preset, modelsDir string) (string, error) {
 	dir := filepath.Join(modelsDir, preset)
-	if _, err := os.Stat(filepath.Join(dir, "config.json")); err == nil {
-		return dir, nil
-	}
-	w := mlx.NewWorker()
-	defer w.Close()
-	tmp := dir + ".partial"
-	os.RemoveAll(tmp)
-	err := w.Do(ctx, func() error {
+	err := publish(ctx, dir, hasConfig, func(tmp string) error {
 		_, err := WriteDFlash(DFlashOptions{Options: Options{Preset: preset, Out: tmp}})
 		return err
 	})
-	if err == nil {
-		err = os.Rename(tmp, dir)
-	}
 	if err != nil {
-		os.RemoveAll(tmp)
 		return "", fmt.Errorf("synthesize %s: %w", name, err)
 	}
 	return dir, nil

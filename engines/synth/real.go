@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/hippo-bench/hippo/engines/gguf"
-	"github.com/hippo-bench/hippo/engines/mlx"
 )
 
 // RealModel is a real checkpoint that `just setup` installs as a GGUF file and that Hippo knows
@@ -103,30 +102,13 @@ func resolveGGUF(ctx context.Context, name, modelsDir, tokenizersDir string) (st
 		stem := strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
 		file, dir = abs, filepath.Join(modelsDir, "gguf", stem+"-"+hex.EncodeToString(sum[:4]))
 	}
-	if convertedBy(dir) == gguf.ConverterVersion {
-		return dir, nil
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return "", fmt.Errorf("model %s: %w", name, err)
-	}
-	// A private temporary directory, renamed into place: concurrent resolvers (pipeline ranks on
-	// one host) each convert, and the first rename wins.
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".partial-")
+	ready := func(dir string) bool { return convertedBy(dir) == gguf.ConverterVersion }
+	err := publish(ctx, dir, ready, func(tmp string) error {
+		_, err := gguf.Convert(gguf.Options{In: file, Out: tmp})
+		return err
+	})
 	if err != nil {
-		return "", fmt.Errorf("model %s: %w", name, err)
-	}
-	defer os.RemoveAll(tmp)
-	w := mlx.NewWorker()
-	defer w.Close()
-	if err := w.Do(ctx, func() error { _, err := gguf.Convert(gguf.Options{In: file, Out: tmp}); return err }); err != nil {
 		return "", fmt.Errorf("model %s: convert %s: %w", name, file, err)
-	}
-	os.RemoveAll(dir) // an older conversion (this path is the cache's own)
-	if err := os.Rename(tmp, dir); err != nil {
-		if convertedBy(dir) == gguf.ConverterVersion {
-			return dir, nil // a concurrent resolver won the race
-		}
-		return "", fmt.Errorf("model %s: %w", name, err)
 	}
 	return dir, nil
 }

@@ -46,23 +46,58 @@ func Resolve(ctx context.Context, name, modelsDir, tokenizersDir string) (string
 		return "", err
 	}
 	dir := filepath.Join(modelsDir, preset)
-	if _, err := os.Stat(filepath.Join(dir, "config.json")); err == nil {
-		return dir, nil
-	}
-	w := mlx.NewWorker()
-	defer w.Close()
-	tmp := dir + ".partial"
-	os.RemoveAll(tmp)
-	err = w.Do(ctx, func() error {
+	err = publish(ctx, dir, hasConfig, func(tmp string) error {
 		_, err := Write(Options{Preset: preset, Out: tmp, Tokenizer: filepath.Join(tokenizersDir, TokenizerFor(p.Arch))})
 		return err
 	})
 	if err != nil {
-		os.RemoveAll(tmp)
-		return "", fmt.Errorf("synthesize %s: %w", name, err)
-	}
-	if err := os.Rename(tmp, dir); err != nil {
 		return "", fmt.Errorf("synthesize %s: %w", name, err)
 	}
 	return dir, nil
+}
+
+// hasConfig reports whether dir holds a checkpoint's config.json; publish renames a checkpoint
+// into place only whole, so a config.json there means the whole checkpoint is.
+func hasConfig(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "config.json"))
+	return err == nil
+}
+
+// publish makes dir, unless ready(dir) says it is already there, by running write on an MLX
+// worker into a private temporary directory beside it (dir + ".partial-*") and renaming that into
+// place. Concurrent resolvers of one name (tests in parallel, pipeline ranks on one host, two
+// hippo processes) each write their own copy: the first rename wins, and a loser whose rename
+// fails because dir is now ready drops its copy and returns nil. A dir that is there but not
+// ready (an older conversion, an interrupted copy) is the cache's own and is replaced. The
+// temporary directory never outlives the call.
+func publish(ctx context.Context, dir string, ready func(string) bool, write func(tmp string) error) error {
+	if ready(dir) {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".partial-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp makes it private to its owner
+		return err
+	}
+	w := mlx.NewWorker()
+	defer w.Close()
+	if err := w.Do(ctx, func() error { return write(tmp) }); err != nil {
+		return err
+	}
+	if !ready(dir) {
+		os.RemoveAll(dir)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		if ready(dir) {
+			return nil // a concurrent resolver won the race
+		}
+		return err
+	}
+	return nil
 }
