@@ -126,25 +126,47 @@ func BytesPerToken(c *model.Config, dt mlx.DType) int64 {
 	return b
 }
 
+// SpecMemory predicts the memory of speculative decoding in one process: the target's and the
+// draft's weights and KV caches for context tokens each, and the larger of their runtime
+// overheads, since the two models run one after the other.
+func SpecMemory(target, draft *model.Config, dt mlx.DType, context int) Estimate {
+	t, d := EstimateMemory(target, dt, context), EstimateMemory(draft, dt, context)
+	return Estimate{Weights: t.Weights + d.Weights, KVCache: t.KVCache + d.KVCache, Overhead: max(t.Overhead, d.Overhead)}
+}
+
 // CheckMemory refuses a model that needs more than SafetyFactor of RAM (detected when ram is 0).
 func CheckMemory(c *model.Config, dt mlx.DType, context int, ram int64) error {
+	return checkFits(EstimateMemory(c, dt, context), "", dt, context, ram)
+}
+
+// CheckSpecMemory refuses a target and a draft model that together (SpecMemory) need more than
+// SafetyFactor of RAM (detected when ram is 0): each may fit alone while both do not.
+func CheckSpecMemory(target, draft *model.Config, dt mlx.DType, context int, ram int64) error {
+	return checkFits(SpecMemory(target, draft, dt, context), "target and draft together", dt, context, ram)
+}
+
+// checkFits refuses e beyond SafetyFactor of ram; what, when set, says what e covers.
+func checkFits(e Estimate, what string, dt mlx.DType, context int, ram int64) error {
 	if ram == 0 {
 		var err error
 		if ram, err = SystemRAM(); err != nil {
 			return nil // cannot tell: let MLX try
 		}
 	}
-	e := EstimateMemory(c, dt, context)
 	limit := int64(float64(ram) * SafetyFactor)
 	if e.Total() <= limit {
 		return nil
 	}
 	advice := "use a quantized checkpoint (hippo synth --bits 4, or an mlx-community 4-bit model), a shorter context, or split it with --mode pipeline --stages 2"
+	if what != "" {
+		advice = "use a smaller or quantized draft, --drafter lookup (no draft model), a shorter context, or a quantized target"
+		what += " "
+	}
 	if dt == mlx.Float32 {
 		advice = "use --dtype bf16 (float32 doubles a bf16 checkpoint), " + advice
 	}
-	return fmt.Errorf("%w: needs %s (weights %s + KV cache %s for %d tokens + runtime %s), %s usable of %s RAM: %s",
-		ErrMemory, FormatBytes(e.Total()), FormatBytes(e.Weights), FormatBytes(e.KVCache), context,
+	return fmt.Errorf("%w: %sneeds %s (weights %s + KV cache %s for %d tokens + runtime %s), %s usable of %s RAM: %s",
+		ErrMemory, what, FormatBytes(e.Total()), FormatBytes(e.Weights), FormatBytes(e.KVCache), context,
 		FormatBytes(e.Overhead), FormatBytes(limit), FormatBytes(ram), advice)
 }
 

@@ -88,12 +88,9 @@ func PlanDeployments(o PlanOptions) ([]Plan, error) {
 	plans = append(plans, pipe)
 
 	if o.Draft != nil {
-		d := EstimateMemory(o.Draft, dt, ctx)
+		sp := SpecMemory(c, o.Draft, dt, ctx)
 		plans = append(plans, Plan{Mode: "spec", Machines: []Machine{{
-			Role:    "target + draft",
-			Weights: est.Weights + d.Weights, KVCache: est.KVCache + d.KVCache,
-			// The two models run one after the other: one set of activations at a time.
-			Overhead: max(est.Overhead, d.Overhead), Usable: usable,
+			Role: "target + draft", Weights: sp.Weights, KVCache: sp.KVCache, Overhead: sp.Overhead, Usable: usable,
 		}}})
 	}
 	for i := range plans {

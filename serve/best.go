@@ -203,8 +203,9 @@ func ChooseBest(r io.Reader, check func(bench.Config) error) (Choice, error) {
 }
 
 // Servable accepts the configurations `hippo serve` can run on this machine: every mode
-// launch.Check accepts (not "openai", which measured another server), with a model (and a draft
-// model) that pass engines.CheckMemory for context tokens with ram bytes (0 detects it). A
+// launch.Check accepts (not "openai", which measured another server), with a model that passes
+// engines.CheckMemory for context tokens with ram bytes (0 detects it), or in a speculative mode
+// with a draft model, a target and draft that pass engines.CheckSpecMemory together. A
 // pipeline whose stages run on other machines (a hosts file) is checked for its hosts file only.
 func Servable(ram int64, context int) func(bench.Config) error {
 	return func(c bench.Config) error {
@@ -221,19 +222,20 @@ func Servable(ram int64, context int) func(bench.Config) error {
 		if err != nil {
 			return err
 		}
-		for _, name := range []string{c.Model, c.Draft} {
-			if name == "" || c.Drafter == "lookup" {
-				continue
-			}
-			cfg, err := modelConfig(name)
-			if err != nil {
-				return err
-			}
-			if err := engines.CheckMemory(cfg, dt, context, ram); err != nil {
-				return err
-			}
+		cfg, err := modelConfig(c.Model)
+		if err != nil {
+			return err
 		}
-		return nil
+		if c.Draft == "" || c.Drafter == "lookup" || !launch.Speculative(c.Mode) {
+			return engines.CheckMemory(cfg, dt, context, ram)
+		}
+		// The draft model runs in this process beside the target (spec), or beside stage 0 of
+		// stages that all run here (pipeline+spec): both must fit at once.
+		draft, err := modelConfig(c.Draft)
+		if err != nil {
+			return fmt.Errorf("draft %s: %w", c.Draft, err)
+		}
+		return engines.CheckSpecMemory(cfg, draft, dt, context, ram)
 	}
 }
 

@@ -113,6 +113,9 @@ func (i Info) KVBytes(tokens int) int64 {
 // Context is the longest prompt plus generation the memory guard planned for.
 func (i Info) Context() int { return i.context }
 
+// Speculative reports whether mode drafts and verifies (spec and pipeline+spec).
+func Speculative(mode string) bool { return mode == Spec || mode == PipelineSpec }
+
 // Check refuses a configuration that cannot run, without loading anything: an unknown mode,
 // drafter, transport, link or reply, a speculative mode without the draft its drafter needs, and
 // combinations the engines do not support.
@@ -121,7 +124,7 @@ func Check(c Config) error {
 	if !slices.Contains(Modes, mode) {
 		return fmt.Errorf("mode %q: use %s", c.Mode, strings.Join(Modes, ", "))
 	}
-	speculative := mode == Spec || mode == PipelineSpec
+	speculative := Speculative(mode)
 	if speculative {
 		switch c.Drafter {
 		case "lookup":
@@ -276,6 +279,16 @@ func (l *Loader) Load(ctx context.Context, c Config) (Generator, error) {
 		}
 		return &plain{e, info}, nil
 	case Spec:
+		if c.Drafter != "lookup" {
+			// Each model's own check at load sees only itself; together they must fit too.
+			draft, err := model.ReadConfig(c.Draft)
+			if err != nil {
+				return nil, fmt.Errorf("draft model: %w", err)
+			}
+			if err := engines.CheckSpecMemory(cfg, draft, dt, c.Context, c.RAM); err != nil {
+				return nil, err
+			}
+		}
 		e, err := l.engine(ctx, c)
 		if err != nil {
 			return nil, err

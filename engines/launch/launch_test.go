@@ -2,6 +2,7 @@ package launch
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/hippo-bench/hippo/engines"
 	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/synth"
 	"github.com/hippo-bench/hippo/internal/testenv"
 )
@@ -146,5 +148,53 @@ func TestOpenBatched(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("batched tokens %v; want the plain engine's %v", got, want)
+	}
+}
+
+// tinyQwen3 writes a tiny-qwen3 checkpoint (seed 3, its real tokenizer) and returns its directory.
+func tinyQwen3(t *testing.T) string {
+	t.Helper()
+	p, err := synth.Lookup("tiny-qwen3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := synth.Options{Preset: "tiny-qwen3", Seed: 3, Out: t.TempDir(), Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))}
+	w := mlx.NewWorker()
+	defer w.Close()
+	if err := w.Do(context.Background(), func() error { _, err := synth.Write(o); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return o.Out
+}
+
+// TestLoadSpecMemory: with RAM for the target alone, spec with a draft model is refused before
+// anything is loaded, since both models and their caches must fit at once; lookup drafting,
+// which loads no second model, runs.
+func TestLoadSpecMemory(t *testing.T) {
+	dir := tinyQwen3(t)
+	cfg, err := model.ReadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ctxLen = 64
+	one := engines.EstimateMemory(cfg, mlx.Float32, ctxLen).Total()
+	both := engines.SpecMemory(cfg, cfg, mlx.Float32, ctxLen).Total()
+	ram := int64(float64(one+both) / 2 / engines.SafetyFactor) // room for one model, not two
+	if err := engines.CheckMemory(cfg, mlx.Float32, ctxLen, ram); err != nil {
+		t.Fatalf("with %d bytes of RAM the target alone should fit: %v", ram, err)
+	}
+	c := Config{Model: dir, DType: "f32", Context: ctxLen, RAM: ram, Mode: Spec, Drafter: "model", Draft: dir}
+	var l Loader
+	defer l.Close()
+	_, err = l.Load(context.Background(), c)
+	if !errors.Is(err, engines.ErrMemory) || !strings.Contains(err.Error(), "target and draft together") {
+		t.Errorf("Load(spec, model drafter, RAM %d) = %v; want ErrMemory for target and draft together", ram, err)
+	}
+	if l.eng != nil || l.draft != nil {
+		t.Errorf("Load refused spec after loading (engine %v, drafter %v); want nothing loaded", l.eng, l.draft)
+	}
+	c.Drafter, c.Draft = "lookup", ""
+	if _, err := l.Load(context.Background(), c); err != nil {
+		t.Errorf("Load(spec, lookup drafter, RAM %d) = %v; want it to run", ram, err)
 	}
 }
