@@ -159,7 +159,7 @@ func TestSmolLM2MatchesMLXLM(t *testing.T) {
 		}
 		req = append(req, r)
 	}
-	peer := startPython(t, "engines/testdata/mlx_lm_smollm2.py", map[string]any{"jobs": req})
+	peer := startPython(t, "engines/testdata/mlx_lm_logprobs.py", map[string]any{"jobs": req})
 
 	for _, j := range jobs {
 		e, err := Open(context.Background(), Options{Model: j.dir, DType: j.dtype})

@@ -29,10 +29,6 @@ import (
 // for the streamed reply and the live tok/s, then takes a screenshot (kept under $HIPPO_SCREENSHOT
 // when set). Chromium is driven over the DevTools protocol with a minimal WebSocket client.
 func TestWebChat(t *testing.T) {
-	bin := findChromium()
-	if bin == "" {
-		t.Fatal("chromium is not installed: run `just setup` (it installs the Debian package chromium)")
-	}
 	m, g := fakeModel("Hippos ", "are ", "large ", "semi-aquatic ", "mammals.")
 	// The generator waits at its gate before each token: the test lets two through, sees the page
 	// show them, then opens the gate. A page or server that only shows the reply once it is whole
@@ -45,16 +41,8 @@ func TestWebChat(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	devtools := startChromium(ctx, t, bin)
-	page := cdpPage(t, "http://127.0.0.1:"+devtools)
+	page := sendInBrowser(ctx, t, ts.URL+"/", "Tell me about hippos")
 	defer page.Close()
-	page.call(t, "Page.navigate", map[string]any{"url": ts.URL + "/"})
-	page.waitTrue(t, `document.querySelector("#model option") !== null`, "the model list to load")
-	page.eval(t, `document.getElementById("input").focus()`)
-	page.call(t, "Input.insertText", map[string]any{"text": "Tell me about hippos"})
-	for _, typ := range []string{"keyDown", "keyUp"} {
-		page.call(t, "Input.dispatchKeyEvent", map[string]any{"type": typ, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r"})
-	}
 	// Tokens arrive one by one: the reply must be seen part-way before it is complete.
 	for i := range 2 {
 		select {
@@ -89,6 +77,26 @@ func TestWebChat(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", path)
+}
+
+// sendInBrowser opens the web chat at pageURL in headless Chromium (started for this test, which
+// fails when it is not installed), waits for its model list, types text into the message box and
+// presses Enter. The caller closes the returned page.
+func sendInBrowser(ctx context.Context, t *testing.T, pageURL, text string) *cdp {
+	t.Helper()
+	bin := findChromium()
+	if bin == "" {
+		t.Fatal("chromium is not installed: run `just setup` (it installs the Debian package chromium)")
+	}
+	page := cdpPage(t, "http://127.0.0.1:"+startChromium(ctx, t, bin))
+	page.call(t, "Page.navigate", map[string]any{"url": pageURL})
+	page.waitTrue(t, `document.querySelector("#model option") !== null`, "the model list to load")
+	page.eval(t, `document.getElementById("input").focus()`)
+	page.call(t, "Input.insertText", map[string]any{"text": text})
+	for _, typ := range []string{"keyDown", "keyUp"} {
+		page.call(t, "Input.dispatchKeyEvent", map[string]any{"type": typ, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r"})
+	}
+	return page
 }
 
 // startChromium starts headless Chromium and returns the port of its DevTools server; the browser

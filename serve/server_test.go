@@ -461,19 +461,7 @@ func TestQueueFull(t *testing.T) {
 	m, g := fakeModel("a", "b")
 	g.gate = make(chan struct{})
 	s, ts := newTestServer(t, m, Options{MaxQueue: 1})
-	results := make(chan int, 2)
-	for range 2 {
-		go func() {
-			resp, err := http.Post(ts.URL+"/v1/chat/completions", "application/json", strings.NewReader(chatOK))
-			if err != nil {
-				results <- -1
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			results <- resp.StatusCode
-		}()
-	}
+	results := postChats(ts.URL, 2)
 	waitFor(t, "one running and one queued", func() bool { return g.inFlight.Load() == 1 && s.waiting.Load() == 1 })
 	if got := testutil.ToFloat64(s.Metrics().QueueDepth); got != 1 {
 		t.Errorf("hippo_queue_depth = %v; want 1", got)
@@ -491,6 +479,26 @@ func TestQueueFull(t *testing.T) {
 	if g.overlap.Load() {
 		t.Error("two generations overlapped on one model")
 	}
+}
+
+// postChats sends n chat requests (chatOK) to the server at base at once, in the background; each
+// one's status code, or -1 when it could not be sent, arrives on the returned channel after its
+// body was read.
+func postChats(base string, n int) <-chan int {
+	results := make(chan int, n)
+	for range n {
+		go func() {
+			resp, err := http.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(chatOK))
+			if err != nil {
+				results <- -1
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			results <- resp.StatusCode
+		}()
+	}
+	return results
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

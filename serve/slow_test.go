@@ -89,19 +89,7 @@ func TestBatchingOverlaps(t *testing.T) {
 	g.gate = make(chan struct{})
 	m.Generator = batchingFake{g, 3}
 	s, ts := newTestServer(t, m, Options{MaxQueue: 2})
-	results := make(chan int, 5)
-	for range 5 {
-		go func() {
-			resp, err := http.Post(ts.URL+"/v1/chat/completions", "application/json", strings.NewReader(chatOK))
-			if err != nil {
-				results <- -1
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			results <- resp.StatusCode
-		}()
-	}
+	results := postChats(ts.URL, 5)
 	waitFor(t, "three running and two queued", func() bool { return g.inFlight.Load() == 3 && s.waiting.Load() == 2 })
 	resp, b := post(t, ts.URL+"/v1/chat/completions", chatOK)
 	if resp.StatusCode != 429 {

@@ -47,17 +47,7 @@ func TestCheck(t *testing.T) {
 // TestLoaderReuses: standalone and spec share the loaded target, a changed drafter is replaced,
 // and both modes generate the same greedy tokens (speculative == standalone through launch).
 func TestLoaderReuses(t *testing.T) {
-	p, err := synth.Lookup("tiny-qwen3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := synth.Options{Preset: "tiny-qwen3", Seed: 3, Out: t.TempDir(), Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))}
-	w := mlx.NewWorker()
-	err = w.Do(context.Background(), func() error { _, err := synth.Write(o); return err })
-	w.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := tinyQwen3(t)
 	ctx := context.Background()
 	var l Loader
 	defer l.Close()
@@ -77,14 +67,14 @@ func TestLoaderReuses(t *testing.T) {
 		}
 		return st.Tokens, g.Info()
 	}
-	want, info := gen(Config{Model: o.Out})
+	want, info := gen(Config{Model: dir})
 	if info.Mode != Standalone || info.WeightBytes == 0 || info.KVBytes(16) == 0 {
 		t.Errorf("standalone info = %+v", info)
 	}
 	target := l.eng
 	for _, c := range []Config{
-		{Model: o.Out, Mode: Spec, Drafter: "lookup", DraftTokens: 3},
-		{Model: o.Out, Mode: Spec, Drafter: "model", Draft: o.Out, DraftTokens: 2},
+		{Model: dir, Mode: Spec, Drafter: "lookup", DraftTokens: 3},
+		{Model: dir, Mode: Spec, Drafter: "model", Draft: dir, DraftTokens: 2},
 	} {
 		got, info := gen(c)
 		if !slices.Equal(got, want) {
@@ -106,17 +96,7 @@ func TestLoaderReuses(t *testing.T) {
 // overlap (MaxBatch) and read occupancy from (Occupancy), through Open's wrapper too, and that
 // generates what the plain engine generates.
 func TestOpenBatched(t *testing.T) {
-	p, err := synth.Lookup("tiny-qwen3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := synth.Options{Preset: "tiny-qwen3", Seed: 3, Out: t.TempDir(), Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))}
-	w := mlx.NewWorker()
-	err = w.Do(context.Background(), func() error { _, err := synth.Write(o); return err })
-	w.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := tinyQwen3(t)
 	ctx := context.Background()
 	run := func(c Config) (Generator, []int) {
 		g, err := Open(ctx, c)
@@ -129,9 +109,9 @@ func TestOpenBatched(t *testing.T) {
 		}
 		return g, st.Tokens
 	}
-	plain, want := run(Config{Model: o.Out})
+	plain, want := run(Config{Model: dir})
 	plain.Close()
-	g, got := run(Config{Model: o.Out, MaxBatch: 4})
+	g, got := run(Config{Model: dir, MaxBatch: 4})
 	defer g.Close()
 	b, ok := g.(interface {
 		MaxBatch() int
