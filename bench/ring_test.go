@@ -4,9 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/hippo-bench/hippo/engines"
 	"github.com/hippo-bench/hippo/engines/pipeline"
@@ -85,29 +83,7 @@ func TestRingPipelineMatchesStandalone(t *testing.T) {
 // TestRingPipelineStageKilled: over MLX's ring too, a stage that dies mid-generation makes the
 // driver fail within 5 s with an error, never a hang.
 func TestRingPipelineStageKilled(t *testing.T) {
-	exe := hippoBinary(t)
-	dir := synthesize(t, "tiny-qwen3", 0)
-	p := Pipelines{Exe: exe}
-	defer p.Close()
-	c := Config{Model: dir, Prompt: pipelinePrompt, MaxTokens: 10000, IgnoreEOS: true, Stages: 3, Transport: pipeline.TransportRing}
-	var once sync.Once
-	var killed time.Time
-	n := 0
-	_, err := p.Run(context.Background(), dir, c, func(string) {
-		n++
-		if n == 5 {
-			once.Do(func() {
-				killed = time.Now()
-				p.Local().Process(2).Kill()
-			})
-		}
-	})
-	if err == nil {
-		t.Fatal("Run succeeded after stage 2 was killed; want an error")
-	}
-	if d := time.Since(killed); d > 5*time.Second {
-		t.Errorf("driver noticed the dead stage after %v; want < 5s", d)
-	}
+	err := killStageMidRun(t, pipeline.TransportRing)
 	if !strings.Contains(err.Error(), "mlx-ring") {
 		t.Errorf("error %q does not say the ring broke", err)
 	}

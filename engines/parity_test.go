@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/synth"
 	"github.com/hippo-bench/hippo/internal/testenv"
+	"github.com/hippo-bench/hippo/internal/testmodel"
 )
 
 // TestGreedyMatchesMLXLM is invariant 1: greedy decoding of our engine equals mlx-lm's on the
@@ -89,16 +89,5 @@ func distinct(ids []int) int {
 // synthesize writes a preset with its real tokenizer into a temporary directory.
 func synthesize(t *testing.T, o synth.Options) string {
 	t.Helper()
-	p, err := synth.Lookup(o.Preset)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o.Out = t.TempDir()
-	o.Tokenizer = testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))
-	w := mlx.NewWorker()
-	defer w.Close()
-	if err := w.Do(context.Background(), func() error { _, err := synth.Write(o); return err }); err != nil {
-		t.Fatal(err)
-	}
-	return o.Out
+	return testmodel.Synthesize(t, o)
 }

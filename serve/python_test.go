@@ -12,26 +12,16 @@ import (
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
-	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/synth"
 	"github.com/hippo-bench/hippo/engines/tokenizer"
 	"github.com/hippo-bench/hippo/internal/testenv"
+	"github.com/hippo-bench/hippo/internal/testmodel"
 )
 
 // synthesize writes a tiny seeded checkpoint with a real tokenizer and chat template.
 func synthesize(t *testing.T, preset string) string {
 	t.Helper()
-	p, err := synth.Lookup(preset)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := synth.Options{Preset: preset, Seed: 1, Out: t.TempDir(), Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))}
-	w := mlx.NewWorker()
-	defer w.Close()
-	if err := w.Do(context.Background(), func() error { _, err := synth.Write(o); return err }); err != nil {
-		t.Fatal(err)
-	}
-	return o.Out
+	return testmodel.Synthesize(t, synth.Options{Preset: preset, Seed: 1})
 }
 
 // startServe runs the real server (serve.Run: engines, HTTP, shutdown) on a loopback port and

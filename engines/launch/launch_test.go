@@ -12,7 +12,7 @@ import (
 	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/synth"
-	"github.com/hippo-bench/hippo/internal/testenv"
+	"github.com/hippo-bench/hippo/internal/testmodel"
 )
 
 func TestCheck(t *testing.T) {
@@ -134,17 +134,7 @@ func TestOpenBatched(t *testing.T) {
 // tinyQwen3 writes a tiny-qwen3 checkpoint (seed 3, its real tokenizer) and returns its directory.
 func tinyQwen3(t *testing.T) string {
 	t.Helper()
-	p, err := synth.Lookup("tiny-qwen3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := synth.Options{Preset: "tiny-qwen3", Seed: 3, Out: t.TempDir(), Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))}
-	w := mlx.NewWorker()
-	defer w.Close()
-	if err := w.Do(context.Background(), func() error { _, err := synth.Write(o); return err }); err != nil {
-		t.Fatal(err)
-	}
-	return o.Out
+	return testmodel.Synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 3})
 }
 
 // TestLoadSpecMemory: with RAM for the target alone, spec with a draft model is refused before
