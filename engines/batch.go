@@ -382,26 +382,24 @@ func (b *Batcher) retire(s *seq, finish string, err error) {
 	close(s.out)
 }
 
-// iterate is one scheduler step on the MLX thread: retire cancelled rows, admit, prefill, decode.
-func (b *Batcher) iterate() error {
-	keep := b.waiting[:0]
-	for _, s := range b.waiting {
+// retireCanceled retires the sequences of seqs whose context has ended and returns the others,
+// in order, in seqs' backing array.
+func (b *Batcher) retireCanceled(seqs []*seq) []*seq {
+	keep := seqs[:0]
+	for _, s := range seqs {
 		if err := s.ctx.Err(); err != nil {
 			b.retire(s, "", fmt.Errorf("%w: %w", ErrCanceled, err))
 			continue
 		}
 		keep = append(keep, s)
 	}
-	b.waiting = keep
-	run := b.running[:0]
-	for _, s := range b.running {
-		if err := s.ctx.Err(); err != nil {
-			b.retire(s, "", fmt.Errorf("%w: %w", ErrCanceled, err))
-			continue
-		}
-		run = append(run, s)
-	}
-	b.running = run
+	return keep
+}
+
+// iterate is one scheduler step on the MLX thread: retire cancelled rows, admit, prefill, decode.
+func (b *Batcher) iterate() error {
+	b.waiting = b.retireCanceled(b.waiting)
+	b.running = b.retireCanceled(b.running)
 	for len(b.waiting) > 0 && len(b.running) < b.maxBatch {
 		s := b.waiting[0]
 		b.waiting = b.waiting[1:]

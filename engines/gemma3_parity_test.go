@@ -37,18 +37,12 @@ func TestGemma3GreedyMatchesMLXLM(t *testing.T) {
 		{"tiny-gemma3-mm", "f32", 0, false},
 	}
 	prompt := "The harbour at dawn: gulls, diesel, 42 boats — and one 🐙 in a bucket. The tide turns; nets dry on the quay."
-	type run struct {
-		name   string
-		ids    []int
-		tokens []int
-	}
-	var runs []run
-	var reqs []map[string]any
+	var runs []greedyRun
 	dirs := map[string]string{}
 	for _, tc := range cases {
-		r := run{name: fmt.Sprintf("%s/%s/bits%d", tc.preset, tc.dtype, tc.bits)}
+		name := fmt.Sprintf("%s/%s/bits%d", tc.preset, tc.dtype, tc.bits)
 		if tc.long {
-			r.name += "/long"
+			name += "/long"
 		}
 		key := fmt.Sprintf("%s/%d", tc.preset, tc.bits)
 		dir, ok := dirs[key]
@@ -60,45 +54,25 @@ func TestGemma3GreedyMatchesMLXLM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.ids, err = e.Prompt(prompt, false); err != nil {
+		ids, err := e.Prompt(prompt, false)
+		if err != nil {
 			t.Fatal(err)
 		}
 		if tc.long {
-			r.ids = longPrompt(r.ids, PrefillChunk+50)
+			ids = longPrompt(ids, PrefillChunk+50)
 		}
-		if len(r.ids) <= 2*window {
-			t.Fatalf("prompt has %d tokens; the test needs more than twice the window (%d)", len(r.ids), window)
+		if len(ids) <= 2*window {
+			t.Fatalf("prompt has %d tokens; the test needs more than twice the window (%d)", len(ids), window)
 		}
-		st, err := e.Generate(context.Background(), Request{Tokens: r.ids, MaxTokens: n, IgnoreEOS: true}, func(Token) error { return nil })
+		st, err := e.Generate(context.Background(), Request{Tokens: ids, MaxTokens: n, IgnoreEOS: true}, func(Token) error { return nil })
 		e.Close()
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.tokens = st.Tokens
-		runs = append(runs, r)
-		reqs = append(reqs, map[string]any{"op": "generate", "model": dir, "dtype": tc.dtype, "prompt_ids": r.ids, "max_tokens": n})
+		runs = append(runs, greedyRun{name: name, tokens: st.Tokens,
+			req: map[string]any{"op": "generate", "model": dir, "dtype": tc.dtype, "prompt_ids": ids, "max_tokens": n}})
 	}
-	var peer struct{ Results []struct{ Tokens []int } }
-	testenv.PythonJSON(t, "bench/peers/mlx_lm_peer.py", map[string]any{"op": "batch", "requests": reqs}, &peer)
-	if len(peer.Results) != len(runs) {
-		t.Fatalf("mlx-lm answered %d requests; want %d", len(peer.Results), len(runs))
-	}
-	for i, r := range runs {
-		t.Run(r.name, func(t *testing.T) {
-			want := peer.Results[i].Tokens
-			if len(r.tokens) != n || len(want) != n {
-				t.Fatalf("generated %d tokens, mlx-lm %d; want %d each", len(r.tokens), len(want), n)
-			}
-			for k := range r.tokens {
-				if r.tokens[k] != want[k] {
-					t.Fatalf("token %d = %d; mlx-lm %d\nours   %v\nmlx-lm %v", k, r.tokens[k], want[k], r.tokens, want)
-				}
-			}
-			if d := distinct(r.tokens); d < n/4 {
-				t.Errorf("only %d distinct tokens in %d: the synthetic model is degenerate and this test proves little", d, n)
-			}
-		})
-	}
+	compareGreedyWithMLXLM(t, runs, n)
 }
 
 // longPrompt extends ids to n tokens with a fixed pseudo-random walk over ordinary token ids.

@@ -27,34 +27,45 @@ func TestGreedyMatchesMLXLM(t *testing.T) {
 		{"tiny-llama", "f32", 8},
 	}
 	prompt := "The harbour at dawn: gulls, diesel, 42 boats — and one 🐙 in a bucket."
-	type run struct {
-		name   string
-		dir    string
-		ids    []int
-		tokens []int
-	}
-	var runs []run
-	var reqs []map[string]any
+	var runs []greedyRun
 	for _, tc := range cases {
-		r := run{name: fmt.Sprintf("%s/%s/bits%d", tc.preset, tc.dtype, tc.bits)}
-		r.dir = synthesize(t, synth.Options{Preset: tc.preset, Seed: 3, Bits: tc.bits})
-		e, err := Open(context.Background(), Options{Model: r.dir, DType: tc.dtype})
+		dir := synthesize(t, synth.Options{Preset: tc.preset, Seed: 3, Bits: tc.bits})
+		e, err := Open(context.Background(), Options{Model: dir, DType: tc.dtype})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.ids, err = e.Prompt(prompt, false); err != nil {
+		ids, err := e.Prompt(prompt, false)
+		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := e.Generate(context.Background(), Request{Tokens: r.ids, MaxTokens: n, IgnoreEOS: true}, func(Token) error { return nil })
+		st, err := e.Generate(context.Background(), Request{Tokens: ids, MaxTokens: n, IgnoreEOS: true}, func(Token) error { return nil })
 		e.Close()
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.tokens = st.Tokens
-		runs = append(runs, r)
-		reqs = append(reqs, map[string]any{"op": "generate", "model": r.dir, "dtype": tc.dtype, "prompt_ids": r.ids, "max_tokens": n})
+		runs = append(runs, greedyRun{name: fmt.Sprintf("%s/%s/bits%d", tc.preset, tc.dtype, tc.bits), tokens: st.Tokens,
+			req: map[string]any{"op": "generate", "model": dir, "dtype": tc.dtype, "prompt_ids": ids, "max_tokens": n}})
 	}
-	// One interpreter for all cases: importing mlx-lm dominates otherwise.
+	compareGreedyWithMLXLM(t, runs, n)
+}
+
+// greedyRun is one of our greedy generations: the mlx-lm peer's generate request for the same
+// model, dtype, prompt and length, and our tokens.
+type greedyRun struct {
+	name   string
+	req    map[string]any
+	tokens []int
+}
+
+// compareGreedyWithMLXLM runs every request through mlx-lm in one interpreter (importing mlx-lm
+// dominates otherwise) and checks, in a subtest per run, that it generated our n tokens exactly
+// and that they are not degenerate.
+func compareGreedyWithMLXLM(t *testing.T, runs []greedyRun, n int) {
+	t.Helper()
+	reqs := make([]map[string]any, len(runs))
+	for i, r := range runs {
+		reqs[i] = r.req
+	}
 	var peer struct{ Results []struct{ Tokens []int } }
 	testenv.PythonJSON(t, "bench/peers/mlx_lm_peer.py", map[string]any{"op": "batch", "requests": reqs}, &peer)
 	if len(peer.Results) != len(runs) {
