@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -65,7 +66,7 @@ func TestDFlashForward(t *testing.T) {
 			if err := mlx.Eval(out); err != nil {
 				t.Fatal(err)
 			}
-			if got, want := out.Shape(), []int{1, b, h}; !equalInts(got, want) {
+			if got, want := out.Shape(), []int{1, b, h}; !slices.Equal(got, want) {
 				t.Errorf("Forward shape = %v; want %v", got, want)
 			}
 			v, err := out.Float32s()
@@ -75,7 +76,7 @@ func TestDFlashForward(t *testing.T) {
 			return v, []int{caches[0].Offset(), caches[len(caches)-1].Offset()}
 		}
 		whole, offsets := run(block, [2]int{0, ctxLen})
-		if want := []int{ctxLen, ctxLen}; !equalInts(offsets, want) {
+		if want := []int{ctxLen, ctxLen}; !slices.Equal(offsets, want) {
 			t.Errorf("cache offsets after one block = %v; want %v (context only, the block is not cached)", offsets, want)
 		}
 		pieces, _ := run(block, [2]int{0, split}, [2]int{split, ctxLen})
@@ -198,18 +199,6 @@ func dropTensor(name string) func(t *testing.T, dir string) {
 			t.Fatal(err)
 		}
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func maxDiff(a, b []float32) float64 {

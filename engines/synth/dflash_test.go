@@ -2,6 +2,7 @@ package synth
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -61,7 +62,7 @@ func TestWriteDFlash(t *testing.T) {
 					return err
 				}
 				defer d.Close()
-				if got := d.TargetLayers(); !equal(got, c.taps) {
+				if got := d.TargetLayers(); !slices.Equal(got, c.taps) {
 					t.Errorf("target layers = %v; want %v", got, c.taps)
 				}
 				return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
@@ -49,7 +50,7 @@ func TestWriteLoadsAndRuns(t *testing.T) {
 				if err := mlx.Eval(logits); err != nil {
 					return err
 				}
-				if got, want := logits.Shape(), []int{1, 3, m.Config().VocabSize}; !equal(got, want) {
+				if got, want := logits.Shape(), []int{1, 3, m.Config().VocabSize}; !slices.Equal(got, want) {
 					t.Errorf("logits shape = %v; want %v", got, want)
 				}
 				return nil
@@ -64,16 +65,4 @@ func TestWriteLoadsAndRuns(t *testing.T) {
 			}
 		})
 	}
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
