@@ -231,6 +231,18 @@ type seq struct {
 	err   error
 }
 
+// freeCaches frees the row's own caches and gives back its share of prefilled ones.
+func (s *seq) freeCaches() {
+	for _, c := range s.caches {
+		c.Free()
+	}
+	s.caches = nil
+	if s.shared != nil {
+		s.shared.release()
+		s.shared = nil
+	}
+}
+
 func (s *seq) ready() bool { return s.fed == len(s.req.Tokens)-1 }
 
 // Generate runs r as one row of the batch and calls emit for each token on the calling goroutine
@@ -361,14 +373,7 @@ func (b *Batcher) shutdown() {
 
 // retire ends s: frees its caches and sampler and hands Generate its stats. Runs on the MLX thread.
 func (b *Batcher) retire(s *seq, finish string, err error) {
-	for _, c := range s.caches {
-		c.Free()
-	}
-	s.caches = nil
-	if s.shared != nil {
-		s.shared.release()
-		s.shared = nil
-	}
+	s.freeCaches()
 	if s.smp != nil {
 		s.smp.free()
 		s.smp = nil
@@ -834,14 +839,7 @@ func (b *Batcher) rebuild(rows []*seq) error {
 	}
 	old.free()
 	for _, s := range join {
-		for _, c := range s.caches {
-			c.Free()
-		}
-		s.caches = nil
-		if s.shared != nil {
-			s.shared.release()
-			s.shared = nil
-		}
+		s.freeCaches()
 	}
 	b.batch = nb
 	return nil

@@ -15,6 +15,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/hippo-bench/hippo/internal/testenv"
 )
 
 // These tests hold the package to the reference: files Hippo writes load in the Python safetensors
@@ -24,24 +26,7 @@ import (
 // python runs script with the repository's venv interpreter and returns its stdout.
 func python(t *testing.T, script string, args ...string) []byte {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory: cannot find the repository root")
-		}
-		dir = parent
-	}
-	py := filepath.Join(dir, ".venv", "bin", "python")
-	if _, err := os.Stat(py); err != nil {
-		t.Fatalf("%s is missing: run `just setup` to create the Python venv with safetensors and mlx", py)
-	}
+	py := testenv.Python(t)
 	cmd := exec.Command(py, append([]string{"-c", script}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
