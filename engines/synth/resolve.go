@@ -2,10 +2,13 @@ package synth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
 )
@@ -65,17 +68,25 @@ func hasConfig(dir string) bool {
 
 // publish makes dir, unless ready(dir) says it is already there, by running write on an MLX
 // worker into a private temporary directory beside it (dir + ".partial-*") and renaming that into
-// place. Concurrent resolvers of one name (tests in parallel, pipeline ranks on one host, two
-// hippo processes) each write their own copy: the first rename wins, and a loser whose rename
-// fails because dir is now ready drops its copy and returns nil. A dir that is there but not
-// ready (an older conversion, an interrupted copy) is the cache's own and is replaced. The
-// temporary directory never outlives the call.
+// place, so that dir is never seen half written, even after a crash. Resolvers of one name that
+// run at once (tests in parallel, pipeline ranks on one host, two hippo commands) take turns
+// under a lock file, dir + ".lock": the first writes, the others wait and find dir ready. A dir
+// that is there but not ready (an older conversion, an interrupted copy) is the cache's own and
+// is replaced. The temporary directory never outlives the call; the lock file stays.
 func publish(ctx context.Context, dir string, ready func(string) bool, write func(tmp string) error) error {
 	if ready(dir) {
 		return nil
 	}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return err
+	}
+	unlock, err := lockFile(ctx, dir+".lock")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if ready(dir) {
+		return nil // another resolver wrote it while this one waited
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".partial-")
 	if err != nil {
@@ -90,14 +101,34 @@ func publish(ctx context.Context, dir string, ready func(string) bool, write fun
 	if err := w.Do(ctx, func() error { return write(tmp) }); err != nil {
 		return err
 	}
-	if !ready(dir) {
-		os.RemoveAll(dir)
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		if ready(dir) {
-			return nil // a concurrent resolver won the race
-		}
+	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
-	return nil
+	return os.Rename(tmp, dir)
+}
+
+// lockFile takes an exclusive advisory lock (flock) on path, creating the file, and waits while
+// another holder has it, until ctx ends. The lock is released by the returned unlock, or by the
+// kernel when the process dies, so a crashed resolver never blocks the next.
+func lockFile(ctx context.Context, path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil // closing the last descriptor releases the lock
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("waiting for %s: %w", path, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
