@@ -10,7 +10,7 @@ import (
 
 // Version is the wire version this build writes and accepts. Frames of any other version are
 // refused with ErrVersion: ranks must run the same Hippo build.
-const Version uint8 = 4 // 2: Forward.Outputs; 3: StageTiming.Network; 4: sealed frames, handshake without identities in the clear
+const Version uint8 = 5 // 2: Forward.Outputs; 3: StageTiming.Network; 4: sealed frames, handshake without identities in the clear; 5: memory survey and split assignment
 
 // HeaderSize is the size in bytes of the fixed frame header that precedes every payload.
 const HeaderSize = 28
@@ -47,6 +47,12 @@ const (
 	TypePing
 	// TypePong answers a Ping: Pong.
 	TypePong
+	// TypeSurvey asks every stage downstream for the memory it can offer: Survey.
+	TypeSurvey
+	// TypeMemory answers a Survey, one entry per stage: Memory.
+	TypeMemory
+	// TypeAssign tells every stage downstream the split it must load: Assign.
+	TypeAssign
 	typeEnd
 )
 
@@ -61,6 +67,9 @@ var typeNames = [...]string{
 	TypeBye:      "bye",
 	TypePing:     "ping",
 	TypePong:     "pong",
+	TypeSurvey:   "survey",
+	TypeMemory:   "memory",
+	TypeAssign:   "assign",
 }
 
 // String returns the type's lowercase name, or "type(N)" for an unknown value.

@@ -58,6 +58,11 @@ func sampleMessages() []struct {
 		{"bye", &Bye{Reason: "done"}},
 		{"ping", &Ping{Token: math.MaxUint64}},
 		{"pong", &Pong{Token: 42}},
+		{"survey", &Survey{}},
+		{"memory of three stages", &Memory{Stages: []StageMemory{{Stage: 3, Free: 12 << 30}, {Stage: 2, Free: 1}, {Stage: 1, Free: MaxFreeMemory}}}},
+		{"memory empty", &Memory{}},
+		{"assign", &Assign{Split: []Range{{0, 3}, {3, 20}, {20, 28}}}},
+		{"auth unassigned range", &Auth{Stage: 1, Identity: Identity{Model: "m", TotalLayers: 28, DType: Float32, Stage: 2}}},
 	}
 }
 
@@ -73,6 +78,10 @@ func isEmptySlice(v any) bool {
 	case []Candidate:
 		return len(s) == 0
 	case []StageTiming:
+		return len(s) == 0
+	case []StageMemory:
+		return len(s) == 0
+	case []Range:
 		return len(s) == 0
 	}
 	return false
@@ -255,6 +264,13 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 		{name: "reply missing timings", typ: TypeReply, payload: u32(0, 0)},
 		{name: "error message past end", typ: TypeError, payload: []byte{0, 0, 10, 0, 'x'}},
 		{name: "bye trailing", typ: TypeBye, payload: []byte{0, 0, 'x'}},
+		{name: "survey trailing", typ: TypeSurvey, payload: []byte{0}},
+		{name: "memory count past end", typ: TypeMemory, payload: []byte{0xff, 0x00}},
+		{name: "memory count over limit", typ: TypeMemory, payload: append([]byte{0xff, 0xff}, make([]byte, 65535*10)...)},
+		{name: "memory free overflows", typ: TypeMemory, payload: []byte{1, 0, 1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}},
+		{name: "memory trailing", typ: TypeMemory, payload: []byte{0, 0, 1}},
+		{name: "assign count past end", typ: TypeAssign, payload: []byte{3, 0, 0, 0, 0, 0, 1, 0, 0, 0}},
+		{name: "assign negative layer", typ: TypeAssign, payload: append([]byte{1, 0}, u32(0, math.MaxUint32)...)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := DecodeMessage(Frame{Type: tc.typ, Payload: tc.payload})
@@ -280,6 +296,10 @@ func TestEncodeRejectsInvalidMessages(t *testing.T) {
 		{name: "reply negative time", msg: &Reply{Timings: []StageTiming{{Stage: 1, Forward: -1}}}, want: ErrBadFrame},
 		{name: "reply negative network time", msg: &Reply{Timings: []StageTiming{{Stage: 1, Network: -1}}}, want: ErrBadFrame},
 		{name: "auth bad range", msg: &Auth{Identity: Identity{TotalLayers: 4, Start: 3, End: 2}}, want: ErrRange},
+		{name: "memory negative", msg: &Memory{Stages: []StageMemory{{Stage: 1, Free: -1}}}, want: ErrBadFrame},
+		{name: "memory too many stages", msg: &Memory{Stages: make([]StageMemory, MaxStages+1)}, want: ErrBadFrame},
+		{name: "assign negative layer", msg: &Assign{Split: []Range{{-1, 2}}}, want: ErrBadFrame},
+		{name: "assign too many stages", msg: &Assign{Split: make([]Range, MaxStages+1)}, want: ErrBadFrame},
 		{name: "auth model id too long", msg: &Auth{Identity: Identity{Model: string(make([]byte, 70000))}}, want: ErrBadFrame},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -43,6 +43,8 @@ func compare(expect, have Identity, wantSide, haveSide string) (Code, error) {
 	case expect.Stage != have.Stage:
 		return CodeRange, fmt.Errorf("transport: %s is stage %d, %s expects stage %d there: check the rank's --stage and the address list: %w",
 			haveSide, have.Stage, wantSide, expect.Stage, ErrRange)
+	case expect.Unassigned() || have.Unassigned():
+		// One side waits for the split: the driver's Assign settles it after the handshake.
 	case expect.Start != have.Start || expect.End != have.End:
 		return CodeRange, fmt.Errorf("transport: %s runs layers [%d,%d), %s planned [%d,%d): restart the rank with the planned split: %w",
 			haveSide, have.Start, have.End, wantSide, expect.Start, expect.End, ErrRange)

@@ -33,6 +33,9 @@ var (
 	_ Message = (*Bye)(nil)
 	_ Message = (*Ping)(nil)
 	_ Message = (*Pong)(nil)
+	_ Message = (*Survey)(nil)
+	_ Message = (*Memory)(nil)
+	_ Message = (*Assign)(nil)
 )
 
 // Marshal encodes m into a new payload.
@@ -102,13 +105,18 @@ type Identity struct {
 	Start, End int
 }
 
-// Validate checks that the layer range makes sense: 0 <= Start < End <= TotalLayers. An
-// identity with TotalLayers 0 (nothing declared) is valid.
+// Unassigned says whether the identity names no layer range yet: a rank started without a split
+// waits for the driver's Assign, and a driver that plans the split from the ranks' free memory
+// expects none before it has asked them.
+func (id Identity) Unassigned() bool { return id.Start == 0 && id.End == 0 }
+
+// Validate checks that the layer range makes sense: 0 <= Start < End <= TotalLayers, or no range
+// at all (Unassigned).
 func (id Identity) Validate() error {
 	if id.Stage < 0 || id.Stage > math.MaxUint16 {
 		return fmt.Errorf("transport: stage index %d is out of range [0, %d]: %w", id.Stage, math.MaxUint16, ErrRange)
 	}
-	if id.TotalLayers == 0 && id.Start == 0 && id.End == 0 {
+	if id.Unassigned() {
 		return nil
 	}
 	if id.Start < 0 || id.Start >= id.End || id.End > id.TotalLayers {
@@ -713,6 +721,12 @@ func newMessage(t Type) Message {
 		return new(Ping)
 	case TypePong:
 		return new(Pong)
+	case TypeSurvey:
+		return new(Survey)
+	case TypeMemory:
+		return new(Memory)
+	case TypeAssign:
+		return new(Assign)
 	}
 	return nil
 }
