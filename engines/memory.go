@@ -195,6 +195,60 @@ func SystemRAM() (int64, error) {
 	return 0, errors.New("MemTotal not found in /proc/meminfo")
 }
 
+// AvailableRAM returns the memory this machine can give a new process without swapping: Linux's
+// MemAvailable, or on macOS the free, inactive and speculative pages vm_stat reports (pages
+// the kernel reclaims without writing them out).
+func AvailableRAM() (int64, error) {
+	if runtime.GOOS == "darwin" {
+		out, err := exec.Command("vm_stat").Output()
+		if err != nil {
+			return 0, err
+		}
+		return parseVMStat(string(out))
+	}
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemAvailable:" {
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("MemAvailable not found in /proc/meminfo")
+}
+
+// parseVMStat reads vm_stat's output: "Mach Virtual Memory Statistics: (page size of 16384
+// bytes)", then "Pages free:   12345." lines.
+func parseVMStat(out string) (int64, error) {
+	lines := strings.Split(out, "\n")
+	var page int64
+	_, rest, _ := strings.Cut(lines[0], "page size of ")
+	if _, err := fmt.Sscanf(rest, "%d", &page); err != nil || page <= 0 {
+		return 0, fmt.Errorf("vm_stat: no page size in %q", lines[0])
+	}
+	var pages int64
+	for _, l := range lines[1:] {
+		name, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(name) {
+		case "Pages free", "Pages inactive", "Pages speculative":
+			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), "."), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("vm_stat: %s: %w", name, err)
+			}
+			pages += n
+		}
+	}
+	return pages * page, nil
+}
+
 // ParseBytes reads sizes such as "16GB", "16G", "512MiB" or a plain byte count. Decimal (GB) and
 // binary (GiB, G) units are both accepted; G alone means GiB, as RAM is sold in binary sizes.
 func ParseBytes(s string) (int64, error) {

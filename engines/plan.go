@@ -3,6 +3,7 @@ package engines
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
@@ -163,17 +164,30 @@ func planPipeline(c *model.Config, dt mlx.DType, ctx int, usable int64, stages i
 // stage, counting extra(s) on stage s. Ties go to the earliest split found, so the result is
 // deterministic.
 func BalanceBytes(layer []int64, stages int, extra func(int) int64) []model.Range {
-	n := len(layer)
+	capacity := make([]int64, stages)
+	for i := range capacity {
+		capacity[i] = 1
+	}
+	return BalanceWeighted(layer, capacity, extra)
+}
+
+// BalanceWeighted splits layers (their bytes) into len(capacity) contiguous ranges minimising
+// the largest share any stage fills of its capacity, (its layers + extra(s)) / capacity[s]:
+// a stage with twice the capacity gets about twice the bytes. Every capacity must be positive,
+// and there must be at least as many layers as stages. Ties go to the earliest split found, so
+// the result is deterministic.
+func BalanceWeighted(layer []int64, capacity []int64, extra func(int) int64) []model.Range {
+	n, stages := len(layer), len(capacity)
 	prefix := make([]int64, n+1)
 	for i, b := range layer {
 		prefix[i+1] = prefix[i] + b
 	}
-	const inf = int64(1) << 62
-	// best[s][j]: the smallest largest stage when stages 0..s-1 hold layers [0, j).
-	best := make([][]int64, stages+1)
+	inf := math.Inf(1)
+	// best[s][j]: the smallest largest share when stages 0..s-1 hold layers [0, j).
+	best := make([][]float64, stages+1)
 	from := make([][]int, stages+1)
 	for s := range best {
-		best[s] = make([]int64, n+1)
+		best[s] = make([]float64, n+1)
 		from[s] = make([]int, n+1)
 		for j := range best[s] {
 			best[s][j] = inf
@@ -181,12 +195,13 @@ func BalanceBytes(layer []int64, stages int, extra func(int) int64) []model.Rang
 	}
 	best[0][0] = 0
 	for s := 1; s <= stages; s++ {
+		c := float64(capacity[s-1])
 		for j := s; j <= n-(stages-s); j++ {
 			for i := s - 1; i < j; i++ {
 				if best[s-1][i] == inf {
 					continue
 				}
-				cost := max(best[s-1][i], prefix[j]-prefix[i]+extra(s-1))
+				cost := max(best[s-1][i], float64(prefix[j]-prefix[i]+extra(s-1))/c)
 				if cost < best[s][j] {
 					best[s][j], from[s][j] = cost, i
 				}
@@ -200,6 +215,72 @@ func BalanceBytes(layer []int64, stages int, extra func(int) int64) []model.Rang
 		j = i
 	}
 	return rs
+}
+
+// SplitByMemory splits c's layers over len(free) pipeline stages in proportion to the memory
+// each one offers (free[s] bytes, minus the runtime and activations every stage needs anyway):
+// contiguous ranges whose weights and KV cache for context positions fill about the same share
+// of every stage's memory. It refuses, naming the stage, an offer that cannot hold even one
+// layer, and a split in which some stage would not fit what it offers.
+func SplitByMemory(c *model.Config, dt mlx.DType, context int, free []int64) ([]model.Range, error) {
+	stages := len(free)
+	if stages < 2 || stages > c.NumLayers {
+		return nil, fmt.Errorf("engines: split: %d pipeline stages for %d layers: use 2 to %d", stages, c.NumLayers, c.NumLayers)
+	}
+	p := weightParts(c, dt)
+	headBytes := p.head
+	if c.Tied() {
+		headBytes += p.embed
+	}
+	extra := func(stage int) int64 {
+		var b int64
+		if stage == 0 {
+			b += p.embed
+		}
+		if stage == stages-1 {
+			b += headBytes
+		}
+		return b
+	}
+	layer := make([]int64, c.NumLayers)
+	smallest := int64(math.MaxInt64)
+	for i := range layer {
+		layer[i] = p.layer + LayerKVBytes(c, dt, context, i)
+		smallest = min(smallest, layer[i])
+	}
+	over := overhead(c, dt, context)
+	capacity := make([]int64, stages)
+	for s, f := range free {
+		need := over + smallest + extra(s)
+		if f < need {
+			return nil, fmt.Errorf("%w: stage %d offers %s, less than its smallest share needs (one layer with a KV cache for %d positions, %s, plus runtime %s%s): free memory on that machine, leave it out of the pipeline, or plan a shorter context",
+				ErrMemory, s, FormatBytes(f), context, FormatBytes(smallest), FormatBytes(over), extraNote(extra(s)))
+		}
+		capacity[s] = f - over
+	}
+	rs := BalanceWeighted(layer, capacity, extra)
+	for s, r := range rs {
+		if e := StageMemory(c, dt, r, context); e.Total() > free[s] {
+			return rs, fmt.Errorf("%w: the stages offer %s in all, and stage %d would need %s for layers [%d,%d) but offers %s: free memory, add a machine, use a quantized checkpoint or plan a shorter context",
+				ErrMemory, FormatBytes(sum(free)), s, FormatBytes(e.Total()), r.From, r.To, FormatBytes(free[s]))
+		}
+	}
+	return rs, nil
+}
+
+func extraNote(b int64) string {
+	if b == 0 {
+		return ""
+	}
+	return ", plus embeddings or head " + FormatBytes(b)
+}
+
+func sum(xs []int64) int64 {
+	var t int64
+	for _, x := range xs {
+		t += x
+	}
+	return t
 }
 
 // advise says what would make a plan fit.

@@ -2,6 +2,7 @@ package engines
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
@@ -104,5 +105,91 @@ func TestPlanDeploymentsErrors(t *testing.T) {
 				t.Errorf("PlanDeployments(%s) succeeded; want an error", tc.name)
 			}
 		})
+	}
+}
+
+func TestBalanceWeighted(t *testing.T) {
+	none := func(int) int64 { return 0 }
+	ones := func(n int) []int64 {
+		l := make([]int64, n)
+		for i := range l {
+			l[i] = 1
+		}
+		return l
+	}
+	cases := []struct {
+		name     string
+		layer    []int64
+		capacity []int64
+		extra    func(int) int64
+		want     []model.Range
+	}{
+		{"proportional 1:2:3", ones(36), []int64{1, 2, 3}, none, []model.Range{{From: 0, To: 6}, {From: 6, To: 18}, {From: 18, To: 36}}},
+		{"proportional 3:1", ones(8), []int64{3 << 30, 1 << 30}, none, []model.Range{{From: 0, To: 6}, {From: 6, To: 8}}},
+		{"equal capacity is BalanceBytes", ones(6), []int64{7, 7}, none, []model.Range{{From: 0, To: 3}, {From: 3, To: 6}}},
+		{"extra counts against capacity", ones(6), []int64{1, 1}, func(s int) int64 { return int64(2 * s) }, []model.Range{{From: 0, To: 4}, {From: 4, To: 6}}},
+		{"at least one layer each", ones(3), []int64{100, 1, 1}, none, []model.Range{{From: 0, To: 1}, {From: 1, To: 2}, {From: 2, To: 3}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := BalanceWeighted(tc.layer, tc.capacity, tc.extra); !slices.Equal(got, tc.want) {
+				t.Errorf("BalanceWeighted(%v, %v) = %v; want %v", tc.layer, tc.capacity, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSplitByMemory(t *testing.T) {
+	c := presetConfig(t, synth.Options{Preset: "deep-narrow"})
+	const context = 256
+	e := EstimateMemory(c, mlx.Float32, context)
+	over := e.Overhead
+	layerBytes := (e.Weights + e.KVCache) / int64(c.NumLayers) // about one layer and its share of the rest
+	t.Run("weighted by free memory", func(t *testing.T) {
+		free := []int64{over + 8*layerBytes, over + 16*layerBytes, over + 32*layerBytes}
+		rs, err := SplitByMemory(c, mlx.Float32, context, free)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rs[0].From != 0 || rs[2].To != c.NumLayers || rs[0].To != rs[1].From || rs[1].To != rs[2].From {
+			t.Fatalf("split %v does not tile [0,%d)", rs, c.NumLayers)
+		}
+		n := []int{rs[0].To - rs[0].From, rs[1].To - rs[1].From, rs[2].To - rs[2].From}
+		if !(n[0] < n[1] && n[1] < n[2]) {
+			t.Errorf("layers per stage %v for free memory %v; want more layers where more memory is free", n, free)
+		}
+		for s, r := range rs {
+			if got := StageMemory(c, mlx.Float32, r, context).Total(); got > free[s] {
+				t.Errorf("stage %d needs %d for %v, offers %d", s, got, r, free[s])
+			}
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		free []int64
+		want string
+	}{
+		{"zero memory", []int64{over + 40*layerBytes, 0}, "stage 1 offers 0.0 KiB"},
+		{"less than one layer", []int64{over + 40*layerBytes, over + layerBytes/4}, "stage 1 offers"},
+		{"too little in all", []int64{over + 12*layerBytes, over + 12*layerBytes}, "the stages offer"},
+		{"one stage", []int64{1 << 40}, "1 pipeline stages"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := SplitByMemory(c, mlx.Float32, context, tc.free)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("SplitByMemory(%v) = %v; want an error containing %q", tc.free, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseVMStat(t *testing.T) {
+	out := "Mach Virtual Memory Statistics: (page size of 16384 bytes)\nPages free:                               1000.\nPages active:                             5000.\nPages inactive:                           2000.\nPages speculative:                         500.\n"
+	got, err := parseVMStat(out)
+	if want := int64(3500 * 16384); err != nil || got != want {
+		t.Errorf("parseVMStat = %d, %v; want %d", got, err, want)
+	}
+	if _, err := parseVMStat("garbage"); err == nil {
+		t.Error("parseVMStat(garbage) = nil error; want one")
 	}
 }
