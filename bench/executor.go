@@ -55,6 +55,9 @@ func (x *Executor) Stream(ctx context.Context, c Config, onToken func(text strin
 func Run(ctx context.Context, g launch.Generator, c Config, onToken func(text string)) (Result, error) {
 	info := g.Info()
 	c.Mode, c.Stages, c.Link, c.Transport = info.Mode, info.Stages, info.Link, info.Transport
+	if info.Split != "" {
+		c.Split = info.Split
+	}
 	return Measure(ctx, g, c, onToken)
 }
 

@@ -56,8 +56,11 @@ type Step struct {
 	StageForwardMS []float64 `json:"stage_forward_ms,omitempty"`
 	// NetworkMS is the time on the wire per step (all hops), excluding remote forward time.
 	NetworkMS float64 `json:"network_ms,omitempty"`
-	SampleMS  float64 `json:"sample_ms"`
-	DraftMS   float64 `json:"draft_ms,omitempty"`
+	// HopNetworkMS splits NetworkMS by hop over the TCP transport: entry k is the time on the
+	// wire between stage k and stage k+1, both ways (absent over mlx-ring, whose stages report none).
+	HopNetworkMS []float64 `json:"hop_network_ms,omitempty"`
+	SampleMS     float64   `json:"sample_ms"`
+	DraftMS      float64   `json:"draft_ms,omitempty"`
 	// Bytes counts payload bytes sent and received on all hops in this step.
 	Bytes int64 `json:"bytes,omitempty"`
 	// HostSyncs counts the host's waits on MLX during the step (blocking evaluations and reads
@@ -105,4 +108,7 @@ type Result struct {
 	Link      string `json:"link,omitempty"`
 	Transport string `json:"transport,omitempty"`
 	Stages    int    `json:"stages,omitempty"`
+	// Split is the pipeline's layer ranges, as given or as the driver planned them from the
+	// ranks' free memory.
+	Split string `json:"split,omitempty"`
 }

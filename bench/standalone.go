@@ -37,9 +37,9 @@ func Standalone(ctx context.Context, e *engines.Engine, c Config, onToken func(t
 
 // Measure runs c on g and measures it; c.Mode names the result.
 func Measure(ctx context.Context, e Generator, c Config, onToken func(text string)) (Result, error) {
-	res := Result{Mode: c.Mode, Model: filepath.Base(c.Model), Link: c.Link, Transport: c.Transport, Stages: c.Stages, StepTiming: "lockstep"}
+	res := Result{Mode: c.Mode, Model: filepath.Base(c.Model), Link: c.Link, Transport: c.Transport, Stages: c.Stages, Split: c.Split, StepTiming: "lockstep"}
 	if c.Stages == 0 { // not a pipeline
-		res.Link, res.Transport, res.Stages = "", "", 0
+		res.Link, res.Transport, res.Stages, res.Split = "", "", 0, ""
 	}
 	if c.Mode == "standalone" {
 		res.StepTiming = "pipelined" // see Step
@@ -117,6 +117,9 @@ func fill(res *Result, st engines.Stats, text string) {
 		step := Step{ForwardMS: ms(s.Forward), SampleMS: ms(s.Sample), Tokens: 1, NetworkMS: ms(s.Network), Bytes: s.Bytes, HostSyncs: s.Syncs.Total()}
 		for _, f := range s.StageForward {
 			step.StageForwardMS = append(step.StageForwardMS, ms(f))
+		}
+		for _, h := range s.Hops {
+			step.HopNetworkMS = append(step.HopNetworkMS, ms(h))
 		}
 		res.Steps[i] = step
 	}

@@ -164,26 +164,34 @@ func planPipeline(c *model.Config, dt mlx.DType, ctx int, usable int64, stages i
 // stage, counting extra(s) on stage s. Ties go to the earliest split found, so the result is
 // deterministic.
 func BalanceBytes(layer []int64, stages int, extra func(int) int64) []model.Range {
-	capacity := make([]int64, stages)
-	for i := range capacity {
-		capacity[i] = 1
-	}
-	return BalanceWeighted(layer, capacity, extra)
+	return balance(layer, stages, func(s int, bytes int64) float64 { return float64(bytes + extra(s)) },
+		func(acc, cost float64) float64 { return max(acc, cost) })
 }
 
-// BalanceWeighted splits layers (their bytes) into len(capacity) contiguous ranges minimising
-// the largest share any stage fills of its capacity, (its layers + extra(s)) / capacity[s]:
-// a stage with twice the capacity gets about twice the bytes. Every capacity must be positive,
-// and there must be at least as many layers as stages. Ties go to the earliest split found, so
-// the result is deterministic.
+// BalanceWeighted splits layers (their bytes) into len(capacity) contiguous ranges in
+// proportion to each stage's capacity: it minimises the sum over stages of load^2 / capacity,
+// where a stage's load is its layers plus extra(s), whose minimum has every load proportional
+// to its capacity (as far as whole layers allow). Every capacity must be positive, and there
+// must be at least as many layers as stages. Ties go to the earliest split found, so the
+// result is deterministic.
 func BalanceWeighted(layer []int64, capacity []int64, extra func(int) int64) []model.Range {
-	n, stages := len(layer), len(capacity)
+	return balance(layer, len(capacity), func(s int, bytes int64) float64 {
+		load := float64(bytes + extra(s))
+		return load * load / float64(capacity[s])
+	}, func(acc, cost float64) float64 { return acc + cost })
+}
+
+// balance splits layers into stages contiguous non-empty ranges minimising the combination (by
+// combine, which must be monotone) of every stage's cost(s, bytes of its layers), by dynamic
+// programming over the split points.
+func balance(layer []int64, stages int, cost func(s int, bytes int64) float64, combine func(acc, cost float64) float64) []model.Range {
+	n := len(layer)
 	prefix := make([]int64, n+1)
 	for i, b := range layer {
 		prefix[i+1] = prefix[i] + b
 	}
 	inf := math.Inf(1)
-	// best[s][j]: the smallest largest share when stages 0..s-1 hold layers [0, j).
+	// best[s][j]: the best combined cost when stages 0..s-1 hold layers [0, j).
 	best := make([][]float64, stages+1)
 	from := make([][]int, stages+1)
 	for s := range best {
@@ -195,15 +203,14 @@ func BalanceWeighted(layer []int64, capacity []int64, extra func(int) int64) []m
 	}
 	best[0][0] = 0
 	for s := 1; s <= stages; s++ {
-		c := float64(capacity[s-1])
 		for j := s; j <= n-(stages-s); j++ {
 			for i := s - 1; i < j; i++ {
 				if best[s-1][i] == inf {
 					continue
 				}
-				cost := max(best[s-1][i], float64(prefix[j]-prefix[i]+extra(s-1))/c)
-				if cost < best[s][j] {
-					best[s][j], from[s][j] = cost, i
+				c := combine(best[s-1][i], cost(s-1, prefix[j]-prefix[i]))
+				if c < best[s][j] {
+					best[s][j], from[s][j] = c, i
 				}
 			}
 		}
@@ -259,6 +266,12 @@ func SplitByMemory(c *model.Config, dt mlx.DType, context int, free []int64) ([]
 		capacity[s] = f - over
 	}
 	rs := BalanceWeighted(layer, capacity, extra)
+	if !fitsMemory(c, dt, context, rs, free) {
+		// Whole layers can leave the proportional split just over some stage's memory, where
+		// the split that minimises the fullest stage's share may still fit.
+		rs = balance(layer, stages, func(s int, bytes int64) float64 { return float64(bytes+extra(s)) / float64(capacity[s]) },
+			func(acc, cost float64) float64 { return max(acc, cost) })
+	}
 	for s, r := range rs {
 		if e := StageMemory(c, dt, r, context); e.Total() > free[s] {
 			return rs, fmt.Errorf("%w: the stages offer %s in all, and stage %d would need %s for layers [%d,%d) but offers %s: free memory, add a machine, use a quantized checkpoint or plan a shorter context",
@@ -266,6 +279,15 @@ func SplitByMemory(c *model.Config, dt mlx.DType, context int, free []int64) ([]
 		}
 	}
 	return rs, nil
+}
+
+func fitsMemory(c *model.Config, dt mlx.DType, context int, rs []model.Range, free []int64) bool {
+	for s, r := range rs {
+		if StageMemory(c, dt, r, context).Total() > free[s] {
+			return false
+		}
+	}
+	return true
 }
 
 func extraNote(b int64) string {

@@ -1,6 +1,8 @@
 package experiments
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hippo-bench/hippo/results"
@@ -16,6 +18,7 @@ type Metrics struct {
 	skipped   prometheus.Counter
 	forward   *prometheus.HistogramVec
 	network   *prometheus.HistogramVec
+	hop       *prometheus.HistogramVec
 	sample    *prometheus.HistogramVec
 	draft     *prometheus.HistogramVec
 }
@@ -29,6 +32,9 @@ type Metrics struct {
 //	hippo_sweep_runs_skipped_total      counter: runs skipped because a resumed directory had them
 //	hippo_sweep_step_{forward,network,sample,draft}_seconds{mode,link}
 //	                                    histograms of per-step times of measured runs
+//	hippo_sweep_step_hop_network_seconds{mode,link,hop}
+//	                                    time on the wire per step and hop ("0" is stage 0 to 1),
+//	                                    where the transport times each hop
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	buckets := prometheus.ExponentialBuckets(0.0001, 2, 18) // 0.1 ms .. 13 s
 	hist := func(name, help string) *prometheus.HistogramVec {
@@ -46,8 +52,11 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		network:   hist("step_network_seconds", "Time on the wire per decode step (all hops)."),
 		sample:    hist("step_sample_seconds", "Sampling time per decode step."),
 		draft:     hist("step_draft_seconds", "Drafting time per decode step."),
+		hop: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "hippo", Subsystem: "sweep", Name: "step_hop_network_seconds", Help: "Time on the wire per decode step and hop (stage hop to hop+1 and back).", Buckets: buckets,
+		}, []string{"mode", "link", "hop"}),
 	}
-	for _, c := range []prometheus.Collector{m.planned, m.remaining, m.done, m.failed, m.skipped, m.forward, m.network, m.sample, m.draft} {
+	for _, c := range []prometheus.Collector{m.planned, m.remaining, m.done, m.failed, m.skipped, m.forward, m.network, m.hop, m.sample, m.draft} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -91,6 +100,9 @@ func (m *Metrics) finished(r *results.Record) {
 		}
 		if st.DraftMS > 0 {
 			drf.Observe(st.DraftMS / 1e3)
+		}
+		for k, h := range st.HopNetworkMS {
+			m.hop.With(prometheus.Labels{"mode": r.Config.Mode, "link": link, "hop": strconv.Itoa(k)}).Observe(h / 1e3)
 		}
 	}
 }

@@ -213,8 +213,29 @@ func plotBreakdown(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 			return 0
 		}})
 	}
+	hops := 0
+	for _, s := range ss {
+		if len(s.HopNetwork) > 1 {
+			hops = max(hops, len(s.HopNetwork))
+		}
+	}
+	// Runs that timed each hop (3 or more stages over TCP) show them one by one; the others
+	// their whole time on the wire.
+	parts = append(parts, part{"network", func(s Summary) float64 {
+		if len(s.HopNetwork) > 1 {
+			return 0
+		}
+		return s.Network.Mean
+	}})
+	for i := range hops {
+		parts = append(parts, part{fmt.Sprintf("network stage %d-%d", i+1, i+2), func(s Summary) float64 {
+			if len(s.HopNetwork) > 1 && i < len(s.HopNetwork) {
+				return s.HopNetwork[i].Mean
+			}
+			return 0
+		}})
+	}
 	parts = append(parts,
-		part{"network", func(s Summary) float64 { return s.Network.Mean }},
 		part{"sampling", func(s Summary) float64 { return s.Sample.Mean }},
 		part{"drafting", func(s Summary) float64 { return s.Draft.Mean }},
 	)
@@ -257,7 +278,7 @@ func plotBreakdown(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 	p.NominalY(names...)
 	p.X.Min = 0
 	p.X.Max = widest * 1.3 // room for the legend on the right
-	return p, barHeight(len(ss)) + 0.5*vg.Inch, "Mean per-step time split into forward (per pipeline stage), network, sampling and drafting.", ""
+	return p, barHeight(len(ss)) + 0.5*vg.Inch, "Mean per-step time split into forward (per pipeline stage), network (per hop where timed), sampling and drafting.", ""
 }
 
 func plotCDF(sums []Summary) (*plot.Plot, vg.Length, string, string) {

@@ -122,6 +122,9 @@ type Summary struct {
 	Sample       Distribution   `json:"sample_ms"`
 	Draft        Distribution   `json:"draft_ms"`
 	StageForward []Distribution `json:"stage_forward_ms,omitempty"`
+	// HopNetwork has one entry per hop (stage k to k+1 and back) when the transport reported
+	// them (the project's TCP framing does, mlx-ring does not).
+	HopNetwork []Distribution `json:"hop_network_ms,omitempty"`
 	// NetworkShare is total network time over total step time (NaN without steps).
 	NetworkShare float64 `json:"network_share"`
 	// TokensPerStep is emitted tokens per decode step (1 without speculation).
@@ -199,7 +202,7 @@ func summarizeRuns(s *Summary, recs []Record) {
 	var decode, prefill, ttft, acc []float64
 	var byPos [][]float64
 	var fwd, net, smp, drf, total []float64
-	var stages [][]float64
+	var stages, hops [][]float64
 	var netSum, totalSum float64
 	var tokens, steps int
 	anyNet, anyDraft := false, false
@@ -242,6 +245,12 @@ func summarizeRuns(s *Summary, recs []Record) {
 				}
 				stages[i] = append(stages[i], v)
 			}
+			for i, v := range st.HopNetworkMS {
+				for len(hops) <= i {
+					hops = append(hops, nil)
+				}
+				hops[i] = append(hops[i], v)
+			}
 		}
 	}
 	s.DecodeTokS = Describe(decode)
@@ -261,6 +270,9 @@ func summarizeRuns(s *Summary, recs []Record) {
 	}
 	for _, st := range stages {
 		s.StageForward = append(s.StageForward, Distribute(st))
+	}
+	for _, h := range hops {
+		s.HopNetwork = append(s.HopNetwork, Distribute(h))
 	}
 	s.NetworkShare = math.NaN()
 	if totalSum > 0 {

@@ -70,10 +70,10 @@ func stepsRun(id string, decode float64, steps []bench.Step, acc *bench.Acceptan
 
 func TestSummarize(t *testing.T) {
 	r1 := stepsRun("r1", 10, []bench.Step{
-		{ForwardMS: 10, StageForwardMS: []float64{4, 6}, NetworkMS: 1, SampleMS: 0.5, DraftMS: 0, Tokens: 1},
-		{ForwardMS: 20, StageForwardMS: []float64{8, 12}, NetworkMS: 3, SampleMS: 0.5, Tokens: 3},
+		{ForwardMS: 10, StageForwardMS: []float64{4, 6}, NetworkMS: 1, HopNetworkMS: []float64{0.4, 0.6}, SampleMS: 0.5, DraftMS: 0, Tokens: 1},
+		{ForwardMS: 20, StageForwardMS: []float64{8, 12}, NetworkMS: 3, HopNetworkMS: []float64{1, 2}, SampleMS: 0.5, Tokens: 3},
 	}, &bench.Acceptance{Drafted: 10, Accepted: 5})
-	r2 := stepsRun("r2", 20, []bench.Step{{ForwardMS: 30, StageForwardMS: []float64{10, 20}, NetworkMS: 2, SampleMS: 1, Tokens: 2}}, &bench.Acceptance{Drafted: 10, Accepted: 8})
+	r2 := stepsRun("r2", 20, []bench.Step{{ForwardMS: 30, StageForwardMS: []float64{10, 20}, NetworkMS: 2, HopNetworkMS: []float64{0.5, 1.5}, SampleMS: 1, Tokens: 2}}, &bench.Acceptance{Drafted: 10, Accepted: 8})
 	warm := stepsRun("w", 1000, nil, nil)
 	warm.Warmup = true
 	failed := stepsRun("f", 0, nil, nil)
@@ -107,6 +107,12 @@ func TestSummarize(t *testing.T) {
 		{N: 3, Mean: 38.0 / 3, Median: 12, P90: 20, P99: 20, Max: 20},
 	}, s.StageForward, approx); diff != "" {
 		t.Errorf("StageForward (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]Distribution{
+		{N: 3, Mean: 1.9 / 3, Median: 0.5, P90: 1, P99: 1, Max: 1},
+		{N: 3, Mean: 4.1 / 3, Median: 1.5, P90: 2, P99: 2, Max: 2},
+	}, s.HopNetwork, approx); diff != "" {
+		t.Errorf("HopNetwork (-want +got):\n%s", diff)
 	}
 	if s.Draft.N != 0 {
 		t.Errorf("Draft.N = %d; want 0 (no step drafted time)", s.Draft.N)

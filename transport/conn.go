@@ -18,6 +18,7 @@ import (
 const (
 	DefaultTimeout          = 5 * time.Second
 	DefaultPrefillTimeout   = 60 * time.Second
+	DefaultLoadTimeout      = 10 * time.Minute
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultDialTimeout      = 30 * time.Second
 )
@@ -45,6 +46,9 @@ type Options struct {
 	// PrefillTimeout replaces Timeout when Call sends a Forward of more than one token;
 	// default DefaultPrefillTimeout.
 	PrefillTimeout time.Duration
+	// LoadTimeout replaces Timeout when Call sends an Assign, whose answer comes once every
+	// later stage has loaded its layers; default DefaultLoadTimeout.
+	LoadTimeout time.Duration
 	// HandshakeTimeout bounds the handshake; default DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 	// IdleTimeout, when > 0, bounds how long Recv waits for the next frame: a stage closes a
@@ -82,6 +86,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.PrefillTimeout <= 0 {
 		o.PrefillTimeout = DefaultPrefillTimeout
+	}
+	if o.LoadTimeout <= 0 {
+		o.LoadTimeout = DefaultLoadTimeout
 	}
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = DefaultHandshakeTimeout
@@ -333,8 +340,9 @@ func (c *Conn) recv(ctx context.Context, dl time.Time, what string) (Frame, erro
 }
 
 // Call sends req and waits for the frame that answers it (same session and seq) and decodes it
-// into reply. It waits at most Options.Timeout, or Options.PrefillTimeout when req is a
-// Forward of more than one token, and never past ctx's deadline. On timeout the error wraps
+// into reply. It waits at most Options.Timeout, Options.PrefillTimeout when req is a Forward of
+// more than one token or a Survey, or Options.LoadTimeout when it is an Assign, and never past
+// ctx's deadline. On timeout the error wraps
 // ErrTimeout and names the peer; if the peer died it wraps ErrPeerGone.
 //
 // Sessions and seqs are expected to grow: answers to earlier calls (a lower session, or the
@@ -342,8 +350,15 @@ func (c *Conn) recv(ctx context.Context, dl time.Time, what string) (Frame, erro
 // the connection stays usable after a timeout.
 func (c *Conn) Call(ctx context.Context, session, seq uint64, req, reply Message) error {
 	wait := c.opts.Timeout
-	if fw, ok := req.(*Forward); ok && fw.Tokens > 1 {
-		wait = c.opts.PrefillTimeout
+	switch m := req.(type) {
+	case *Forward:
+		if m.Tokens > 1 {
+			wait = c.opts.PrefillTimeout
+		}
+	case *Survey:
+		wait = c.opts.PrefillTimeout // every stage first reaches the next one
+	case *Assign:
+		wait = c.opts.LoadTimeout
 	}
 	dl := deadline(ctx, wait)
 	if err := c.Send(ctx, session, seq, req); err != nil {

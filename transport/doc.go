@@ -26,7 +26,7 @@
 // A sealed payload is the message followed by a 16-byte tag (Overhead).
 //
 // The payload of each type is described on its message struct (Hello, HelloAck, Auth, Reset,
-// Forward, Reply, Error, Bye, Ping, Pong). Decoders reject truncated input, trailing bytes and
+// Forward, Reply, Error, Bye, Ping, Pong, Survey, Memory, Assign). Decoders reject truncated input, trailing bytes and
 // out-of-range values, and never allocate more than the bytes actually received.
 //
 // # One pipeline step
@@ -36,6 +36,10 @@
 // the last stage) and answers with Conn.Send of a Reply that carries the token and, hop by hop,
 // every stage's own forward time. The driver subtracts the stage times from the round trip to
 // get the network time per hop.
+//
+// Before the first step, the driver sends an Assign with every stage's layer range; a driver
+// given no split first sends a Survey, whose Memory answer lists what memory each stage offers
+// (see assign.go).
 package transport
 
 import "errors"

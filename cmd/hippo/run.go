@@ -113,13 +113,27 @@ func runCommand() *cli.Command {
 			}
 			if strings.HasPrefix(res.Mode, "pipeline") && len(res.Steps) > 0 {
 				var fwd, net, bytes float64
+				var hops []float64
 				for _, s := range res.Steps {
 					fwd += s.ForwardMS
 					net += s.NetworkMS
 					bytes += float64(s.Bytes)
+					for k, h := range s.HopNetworkMS {
+						for len(hops) <= k {
+							hops = append(hops, 0)
+						}
+						hops[k] += h
+					}
 				}
 				n := float64(len(res.Steps))
-				fmt.Printf("pipeline: %d stages over %s: per step forward %.2f ms, network %.2f ms, %.0f bytes\n", res.Stages, res.Link, fwd/n, net/n, bytes/n)
+				fmt.Printf("pipeline: %d stages (split %s) over %s: per step forward %.2f ms, network %.2f ms, %.0f bytes\n", res.Stages, res.Split, res.Link, fwd/n, net/n, bytes/n)
+				if len(hops) > 1 {
+					fmt.Print("network per hop:")
+					for k, h := range hops {
+						fmt.Printf("  %d-%d %.2f ms", k, k+1, h/n)
+					}
+					fmt.Println()
+				}
 			}
 			return nil
 		},

@@ -87,8 +87,10 @@ type Generator interface {
 type Info struct {
 	Mode  string
 	DType string
-	// Stages, Link and Transport describe a pipeline (0 and "" otherwise).
+	// Stages, Split, Link and Transport describe a pipeline (0 and "" otherwise). Split is the
+	// one the driver runs, also when it planned it from the ranks' free memory.
 	Stages          int
+	Split           string
 	Link, Transport string
 	// DraftTokens is K in speculative modes.
 	DraftTokens int
@@ -367,6 +369,7 @@ func (l *Loader) pipeline(ctx context.Context, c Config, info Info) (Generator, 
 		return nil, err
 	}
 	p.tok = d.Tokenizer()
+	p.info.Split = pipeline.FormatSplit(d.Split())
 	if info.Mode == PipelineSpec {
 		// The drafter lives on the driver's machine, next to stage 0.
 		if p.d, err = l.drafter(ctx, c, nil); err != nil {

@@ -12,7 +12,9 @@ import (
 )
 
 // Plan builds the pipeline plan of c: its split (given, from the hosts file, or balanced by the
-// bytes each stage reads per token), link, transport and the checkpoint's fingerprint.
+// bytes each stage reads per token), link, transport and the checkpoint's fingerprint. Ranks on
+// other machines (a hosts file) given no split over TCP get AutoSplit: the driver splits the
+// layers by the memory each rank reports (the balanced split then only counts the stages).
 func Plan(c Config) (pipeline.Plan, error) {
 	dir := c.Model
 	cfg, err := model.ReadConfig(dir)
@@ -20,6 +22,7 @@ func Plan(c Config) (pipeline.Plan, error) {
 		return pipeline.Plan{}, err
 	}
 	var split []model.Range
+	auto := false
 	if c.Hosts != "" {
 		h, err := pipeline.LoadHosts(c.Hosts)
 		if err != nil {
@@ -30,6 +33,7 @@ func Plan(c Config) (pipeline.Plan, error) {
 		}
 		if c.Split == "" {
 			c.Stages = len(h.Stages)
+			auto = true
 		}
 	}
 	if c.Split != "" {
@@ -82,7 +86,8 @@ func Plan(c Config) (pipeline.Plan, error) {
 		return pipeline.Plan{}, err
 	}
 	return pipeline.Plan{Model: dir, DType: orDefault(c.DType, engines.DefaultDType()), Split: split, Link: link, Fingerprint: fp,
-		Layers: cfg.NumLayers, Secret: os.Getenv(transport.SecretEnv), Transport: tr, Context: c.Context, RAM: c.RAM}, nil
+		Layers: cfg.NumLayers, Secret: os.Getenv(transport.SecretEnv), Transport: tr, Context: c.Context, RAM: c.RAM,
+		AutoSplit: auto && !pipeline.OverMLX(tr)}, nil
 }
 
 // ParseReply reads --reply: "" or "token" (0), or "topk:K".

@@ -6,9 +6,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/tokenizer"
 	"github.com/hippo-bench/hippo/transport"
@@ -36,6 +38,10 @@ type Driver struct {
 // OpenDriver loads stage 0 of plan and connects to stage 1 at addr, retrying until ctx ends (so
 // ranks may start after the driver). With plan.Transport mlx-ring, addr is MLX's hostfile ("" for
 // $MLX_HOSTFILE) and the driver joins the ring as rank 0.
+//
+// Over TCP, the driver then tells every rank the split (a rank started without one loads its
+// layers only then). With plan.AutoSplit it first asks the ranks how much memory each can offer
+// and splits the layers in proportion (see PlanSplit); Split returns the split it chose.
 func OpenDriver(ctx context.Context, plan Plan, addr string) (*Driver, error) {
 	tok, err := tokenizer.Load(plan.Model)
 	if err != nil {
@@ -45,37 +51,129 @@ func OpenDriver(ctx context.Context, plan Plan, addr string) (*Driver, error) {
 		if err := CheckExposure(addr, plan.Secret); err != nil {
 			return nil, err
 		}
+	} else if plan.AutoSplit {
+		return nil, fmt.Errorf("pipeline: %s cannot plan the split from the ranks' memory (its ranks load their layers before the ring is joined): give --split", plan.Transport)
 	}
-	if plan.Context > 0 || plan.RAM > 0 {
-		cfg, err := model.ReadConfig(plan.Model)
-		if err != nil {
-			return nil, err
-		}
-		ctxLen := plan.Context
-		if ctxLen == 0 {
-			ctxLen = (&Rank{Plan: plan}).contextCap(cfg)
-		}
-		if err := checkStageMemory(cfg, plan.DType, plan.Split[0], ctxLen, plan.RAM); err != nil {
-			return nil, fmt.Errorf("pipeline: stage 0: %w", err)
-		}
+	cfg, err := model.ReadConfig(plan.Model)
+	if err != nil {
+		return nil, err
 	}
 	start, err := startLink(plan, addr)
 	if err != nil {
 		return nil, err
 	}
+	var conn *transport.Conn
+	if start.ring == nil {
+		if conn, err = transport.Dial(ctx, addr, plan.options(0, true)); err != nil {
+			return nil, fmt.Errorf("pipeline: stage 1: %w", err)
+		}
+		if plan.AutoSplit {
+			split, err := PlanSplit(ctx, conn, plan, cfg)
+			if err != nil {
+				conn.Close()
+				return nil, err
+			}
+			plan.Split, plan.AutoSplit = split, false
+		}
+	}
+	if plan.Context > 0 || plan.RAM > 0 {
+		ctxLen := plan.Context
+		if ctxLen == 0 {
+			ctxLen = (&Rank{Plan: plan}).contextCap(cfg)
+		}
+		if err := checkStageMemory(cfg, plan.DType, plan.Split[0], ctxLen, plan.RAM); err != nil {
+			start.abandon()
+			if conn != nil {
+				conn.Close()
+			}
+			return nil, fmt.Errorf("pipeline: stage 0: %w", err)
+		}
+	}
 	first, err := engines.OpenStage(ctx, engines.StageOptions{Model: plan.Model, DType: plan.DType, Range: plan.Split[0]})
 	if err != nil {
 		start.abandon()
+		if conn != nil {
+			conn.Close()
+		}
 		return nil, err
 	}
-	next, err := start.open(ctx, first)
-	if err != nil {
+	var next link = conn
+	if conn != nil {
+		split := make([]transport.Range, len(plan.Split))
+		for i, r := range plan.Split {
+			split[i] = transport.Range{From: r.From, To: r.To}
+		}
+		if err := conn.Call(ctx, 0, 2, &transport.Assign{Split: split}, &transport.Reply{}); err != nil {
+			conn.Close()
+			first.Close()
+			return nil, fmt.Errorf("pipeline: split %s: %w", FormatSplit(plan.Split), err)
+		}
+	} else if next, err = start.open(ctx, first); err != nil {
 		first.Close()
 		return nil, fmt.Errorf("pipeline: stage 1: %w", err)
 	}
 	dt, _ := transport.ParseDType(first.DType().String())
 	return &Driver{plan: plan, first: first, tok: tok, next: next, hidden: first.Config().HiddenSize, dtype: dt,
 		session: uint64(time.Now().UnixNano())}, nil
+}
+
+// Split is the pipeline's layer ranges, as given or as planned from the ranks' memory.
+func (d *Driver) Split() []model.Range { return d.plan.Split }
+
+// PlanSplit asks the ranks behind conn (stage 1, which relays to the others) for the memory each
+// can offer, and splits plan's model over stage 0 and them in proportion to it
+// (engines.SplitByMemory), with a KV cache for the stages' context cap. len(plan.Split) says how
+// many stages to expect. A rank that answers for the wrong stages, reports no memory or more
+// than any machine has, or offers too little for its share, is refused with an error that names
+// it.
+func PlanSplit(ctx context.Context, conn *transport.Conn, plan Plan, cfg *model.Config) ([]model.Range, error) {
+	stages := len(plan.Split)
+	var m transport.Memory
+	if err := conn.Call(ctx, 0, 1, &transport.Survey{}, &m); err != nil {
+		return nil, fmt.Errorf("pipeline: ask the ranks for their free memory: %w", err)
+	}
+	free := make([]int64, stages)
+	if free[0] = plan.FreeMemory; free[0] <= 0 {
+		var err error
+		if free[0], err = engines.AvailableRAM(); err != nil {
+			return nil, fmt.Errorf("pipeline: cannot tell this machine's free memory to plan the split (%v): give --split", err)
+		}
+	}
+	if len(m.Stages) != stages-1 {
+		return nil, fmt.Errorf("pipeline: %d ranks answered the memory survey, the pipeline has %d stages after the driver: check each rank's --stage and --next against the hosts file: %w",
+			len(m.Stages), stages-1, transport.ErrRange)
+	}
+	for _, s := range m.Stages {
+		switch {
+		case s.Stage < 1 || s.Stage >= stages:
+			return nil, fmt.Errorf("pipeline: a rank answered the memory survey as stage %d, the pipeline has stages 1 to %d: check its --stage: %w", s.Stage, stages-1, transport.ErrRange)
+		case free[s.Stage] != 0:
+			return nil, fmt.Errorf("pipeline: two ranks answered the memory survey as stage %d: check their --stage: %w", s.Stage, transport.ErrRange)
+		case s.Free == 0:
+			return nil, fmt.Errorf("pipeline: stage %d reports no free memory: free memory on that machine (or check its --report-memory), or give --split: %w", s.Stage, engines.ErrMemory)
+		case s.Free > transport.MaxFreeMemory:
+			return nil, fmt.Errorf("pipeline: stage %d reports %s free, more than any machine has (limit %s): the rank is broken or not to be trusted; check its build and --report-memory, or give --split: %w",
+				s.Stage, engines.FormatBytes(s.Free), engines.FormatBytes(transport.MaxFreeMemory), transport.ErrBadFrame)
+		}
+		free[s.Stage] = s.Free
+	}
+	dt, err := mlx.ParseDType(plan.DType)
+	if err != nil {
+		return nil, err
+	}
+	split, err := engines.SplitByMemory(cfg, dt, (&Rank{Plan: plan}).contextCap(cfg), free)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: split by free memory (%s): %w", formatFree(free), err)
+	}
+	return split, nil
+}
+
+func formatFree(free []int64) string {
+	parts := make([]string, len(free))
+	for i, f := range free {
+		parts[i] = fmt.Sprintf("stage %d %s", i, engines.FormatBytes(f))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // Alive checks that the connection to stage 1 still works (a Ping over TCP; MLX's backends

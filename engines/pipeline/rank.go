@@ -18,11 +18,21 @@ import (
 
 // Plan is what every rank of one pipeline agrees on.
 type Plan struct {
-	Model  string // checkpoint directory (each machine has its own copy)
-	DType  string
-	Split  []model.Range
-	Link   transport.Profile
-	Secret string
+	Model string // checkpoint directory (each machine has its own copy)
+	DType string
+	// Split is every stage's layer range. A rank's plan may leave it empty: the rank then loads
+	// the range the driver assigns (see AutoSplit).
+	Split []model.Range
+	// AutoSplit makes the driver plan the split itself, over the TCP transport: it asks every
+	// rank for the memory it can offer and splits the layers in proportion
+	// (engines.SplitByMemory), then tells the ranks which layers to load. Split then only says
+	// how many stages there are.
+	AutoSplit bool
+	// FreeMemory, when > 0, is what the driver counts as stage 0's free memory for AutoSplit,
+	// instead of the machine's available memory.
+	FreeMemory int64
+	Link       transport.Profile
+	Secret     string
 	// Fingerprint of the checkpoint, compared in every handshake.
 	Fingerprint string
 	Layers      int
@@ -36,10 +46,15 @@ type Plan struct {
 	IdleTimeout, NextTimeout time.Duration
 }
 
+// identity is stage's identity in the handshake; its layer range is left out when the split is
+// not settled yet (a rank waiting for its assignment, a driver that will plan it).
 func (p Plan) identity(stage int) transport.Identity {
 	dt, _ := transport.ParseDType(p.DType)
-	r := p.Split[stage]
-	return transport.Identity{Model: p.Fingerprint, TotalLayers: p.Layers, DType: dt, Stage: stage, Start: r.From, End: r.To}
+	id := transport.Identity{Model: p.Fingerprint, TotalLayers: p.Layers, DType: dt, Stage: stage}
+	if !p.AutoSplit && stage < len(p.Split) {
+		id.Start, id.End = p.Split[stage].From, p.Split[stage].To
+	}
+	return id
 }
 
 func (p Plan) options(stage int, next bool) transport.Options {
@@ -85,10 +100,19 @@ type Rank struct {
 	IdleTimeout time.Duration
 	// NextTimeout bounds reaching the next stage for a session; default DefaultNextTimeout.
 	NextTimeout time.Duration
+	// FreeMemory, when > 0, is the memory this rank offers a driver that plans the split from
+	// the ranks' free memory, instead of what the machine has available.
+	FreeMemory int64
 
 	mu      sync.Mutex
 	current string    // the driver being served, "" when idle
 	since   time.Time // when its session started
+
+	// The loaded stage. A rank whose plan has a split loads its range before serving; one
+	// without waits for a driver's Assign, and keeps what it loaded for the next session.
+	// Only the one session touches it, and Serve once the sessions are over.
+	stage *engines.Stage
+	cfg   *model.Config
 }
 
 func (r *Rank) logf(format string, args ...any) {
@@ -193,14 +217,20 @@ func checkStageMemory(c *model.Config, dtype string, rg model.Range, context int
 		context, engines.FormatBytes(e.Overhead), engines.FormatBytes(limit), engines.FormatBytes(ram))
 }
 
+// deferred says whether the rank waits for the driver to assign its layers.
+func (r *Rank) deferred() bool { return len(r.Plan.Split) == 0 }
+
 // Serve loads the stage and answers drivers until ctx ends or ln is closed. Handshakes run in
 // the listener, off this loop; each authenticated connection becomes a session in its own
 // goroutine, one at a time. A session that ends (the driver finished, died, went idle, or sent
 // something refused) is logged and the rank keeps serving; the caches are reset by each
 // request's Reset, so nothing leaks between drivers. A next stage that cannot be reached is
 // reported to the driver, and the rank keeps listening.
+//
+// A rank whose plan has no split loads nothing before a driver assigns its layers (Assign,
+// after answering the driver's Survey with FreeMemory); it is the last stage when it has no Next.
 func (r *Rank) Serve(ctx context.Context, ln *transport.Listener) error {
-	if r.Stage < 1 || r.Stage >= len(r.Plan.Split) {
+	if r.Stage < 1 || (!r.deferred() && r.Stage >= len(r.Plan.Split)) {
 		return fmt.Errorf("rank: stage %d: ranks serve stages 1 to %d (stage 0 is the driver)", r.Stage, len(r.Plan.Split)-1)
 	}
 	if r.NextTimeout <= 0 {
@@ -213,20 +243,22 @@ func (r *Rank) Serve(ctx context.Context, ln *transport.Listener) error {
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", r.Stage, err)
 	}
+	r.cfg = cfg
 	ctxCap := r.contextCap(cfg)
-	ram := r.RAM
-	if ram == 0 {
-		ram = r.Plan.RAM
+	defer func() {
+		if r.stage != nil {
+			r.stage.Close()
+			r.stage = nil
+		}
+	}()
+	if r.deferred() {
+		r.logf("stage %d ready on %s: waiting for a driver to assign layers of %s, context cap %d positions", r.Stage, ln.Addr(), r.Plan.Model, ctxCap)
+	} else {
+		if err := r.load(ctx, r.Plan.Split[r.Stage], ctxCap); err != nil {
+			return fmt.Errorf("rank %d: %w", r.Stage, err)
+		}
+		r.logf("stage %d ready on %s: layers [%d,%d) of %s, context cap %d positions", r.Stage, ln.Addr(), r.stage.Range().From, r.stage.Range().To, r.Plan.Model, ctxCap)
 	}
-	if err := checkStageMemory(cfg, r.Plan.DType, r.Plan.Split[r.Stage], ctxCap, ram); err != nil {
-		return fmt.Errorf("rank %d: %w", r.Stage, err)
-	}
-	st, err := engines.OpenStage(ctx, engines.StageOptions{Model: r.Plan.Model, DType: r.Plan.DType, Range: r.Plan.Split[r.Stage]})
-	if err != nil {
-		return fmt.Errorf("rank %d: %w", r.Stage, err)
-	}
-	defer st.Close()
-	r.logf("stage %d ready on %s: layers [%d,%d) of %s, context cap %d positions", r.Stage, ln.Addr(), st.Range().From, st.Range().To, r.Plan.Model, ctxCap)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	// Refusals are logged at most 10 a second for each kind (peers that hung up or were
@@ -268,7 +300,7 @@ func (r *Rank) Serve(ctx context.Context, ln *transport.Listener) error {
 		go func() {
 			defer wg.Done()
 			defer r.release()
-			err := r.run(ctx, st, up, ctxCap)
+			err := r.run(ctx, up, ctxCap)
 			if ctx.Err() == nil {
 				r.logf("stage %d: session with %s ended: %v", r.Stage, up, err)
 			}
@@ -276,11 +308,43 @@ func (r *Rank) Serve(ctx context.Context, ln *transport.Listener) error {
 	}
 }
 
+// load checks that layers rg fit the memory guard and loads them, replacing what was loaded.
+func (r *Rank) load(ctx context.Context, rg model.Range, ctxCap int) error {
+	if r.stage != nil {
+		if r.stage.Range() == rg {
+			return nil
+		}
+		r.stage.Close()
+		r.stage = nil
+	}
+	ram := r.RAM
+	if ram == 0 {
+		ram = r.Plan.RAM
+	}
+	if err := checkStageMemory(r.cfg, r.Plan.DType, rg, ctxCap, ram); err != nil {
+		return err
+	}
+	st, err := engines.OpenStage(ctx, engines.StageOptions{Model: r.Plan.Model, DType: r.Plan.DType, Range: rg})
+	if err != nil {
+		return err
+	}
+	r.stage = st
+	return nil
+}
+
+// last says whether this rank is the pipeline's last stage.
+func (r *Rank) last() bool {
+	if r.deferred() {
+		return r.Next == ""
+	}
+	return r.Stage == len(r.Plan.Split)-1
+}
+
 // run serves one session: it reaches the next stage, then answers up until it ends.
-func (r *Rank) run(ctx context.Context, st *engines.Stage, up *transport.Conn, ctxCap int) error {
+func (r *Rank) run(ctx context.Context, up *transport.Conn, ctxCap int) error {
 	defer up.Close()
 	var down *transport.Conn
-	if !st.Last() {
+	if !r.last() {
 		dctx, cancel := context.WithTimeout(ctx, r.NextTimeout)
 		var err error
 		down, err = transport.Dial(dctx, r.Next, r.Plan.options(r.Stage, true))
@@ -292,7 +356,7 @@ func (r *Rank) run(ctx context.Context, st *engines.Stage, up *transport.Conn, c
 		}
 		defer down.Close()
 	}
-	return r.session(ctx, st, up, down, ctxCap)
+	return r.session(ctx, up, down, ctxCap)
 }
 
 // codeOf maps err to the wire code of its transport sentinel, so the driver can test it.
@@ -309,9 +373,60 @@ func codeOf(err error) transport.Code {
 	return transport.CodeInternal
 }
 
+// free is the memory this rank offers a driver that plans the split: FreeMemory, else what the
+// machine has available plus the weights of layers it loaded for an earlier session (which a
+// new assignment replaces).
+func (r *Rank) free() (int64, error) {
+	if r.FreeMemory > 0 {
+		return r.FreeMemory, nil
+	}
+	free, err := engines.AvailableRAM()
+	if err != nil {
+		return 0, fmt.Errorf("cannot tell this machine's free memory (%v): restart the rank with --report-memory SIZE, or give the driver --split", err)
+	}
+	if r.stage != nil && r.deferred() {
+		if dt, err := mlx.ParseDType(r.Plan.DType); err == nil {
+			free += engines.StageMemory(r.cfg, dt, r.stage.Range(), 0).Weights
+		}
+	}
+	return free, nil
+}
+
+// assign checks the driver's split against this rank and loads its range.
+func (r *Rank) assign(ctx context.Context, split []transport.Range, ctxCap int) error {
+	rs := make([]model.Range, len(split))
+	for i, x := range split {
+		rs[i] = model.Range{From: x.From, To: x.To}
+	}
+	if err := checkSplit(rs, r.Plan.Layers); err != nil {
+		return fmt.Errorf("the driver assigned %s: %w: %w", FormatSplit(rs), err, transport.ErrRange)
+	}
+	if r.Stage >= len(rs) {
+		return fmt.Errorf("the driver's split %s has %d stages, this rank is stage %d: check the hosts file and the rank's --stage: %w", FormatSplit(rs), len(rs), r.Stage, transport.ErrRange)
+	}
+	if !r.deferred() {
+		if have := r.Plan.Split[r.Stage]; have != rs[r.Stage] || len(rs) != len(r.Plan.Split) {
+			return fmt.Errorf("this rank was started with --split %s and runs layers [%d,%d); the driver assigns %s: restart the rank without --split to let the driver choose, or give the driver the same --split: %w",
+				FormatSplit(r.Plan.Split), have.From, have.To, FormatSplit(rs), transport.ErrRange)
+		}
+		return nil
+	}
+	if last := r.Stage == len(rs)-1; last != r.last() {
+		if last {
+			return fmt.Errorf("the driver's split %s makes stage %d the last, but this rank passes on to --next %s: check the hosts file: %w", FormatSplit(rs), r.Stage, r.Next, transport.ErrRange)
+		}
+		return fmt.Errorf("the driver's split %s has %d stages, but this rank (stage %d) has no --next: check the hosts file: %w", FormatSplit(rs), len(rs), r.Stage, transport.ErrRange)
+	}
+	if err := r.load(ctx, rs[r.Stage], ctxCap); err != nil {
+		return err
+	}
+	r.logf("stage %d: loaded layers [%d,%d) of split %s", r.Stage, rs[r.Stage].From, rs[r.Stage].To, FormatSplit(rs))
+	return nil
+}
+
 // session answers one upstream connection until it ends. pos is the number of positions this
 // stage's cache holds, which Forward frames may grow only up to ctxCap.
-func (r *Rank) session(ctx context.Context, st *engines.Stage, up, down *transport.Conn, ctxCap int) error {
+func (r *Rank) session(ctx context.Context, up, down *transport.Conn, ctxCap int) error {
 	var fw transport.Forward
 	var reply transport.Reply
 	pos := 0
@@ -323,10 +438,49 @@ func (r *Rank) session(ctx context.Context, st *engines.Stage, up, down *transpo
 		switch f.Type {
 		case transport.TypeBye:
 			return io.EOF
+		case transport.TypeSurvey:
+			var q transport.Survey
+			if err := f.Decode(&q); err != nil {
+				return err
+			}
+			var m transport.Memory
+			if down != nil {
+				if err := down.Call(ctx, f.Session, f.Seq, &q, &m); err != nil {
+					return r.fail(ctx, up, f, err)
+				}
+			}
+			free, err := r.free()
+			if err != nil {
+				return r.fail(ctx, up, f, err)
+			}
+			m.Stages = append(m.Stages, transport.StageMemory{Stage: r.Stage, Free: free})
+			if err := up.Send(ctx, f.Session, f.Seq, &m); err != nil {
+				return err
+			}
+		case transport.TypeAssign:
+			var m transport.Assign
+			if err := f.Decode(&m); err != nil {
+				return err
+			}
+			if err := r.assign(ctx, m.Split, ctxCap); err != nil {
+				return r.fail(ctx, up, f, err)
+			}
+			if down != nil {
+				if err := down.Call(ctx, f.Session, f.Seq, &m, &reply); err != nil {
+					return r.fail(ctx, up, f, err)
+				}
+			}
+			if err := up.Send(ctx, f.Session, f.Seq, &transport.Reply{}); err != nil {
+				return err
+			}
 		case transport.TypeReset:
 			var m transport.Reset
 			if err := f.Decode(&m); err != nil {
 				return err
+			}
+			st, err := r.loaded()
+			if err != nil {
+				return r.fail(ctx, up, f, err)
 			}
 			if err := st.Reset(ctx, m.Position, 0, 1, 0); err != nil {
 				return r.fail(ctx, up, f, err)
@@ -340,6 +494,10 @@ func (r *Rank) session(ctx context.Context, st *engines.Stage, up, down *transpo
 		case transport.TypeForward:
 			if err := f.Decode(&fw); err != nil {
 				return err
+			}
+			st, err := r.loaded()
+			if err != nil {
+				return r.fail(ctx, up, f, err)
 			}
 			if pos+fw.Tokens > ctxCap {
 				return r.fail(ctx, up, f, fmt.Errorf("a request of %d positions exceeds this rank's context cap of %d: shorten the prompt or the generation, or restart the rank with a larger --context (its memory guard must allow it): %w",
@@ -360,6 +518,14 @@ func (r *Rank) session(ctx context.Context, st *engines.Stage, up, down *transpo
 			return r.fail(ctx, up, f, fmt.Errorf("unexpected %v frame: %w", f.Type, transport.ErrBadFrame))
 		}
 	}
+}
+
+// loaded returns the loaded stage, or an error when no driver assigned one yet.
+func (r *Rank) loaded() (*engines.Stage, error) {
+	if r.stage == nil {
+		return nil, fmt.Errorf("this rank was started without --split and no layers were assigned to it: the driver must send its split first (run the same hippo build on every machine): %w", transport.ErrRange)
+	}
+	return r.stage, nil
 }
 
 func (r *Rank) forward(ctx context.Context, st *engines.Stage, down *transport.Conn, f transport.Frame, fw *transport.Forward, reply *transport.Reply) error {
