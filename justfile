@@ -144,8 +144,12 @@ grafana:
 bench-pipeline: build
     ./bin/hippo bench pipeline
 
-# What sealing every frame (AES-256-GCM) adds to a decode hop on loopback and thunderbolt, sealed and plain alternating.
-bench-seal:
+# What sealing every frame (AES-256-GCM) costs a real 2-stage pipeline decode step (tiny-qwen3; HIPPO_SEAL_PRESET
+# picks another synth preset) on loopback and thunderbolt, sealed and plain steps interleaved, median and 95% CI;
+# then the same with both sealed (an A/A control: the method's own bias), then the transport-only hop and seal+open.
+bench-seal rounds="200":
+    go test -tags hippobench -run '^$' -bench 'BenchmarkSealStep' -benchtime {{rounds}}x -timeout 60m ./engines/pipeline
+    HIPPO_SEAL_CONTROL=1 go test -tags hippobench -run '^$' -bench 'BenchmarkSealStep' -benchtime {{rounds}}x -timeout 60m ./engines/pipeline
     go test -run '^$' -bench 'BenchmarkSealCost|BenchmarkSeal$' -benchtime 300x ./transport
 
 # Speculative vs standalone decoding on the trained target/draft pair, K = 1..8, each drafter, with the analytic expectation.

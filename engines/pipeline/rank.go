@@ -44,7 +44,14 @@ type Plan struct {
 	RAM     int64
 	// IdleTimeout and NextTimeout, when set, are each rank's (see Rank).
 	IdleTimeout, NextTimeout time.Duration
+
+	// unsealed asks for frames in the clear after the handshake, which only the seal-cost
+	// benchmark (build tag hippobench) can grant: elsewhere unseal leaves the options as they are.
+	unsealed bool
 }
+
+// unseal switches sealing off in transport options; the hippobench build sets it.
+var unseal = func(o transport.Options) transport.Options { return o }
 
 // identity is stage's identity in the handshake; its layer range is left out when the split is
 // not settled yet (a rank waiting for its assignment, a driver that will plan it).
@@ -61,6 +68,9 @@ func (p Plan) options(stage int, next bool) transport.Options {
 	o := transport.Options{Self: p.identity(stage), Secret: p.Secret, Profile: p.Link, Seed: uint64(stage + 1)}
 	if next {
 		o.Peer = p.identity(stage + 1)
+	}
+	if p.unsealed {
+		o = unseal(o)
 	}
 	return o
 }
