@@ -144,9 +144,7 @@ grafana:
 bench-pipeline: build
     ./bin/hippo bench pipeline
 
-# What sealing every frame (AES-256-GCM) costs a real 2-stage pipeline decode step (tiny-qwen3; HIPPO_SEAL_PRESET
-# picks another synth preset) on loopback and thunderbolt, sealed and plain steps interleaved, median and 95% CI;
-# then the same with both sealed (an A/A control: the method's own bias), then the transport-only hop and seal+open.
+# Sealing's cost per real 2-stage decode step (tiny-qwen3, or $HIPPO_SEAL_PRESET), loopback and thunderbolt, sealed/plain steps interleaved, median + 95% CI; an A/A control (both sealed); the transport-only hop.
 bench-seal rounds="200":
     go test -tags hippobench -run '^$' -bench 'BenchmarkSealStep' -benchtime {{rounds}}x -timeout 60m ./engines/pipeline
     HIPPO_SEAL_CONTROL=1 go test -tags hippobench -run '^$' -bench 'BenchmarkSealStep' -benchtime {{rounds}}x -timeout 60m ./engines/pipeline
