@@ -18,6 +18,8 @@ type Stage struct {
 	caches []model.Cache
 	smp    *sampler
 	dtype  mlx.DType
+	// deviceHidden: Forward returns hidden states as device arrays (StageOptions.DeviceHidden).
+	deviceHidden bool
 }
 
 // StageOptions configures OpenStage.
@@ -25,6 +27,10 @@ type StageOptions struct {
 	Model string
 	DType string
 	Range model.Range
+	// DeviceHidden makes Forward on a stage other than the last return its hidden state as an
+	// evaluated device array (StageResult.Hidden.Array, which the caller frees) instead of bytes
+	// copied to the host: for transports that send MLX arrays themselves (MLX's ring).
+	DeviceHidden bool
 }
 
 // OpenStage loads the layers of o.Range.
@@ -36,7 +42,7 @@ func OpenStage(ctx context.Context, o StageOptions) (*Stage, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Stage{worker: mlx.NewWorker(), dtype: dt}
+	s := &Stage{worker: mlx.NewWorker(), dtype: dt, deviceHidden: o.DeviceHidden}
 	err = s.worker.Do(ctx, func() error {
 		m, err := model.LoadRange(o.Model, dt, o.Range)
 		if err != nil {
@@ -103,7 +109,11 @@ func (s *Stage) PeakMemory() int64 {
 type Activation struct {
 	Tokens []int
 	Hidden []byte
-	Len    int // positions in Hidden
+	// Array, when valid, holds the hidden state instead of Hidden: an evaluated device array
+	// [1, Len, hidden] of the stage's dtype, read without a copy through the host. Its owner
+	// frees it; a stage that returns one (StageOptions.DeviceHidden) hands it to the caller.
+	Array mlx.Array
+	Len   int // positions in Hidden or Array
 }
 
 // StageResult is what Forward produced.
@@ -148,12 +158,21 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 			if n <= 0 {
 				return fmt.Errorf("stage %v: activation has %d positions", m.Range, n)
 			}
-			h = mlx.FromBytes(in.Hidden, s.dtype, 1, n, m.Config().HiddenSize)
+			var err error
+			if h, err = s.hiddenIn(in, n); err != nil {
+				return err
+			}
 		}
 		for i := m.Range.From; i < m.Range.To; i++ {
 			h = m.Layer(i, h, s.caches[i])
 		}
 		switch {
+		case !s.Last() && s.deviceHidden:
+			if err := mlx.Eval(h); err != nil {
+				return err
+			}
+			mlx.Detach(h) // the caller's now
+			res.Hidden = Activation{Array: h, Len: n}
 		case !s.Last():
 			b, err := h.Bytes() // evaluates
 			if err != nil {
@@ -200,6 +219,24 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 		return nil
 	})
 	return res, err
+}
+
+// hiddenIn is the incoming hidden state of n positions as an array: in.Array as it is, or
+// in.Hidden's bytes copied in.
+func (s *Stage) hiddenIn(in Activation, n int) (mlx.Array, error) {
+	hidden := s.model.Config().HiddenSize
+	if !in.Array.Valid() {
+		return mlx.FromBytes(in.Hidden, s.dtype, 1, n, hidden), nil
+	}
+	if sh := in.Array.Shape(); len(sh) != 3 || sh[0] != 1 || sh[1] != n || sh[2] != hidden || in.Array.DType() != s.dtype {
+		return mlx.Array{}, fmt.Errorf("stage %v: hidden state array %v of %v; want [1 %d %d] of %v", s.model.Range, sh, in.Array.DType(), n, hidden, s.dtype)
+	}
+	return in.Array, nil
+}
+
+// Free frees an array the stage handed out (a StageResult's Hidden.Array), on the stage's thread.
+func (s *Stage) Free(a mlx.Array) {
+	s.worker.Do(context.Background(), func() error { a.Free(); return nil })
 }
 
 // Close frees the stage.
@@ -273,7 +310,10 @@ func (s *Stage) Verify(ctx context.Context, in Activation, outputs int) ([]int, 
 			n = len(ids)
 			h = m.Embed(mlx.FromInt32s(ids, 1, n))
 		} else {
-			h = mlx.FromBytes(in.Hidden, s.dtype, 1, n, m.Config().HiddenSize)
+			var err error
+			if h, err = s.hiddenIn(in, n); err != nil {
+				return err
+			}
 		}
 		for i := m.Range.From; i < m.Range.To; i++ {
 			h = m.Layer(i, h, s.caches[i])

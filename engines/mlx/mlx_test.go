@@ -1,8 +1,10 @@
 package mlx
 
 import (
+	"bytes"
 	"context"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -133,4 +135,35 @@ func TestWorkerRecoversPanic(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "boom") {
 		t.Errorf("Do(panic) = %v; want error mentioning boom", err)
 	}
+}
+
+func TestViewReinterpretsBytes(t *testing.T) {
+	onWorker(t, func() error {
+		s := NewScope()
+		defer s.Close()
+		x := FromFloat32s([]float32{1, -2, 0.5, 3}, 1, 2, 2)
+		b := View(x, Uint8)
+		if got := b.Shape(); !slices.Equal(got, []int{1, 2, 8}) {
+			t.Errorf("View(f32 [1 2 2], uint8) shape %v; want [1 2 8]", got)
+		}
+		raw, err := b.Bytes()
+		if err != nil {
+			return err
+		}
+		want, err := x.Bytes()
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(raw, want) {
+			t.Errorf("viewed bytes %v; want the array's own %v", raw, want)
+		}
+		back, err := Reshape(View(Reshape(b, 16), Float32), 1, 2, 2).Float32s()
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(back, []float32{1, -2, 0.5, 3}) {
+			t.Errorf("viewed back %v; want [1 -2 0.5 3]", back)
+		}
+		return nil
+	})
 }

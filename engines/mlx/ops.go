@@ -181,6 +181,20 @@ func AsType(a Array, dt DType) Array {
 	return result("astype", C.hp_astype(&h, a.h, C.int(dt)), h)
 }
 
+// View reinterprets a's bytes as dtype dt, without converting them: the last axis scales by the
+// ratio of the element sizes (a [1, 2, 64] bf16 array viewed as Uint8 is [1, 2, 128]). MLX copies
+// only when a is not contiguous.
+func View(a Array, dt DType) Array {
+	if !valid(a) {
+		return Array{}
+	}
+	if a.DType() == dt {
+		return a
+	}
+	var h C.hp_array
+	return result("view", C.hp_view(&h, a.h, C.int(dt)), h)
+}
+
 // Slice returns a[start:stop] along every axis with unit strides.
 func Slice(a Array, start, stop []int) Array {
 	if !valid(a) {

@@ -256,6 +256,8 @@ int hp_transpose(hp_array* out, hp_array a, const int* axes, int naxes) {
 
 int hp_astype(hp_array* out, hp_array a, int dtype) { HP_TRY(*out = wrap(mx::astype(a->a, to_dtype(dtype)))) }
 
+int hp_view(hp_array* out, hp_array a, int dtype) { HP_TRY(*out = wrap(mx::view(a->a, to_dtype(dtype)))) }
+
 int hp_slice(hp_array* out, hp_array a, const int* start, const int* stop, const int* strides, int n) {
   HP_TRY(*out = wrap(mx::slice(a->a, to_shape(start, n), to_shape(stop, n), to_shape(strides, n))))
 }

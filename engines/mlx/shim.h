@@ -73,6 +73,7 @@ int hp_reduce(hp_array* out, int op, hp_array a, const int* axes, int naxes, int
 int hp_reshape(hp_array* out, hp_array a, const int* shape, int ndim);
 int hp_transpose(hp_array* out, hp_array a, const int* axes, int naxes);
 int hp_astype(hp_array* out, hp_array a, int dtype);
+int hp_view(hp_array* out, hp_array a, int dtype);
 int hp_slice(hp_array* out, hp_array a, const int* start, const int* stop, const int* strides, int n);
 int hp_slice_update(hp_array* out, hp_array src, hp_array update, const int* start, const int* stop, const int* strides, int n);
 int hp_concat(hp_array* out, const hp_array* arrs, int n, int axis);

@@ -89,7 +89,8 @@ func OpenDriver(ctx context.Context, plan Plan, addr string) (*Driver, error) {
 			return nil, fmt.Errorf("pipeline: stage 0: %w", err)
 		}
 	}
-	first, err := engines.OpenStage(ctx, engines.StageOptions{Model: plan.Model, DType: plan.DType, Range: plan.Split[0]})
+	// Over MLX's ring, stage 0's hidden states stay on the device until MLX sends them.
+	first, err := engines.OpenStage(ctx, engines.StageOptions{Model: plan.Model, DType: plan.DType, Range: plan.Split[0], DeviceHidden: overMLX(plan.Transport)})
 	if err != nil {
 		start.abandon()
 		if conn != nil {
@@ -235,10 +236,10 @@ func (d *Driver) Generate(ctx context.Context, r engines.Request, emit func(engi
 		}
 		seq++
 		fw := transport.Forward{Position: pos, Tokens: len(tokens), TopK: topK, DType: d.dtype,
-			Shape: []int{len(tokens), d.hidden}, Data: res.Hidden.Hidden}
+			Shape: []int{len(tokens), d.hidden}}
 		var reply transport.Reply
 		t0 := time.Now()
-		if err := d.next.Call(ctx, d.session, seq, &fw, &reply); err != nil {
+		if err := d.call(ctx, seq, &fw, res.Hidden, &reply); err != nil {
 			return reply, s, fmt.Errorf("pipeline: %w", err)
 		}
 		rtt := time.Since(t0)
@@ -246,7 +247,7 @@ func (d *Driver) Generate(ctx context.Context, r engines.Request, emit func(engi
 		s.StageForward = []time.Duration{res.Forward}
 		s.Forward = res.Forward
 		s.Forward += d.timings(&s, rtt, reply.Timings)
-		s.Bytes = int64(len(fw.Data)) + int64(8*len(reply.TopK)+4*len(reply.Tokens)+18*len(reply.Timings))
+		s.Bytes = int64(len(tokens)*d.hidden*d.dtype.Size()) + int64(8*len(reply.TopK)+4*len(reply.Tokens)+18*len(reply.Timings))
 		return reply, s, nil
 	}
 	// Prefill: all prompt tokens but the last, in chunks, then the last one alone.
@@ -296,6 +297,21 @@ func (d *Driver) Generate(ctx context.Context, r engines.Request, emit func(engi
 		}
 		next = []int{id}
 	}
+}
+
+// call sends stage 0's output h on through the pipeline and waits for the reply: as a device
+// array over MLX's ring (no copy through the host), as bytes otherwise. It frees h's array.
+func (d *Driver) call(ctx context.Context, seq uint64, fw *transport.Forward, h engines.Activation, reply *transport.Reply) error {
+	if h.Array.Valid() {
+		rl, ok := d.next.(*ringLink)
+		if !ok {
+			d.first.Free(h.Array)
+			return fmt.Errorf("pipeline: stage 0 kept its hidden state on the device for a link that sends bytes")
+		}
+		return rl.CallArray(ctx, seq, fw, h.Array, reply)
+	}
+	fw.Data = h.Hidden
+	return d.next.Call(ctx, d.session, seq, fw, reply)
 }
 
 // timings fills s's per-stage forward times (after stage 0's, already there), its time on the

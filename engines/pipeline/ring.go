@@ -38,10 +38,17 @@ package pipeline
 // with the new hidden state; the last stage answers with a reply), error (relayed to rank 0; a
 // failed reset is reported on the next forward), bye (relayed; every stage then exits).
 //
+// Hidden states never pass through the host: a stage's output stays an evaluated device array
+// (engines.StageOptions.DeviceHidden), its bytes are viewed as uint8 (mlx.View) and joined on the
+// device to the header, which is the only part built from Go bytes; a receiver reads back only
+// the header and hands the payload, viewed as the compute dtype, to its stage as an array. Control
+// messages (hello, reset, error, bye) and the last stage's reply are small and travel as bytes.
+//
 // Threading: each process runs its ring operations on a Worker of their own, not on the stage's.
 // MLX (since 0.31.2) gives every thread its own default stream and supports threads that each use
-// their own arrays; the ring's arrays are built from and read back to Go bytes, so they never
-// depend on the stage's arrays. The payoff is that a receive MLX cannot interrupt (a peer that
+// their own arrays. The arrays that cross between the two threads are always evaluated first
+// (a stage's output before it is returned, a received payload before it is handed on), so neither
+// thread's graph ever depends on work pending on the other's stream. The payoff is that a receive MLX cannot interrupt (a peer that
 // is silent but alive) blocks only the ring's thread: the stage can still be closed, and the
 // driver can return a timeout. The ring worker and the stage never run at the same time (each
 // process alternates them), which the mlx package's per-process scope state requires; the ring's
@@ -186,9 +193,12 @@ func (s ringSizes) message(n int, h ringHeader, payload []byte) []byte {
 // ringNode is one process's end of the ring: the group, and the worker its arrays live on.
 type ringNode struct {
 	ringSizes
-	w     *mlx.Worker
-	g     *mlx.Group
-	stage int
+	// dtype and hidden describe one position's hidden state (pos bytes).
+	dtype  mlx.DType
+	hidden int
+	w      *mlx.Worker
+	g      *mlx.Group
+	stage  int
 	// broken is set once the ring can no longer be trusted to be in step (an MLX failure, or a
 	// call abandoned while MLX was still sending or receiving); every later call returns it.
 	broken error
@@ -248,6 +258,78 @@ func (n *ringNode) recv(src, size int) ([]byte, error) {
 	s := mlx.NewScope()
 	defer s.Close()
 	return n.g.Recv(mlx.Uint8, src, size).Bytes()
+}
+
+// sendHidden sends a forward message whose hidden state x ([1, tokens, hidden], evaluated, on the
+// device) never passes through the host: the header is the only array built from Go bytes; the
+// first position's bytes join it on the device (one send per decode hop, as with bytes), and the
+// other positions of a prefill chunk follow as the continuation, a view of x's bytes.
+func (n *ringNode) sendHidden(dst int, h ringHeader, x mlx.Array, tokens int) error {
+	s := mlx.NewScope()
+	defer s.Close()
+	if h.forward == nil {
+		h.forward = make([]time.Duration, n.stages)
+	}
+	hb := make([]byte, n.header)
+	h.put(hb)
+	flat := mlx.Reshape(mlx.View(x, mlx.Uint8), tokens*n.pos)
+	msg := mlx.Concat(0, mlx.FromBytes(hb, mlx.Uint8, n.header), mlx.Slice(flat, []int{0}, []int{n.pos}))
+	if err := mlx.Eval(n.g.Send(msg, dst)); err != nil {
+		return err
+	}
+	if tokens == 1 {
+		return nil
+	}
+	return mlx.Eval(n.g.Send(mlx.Slice(flat, []int{n.pos}, []int{tokens * n.pos}), dst))
+}
+
+// recvStep receives the next downstream message from src. A forward's hidden state stays on the
+// device: only its header is read back, and it returns the positions as an evaluated array
+// [1, tokens, hidden] the caller frees (invalid when the header does not describe them; the
+// caller refuses it). Any other message comes back as bytes, with its continuation.
+func (n *ringNode) recvStep(src int) (h ringHeader, x mlx.Array, msg, cont []byte, err error) {
+	s := mlx.NewScope()
+	defer s.Close()
+	raw := n.g.Recv(mlx.Uint8, src, n.slot())
+	if err := mlx.Eval(raw); err != nil {
+		return h, x, nil, nil, err
+	}
+	hb, err := mlx.Slice(raw, []int{0}, []int{n.header}).Bytes()
+	if err != nil {
+		return h, x, nil, nil, err
+	}
+	if h, err = parseRingHeader(hb, n.stages); err != nil {
+		return h, x, nil, nil, err
+	}
+	if h.length > ringMaxLength {
+		return h, x, nil, nil, fmt.Errorf("ring %v message announces %d more bytes, limit %d: %w", h.op, h.length, ringMaxLength, transport.ErrTooLarge)
+	}
+	if h.op != opForward {
+		if msg, err = raw.Bytes(); err != nil {
+			return h, x, nil, nil, err
+		}
+		if h.length > 0 {
+			cont, err = n.recv(src, h.length)
+		}
+		return h, x, msg, cont, err
+	}
+	payload := mlx.Slice(raw, []int{n.header}, []int{n.slot()})
+	if h.length > 0 {
+		c := n.g.Recv(mlx.Uint8, src, h.length)
+		if err := mlx.Eval(c); err != nil {
+			return h, x, nil, nil, err
+		}
+		payload = mlx.Concat(0, payload, c)
+	}
+	if h.tokens < 1 || h.length != (h.tokens-1)*n.pos || h.dtype != int(n.dtype) {
+		return h, x, nil, nil, nil // forward refuses it, with the reason
+	}
+	x = mlx.Reshape(mlx.View(payload, n.dtype), 1, h.tokens, n.hidden)
+	if err := mlx.Eval(x); err != nil {
+		return h, mlx.Array{}, nil, nil, err
+	}
+	s.Keep(x)
+	return h, x, nil, nil, nil
 }
 
 // recvMessage receives a message of size bytes from src, its continuation if it announces one,
@@ -396,7 +478,7 @@ func (j *ringJoin) node(ctx context.Context, plan Plan, st *engines.Stage) (*rin
 	}
 	sizes := ringSizes{stages: len(plan.Split), header: ringHeaderSize(len(plan.Split)),
 		pos: st.Config().HiddenSize * st.DType().Size()}
-	return &ringNode{ringSizes: sizes, w: mlx.NewOverlappingWorker(), g: g, stage: j.stage}, nil
+	return &ringNode{ringSizes: sizes, dtype: st.DType(), hidden: st.Config().HiddenSize, w: mlx.NewOverlappingWorker(), g: g, stage: j.stage}, nil
 }
 
 // ringIdentity is what every stage must agree on, checked by the hello.
@@ -506,6 +588,33 @@ func (l *ringLink) Call(ctx context.Context, session, seq uint64, req, reply tra
 	h := ringHeader{op: opForward, seq: uint32(seq), position: fw.Position, tokens: fw.Tokens, topK: fw.TopK,
 		outputs: fw.Outputs, dtype: l.dtype, length: (fw.Tokens - 1) * n.pos}
 	msg, cont := n.message(n.slot(), h, fw.Data[:n.pos]), fw.Data[n.pos:]
+	return l.roundTrip(ctx, seq, fw, rp, func() error { return n.sendMessage(n.right(), msg, cont) })
+}
+
+// CallArray is Call with the hidden state as a device array x ([1, fw.Tokens, hidden], evaluated;
+// fw.Data is unused): it goes to MLX's send without a copy through the host. It takes x over and
+// frees it.
+func (l *ringLink) CallArray(ctx context.Context, seq uint64, fw *transport.Forward, x mlx.Array, rp *transport.Reply) error {
+	n := l.n
+	if sh := x.Shape(); !x.Valid() || len(sh) != 3 || sh[1] != fw.Tokens || sh[2] != n.hidden {
+		n.do(ctx, 0, "free", func() error { x.Free(); return nil })
+		return fmt.Errorf("mlx-ring: forward of %d positions with a hidden state of shape %v; want [1 %d %d]", fw.Tokens, x.Shape(), fw.Tokens, n.hidden)
+	}
+	if (fw.Tokens-1)*n.pos > ringMaxLength {
+		n.do(ctx, 0, "free", func() error { x.Free(); return nil })
+		return fmt.Errorf("mlx-ring: forward of %d bytes, limit %d: %w", fw.Tokens*n.pos, ringMaxLength, transport.ErrTooLarge)
+	}
+	h := ringHeader{op: opForward, seq: uint32(seq), position: fw.Position, tokens: fw.Tokens, topK: fw.TopK,
+		outputs: fw.Outputs, dtype: l.dtype, length: (fw.Tokens - 1) * n.pos}
+	return l.roundTrip(ctx, seq, fw, rp, func() error {
+		defer x.Free() // on the ring's thread, once sent
+		return n.sendHidden(n.right(), h, x, fw.Tokens)
+	})
+}
+
+// roundTrip sends a forward with send and waits for the last stage's answer.
+func (l *ringLink) roundTrip(ctx context.Context, seq uint64, fw *transport.Forward, rp *transport.Reply, send func() error) error {
+	n := l.n
 	wait := transport.DefaultTimeout
 	if fw.Tokens > 1 {
 		wait = transport.DefaultPrefillTimeout
@@ -513,7 +622,7 @@ func (l *ringLink) Call(ctx context.Context, session, seq uint64, req, reply tra
 	var got ringHeader
 	var body, text []byte
 	err := n.do(ctx, wait, "forward", func() error {
-		if err := n.sendMessage(n.right(), msg, cont); err != nil {
+		if err := send(); err != nil {
 			return err
 		}
 		var err error
@@ -580,7 +689,7 @@ func (r *Rank) ServeRing(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", r.Stage, err)
 	}
-	st, err := engines.OpenStage(ctx, engines.StageOptions{Model: r.Plan.Model, DType: r.Plan.DType, Range: r.Plan.Split[r.Stage]})
+	st, err := engines.OpenStage(ctx, engines.StageOptions{Model: r.Plan.Model, DType: r.Plan.DType, Range: r.Plan.Split[r.Stage], DeviceHidden: true})
 	if err != nil {
 		j.abandon()
 		return fmt.Errorf("rank %d: %w", r.Stage, err)
@@ -655,7 +764,7 @@ func (s *ringStage) hello() error {
 // step handles one message from the previous stage and reports whether it was the goodbye.
 func (s *ringStage) step(ctx context.Context) (bye bool, err error) {
 	n := s.n
-	h, msg, cont, err := n.recvMessage(n.left(), n.slot())
+	h, x, msg, cont, err := n.recvStep(n.left())
 	if err != nil {
 		return false, err
 	}
@@ -676,24 +785,26 @@ func (s *ringStage) step(ctx context.Context) (bye bool, err error) {
 	case opError:
 		return false, s.fail(h, &transport.Error{Code: h.code, Message: string(cont)})
 	case opForward:
-		return false, s.forward(ctx, h, msg, cont)
+		defer x.Free()
+		return false, s.forward(ctx, h, x)
 	}
 	return false, fmt.Errorf("unexpected %v message from stage %d: %w", h.op, n.left(), transport.ErrBadFrame)
 }
 
-func (s *ringStage) forward(ctx context.Context, h ringHeader, msg, cont []byte) error {
+// forward runs the hidden state x (on the device, as recvStep left it) through the stage and
+// passes the result on, or answers rank 0 from the last stage.
+func (s *ringStage) forward(ctx context.Context, h ringHeader, x mlx.Array) error {
 	n := s.n
 	if s.pending != nil {
 		err := s.pending
 		s.pending = nil
 		return s.fail(h, err)
 	}
-	if h.tokens < 1 || h.length != (h.tokens-1)*n.pos || h.outputs > h.tokens || h.dtype != int(s.st.DType()) {
+	if !x.Valid() || h.outputs > h.tokens {
 		return s.fail(h, fmt.Errorf("forward of %d positions (%d outputs) with %d more bytes of dtype %d; want %d bytes per position of %v",
 			h.tokens, h.outputs, h.length, h.dtype, n.pos, s.st.DType()))
 	}
-	hidden := append(msg[n.header:n.slot():n.slot()], cont...)
-	in := engines.Activation{Hidden: hidden, Len: h.tokens}
+	in := engines.Activation{Array: x, Len: h.tokens}
 	out := h
 	out.stage = n.stage
 	if s.last() && h.outputs > 1 {
@@ -720,11 +831,13 @@ func (s *ringStage) forward(ctx context.Context, h ringHeader, msg, cont []byte)
 		}
 		return s.reply(out, []int32{int32(res.Token)}, cands)
 	}
-	b := res.Hidden.Hidden
-	if len(b) != h.tokens*n.pos {
-		return s.fail(h, fmt.Errorf("stage produced %d bytes for %d positions", len(b), h.tokens))
+	y := res.Hidden.Array
+	defer y.Free()
+	if sh := y.Shape(); !y.Valid() || len(sh) != 3 || sh[1] != h.tokens || sh[2] != n.hidden {
+		return s.fail(h, fmt.Errorf("stage produced a hidden state of shape %v for %d positions", y.Shape(), h.tokens))
 	}
-	return n.sendMessage(n.right(), n.message(n.slot(), out, b[:n.pos]), b[n.pos:])
+	out.length = (h.tokens - 1) * n.pos
+	return n.sendHidden(n.right(), out, y, h.tokens)
 }
 
 // reply sends the last stage's answer to rank 0, sized as the forward asked.

@@ -76,7 +76,7 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		}
 		seq++
 		fw := transport.Forward{Position: pos, Tokens: len(in), Outputs: len(in), DType: d.dtype,
-			Shape: []int{len(in), d.hidden}, Data: res.Hidden.Hidden}
+			Shape: []int{len(in), d.hidden}}
 		// Draft the next block while the remote stages verify this one, guessing that every
 		// draft is accepted: the drafter's k+1 tokens after history+drafts are then the bonus
 		// token and the next block.
@@ -94,7 +94,7 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		}()
 		var reply transport.Reply
 		t1 := time.Now()
-		err = d.next.Call(ctx, d.session, seq, &fw, &reply)
+		err = d.call(ctx, seq, &fw, res.Hidden, &reply)
 		rtt := time.Since(t1)
 		g := <-next
 		if err != nil {
@@ -123,7 +123,7 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		} else if len(g.tokens) > 1 && g.tokens[0] == kept[len(kept)-1] {
 			ready = g.tokens[1:]
 		}
-		step := engines.Step{StageForward: []time.Duration{res.Forward}, Bytes: int64(len(fw.Data) + 4*len(reply.Tokens))}
+		step := engines.Step{StageForward: []time.Duration{res.Forward}, Bytes: int64(len(in)*d.hidden*d.dtype.Size() + 4*len(reply.Tokens))}
 		step.Forward = res.Forward + d.timings(&step, rtt, reply.Timings)
 		st.Steps = append(st.Steps, step)
 		ss.Steps = append(ss.Steps, engines.SpecStep{Draft: draftTime, Drafted: len(drafts), Accepted: n})
