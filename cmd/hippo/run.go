@@ -148,7 +148,7 @@ func modeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "draft", Usage: "spec: draft checkpoint for --drafter model or dflash (DIR, synth:PRESET, smollm2-135m or FILE.gguf)"},
 		&cli.IntFlag{Name: "draft-tokens", Value: 4, Usage: "spec: tokens drafted per step (K)"},
 		&cli.IntFlag{Name: "stages", Value: 2, Usage: "pipeline: number of stages"},
-		&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced)"},
+		&cli.StringFlag{Name: "split", Usage: "pipeline: layer ranges, e.g. 0:14,14:28 (default: balanced; with --hosts, weighted by the memory each rank reports)"},
 		&cli.StringFlag{Name: "link", Value: "loopback", Usage: "pipeline: link profile (loopback, thunderbolt, wifi, ethernet-1g, ethernet-10g, custom:latency=..,jitter=..,bandwidth=..)"},
 		&cli.StringFlag{Name: "transport", Value: "tcp", Usage: "pipeline: tcp (the project's authenticated, encrypted framing), mlx-ring (MLX's distributed ring backend; loopback only) or mlx-jaccl (MLX's RDMA over Thunderbolt 5; macOS only, untested on hardware)"},
 		&cli.StringFlag{Name: "reply", Value: "token", Usage: "pipeline: the last stage replies with the sampled token, or topk:K candidates the driver samples from"},

@@ -15,7 +15,7 @@ import (
 //	  - name: mac-a              # the driver; no address
 //	  - name: mac-b
 //	    addr: 192.168.2.2:7001   # e.g. the Thunderbolt Bridge address
-//	split: "0:14,14:28"          # optional; balanced by layers when omitted
+//	split: "0:14,14:28"          # optional; when omitted, weighted by the memory each rank reports
 type Hosts struct {
 	Stages []HostStage `yaml:"stages"`
 	Split  string      `yaml:"split"`
