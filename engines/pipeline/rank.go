@@ -8,6 +8,7 @@ import (
 	"log"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
@@ -48,10 +49,16 @@ type Plan struct {
 	// unsealed asks for frames in the clear after the handshake, which only the seal-cost
 	// benchmark (build tag hippobench) can grant: elsewhere unseal leaves the options as they are.
 	unsealed bool
+	// sealTime, when set, adds up the time spent sealing and opening (the same benchmark).
+	sealTime *atomic.Int64
 }
 
-// unseal switches sealing off in transport options; the hippobench build sets it.
-var unseal = func(o transport.Options) transport.Options { return o }
+// unseal switches sealing off in transport options, and timeSeal times it; the hippobench build
+// sets them.
+var (
+	unseal   = func(o transport.Options) transport.Options { return o }
+	timeSeal = func(o transport.Options, _ *atomic.Int64) transport.Options { return o }
+)
 
 // identity is stage's identity in the handshake; its layer range is left out when the split is
 // not settled yet (a rank waiting for its assignment, a driver that will plan it).
@@ -71,6 +78,9 @@ func (p Plan) options(stage int, next bool) transport.Options {
 	}
 	if p.unsealed {
 		o = unseal(o)
+	}
+	if p.sealTime != nil {
+		o = timeSeal(o, p.sealTime)
 	}
 	return o
 }

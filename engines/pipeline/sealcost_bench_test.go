@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ import (
 	"github.com/hippo-bench/hippo/transport"
 )
 
-func init() { unseal = transport.Unsealed }
+func init() { unseal, timeSeal = transport.Unsealed, transport.TimeSealing }
 
 // sealStepTokens is how many tokens each side decodes per round.
 const sealStepTokens = 9
@@ -37,7 +38,10 @@ const sealStepTokens = 9
 // milliseconds of each other under the same machine load. A pair's ratio is the sealed step's
 // time over the plain one's, a round's the geometric mean of its pairs'. It reports both medians
 // (ms/step), the median overhead over rounds with its 95% distribution-free interval (order
-// statistics), and the geometric mean overhead with its 95% t interval (on log ratios). Run it with -benchtime 100x or more; HIPPO_SEAL_PRESET picks the synth
+// statistics), and the geometric mean overhead with its 95% t interval (on log ratios). It also
+// times the AES-GCM calls themselves in the sealed pipelines (both ends): their time per step and
+// share of the step, a direct figure that load on a shared machine cannot blur as it blurs the
+// difference of two step times. Run it with -benchtime 100x or more; HIPPO_SEAL_PRESET picks the synth
 // preset (default tiny-qwen3).
 func BenchmarkSealStep(b *testing.B) {
 	preset := os.Getenv("HIPPO_SEAL_PRESET")
@@ -68,6 +72,7 @@ func BenchmarkSealStep(b *testing.B) {
 			// Two pipelines of each kind, opened sealed, plain, plain, sealed: round i uses pair
 			// i%2, so that neither kind is always the one opened first (which the A/A control
 			// showed can cost a few percent on a loaded machine).
+			var spent atomic.Int64 // sealing and opening in the sealed pipelines, both ends
 			var pairs [2]map[bool]*Driver
 			pairs[0], pairs[1] = map[bool]*Driver{}, map[bool]*Driver{}
 			for _, o := range []struct {
@@ -75,6 +80,9 @@ func BenchmarkSealStep(b *testing.B) {
 				sealed bool
 			}{{0, true}, {0, false}, {1, false}, {1, true}} {
 				plan := Plan{Model: dir, DType: "f32", Split: split, Fingerprint: fp, Layers: cfg.NumLayers, Link: prof, Context: 256, unsealed: !o.sealed && !control}
+				if o.sealed {
+					plan.sealTime = &spent
+				}
 				pairs[o.pair][o.sealed] = openBenchPipeline(b, plan)
 			}
 			// round decodes on both pipelines with their steps interleaved one by one (a baton
@@ -118,6 +126,7 @@ func BenchmarkSealStep(b *testing.B) {
 			round(pairs[0], true) // warm up all four
 			round(pairs[1], false)
 			var sealedMS, plainMS, ratio []float64
+			spent.Store(0)
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
 				steps := round(pairs[i%2], i/2%2 == 0)
@@ -147,6 +156,16 @@ func BenchmarkSealStep(b *testing.B) {
 			if n := float64(len(logs)); n > 1 {
 				h = distuv.StudentsT{Mu: 0, Sigma: 1, Nu: n - 1}.Quantile(0.975) * std / math.Sqrt(n)
 			}
+			// What the sealed steps spent in AES-GCM itself, both ends, per step (an upper bound:
+			// the prefill and reset frames of each round count too).
+			var sealedTotal float64
+			for _, x := range sealedMS {
+				sealedTotal += x
+			}
+			sealUS := float64(spent.Load()) / 1e3 / float64(len(sealedMS))
+			sealShare := 100 * float64(spent.Load()) / 1e6 / sealedTotal
+			b.ReportMetric(sealUS, "seal-us/step")
+			b.ReportMetric(sealShare, "seal-share-%")
 			ms, _, _ := medianCI(sealedMS)
 			mp, _, _ := medianCI(plainMS)
 			b.ReportMetric(ms, "sealed-ms/step")
@@ -163,6 +182,7 @@ func BenchmarkSealStep(b *testing.B) {
 			b.Logf("%s, %s, %s, %d rounds of %d step pairs: sealed %.3f ms/step, plain %.3f ms/step (medians); overhead median %+.2f%% [95%% CI %+.2f%%, %+.2f%%], geometric mean %+.2f%% [95%% CI %+.2f%%, %+.2f%%]",
 				what, preset, link, b.N, sealStepTokens-1, ms, mp, 100*(med-1), 100*(lo-1), 100*(hi-1),
 				100*(math.Exp(mean)-1), 100*(math.Exp(mean-h)-1), 100*(math.Exp(mean+h)-1))
+			b.Logf("time inside AES-GCM seal and open, both ends: %.1f us per sealed step, %.3f%% of its time (upper bound)", sealUS, sealShare)
 		})
 	}
 }
