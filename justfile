@@ -79,6 +79,7 @@ build: setup
 lint:
     test -z "$(gofmt -l $(git ls-files '*.go'))" || { gofmt -l $(git ls-files '*.go'); exit 1; }
     go vet ./...
+    go vet -tags hippobench ./transport ./engines/pipeline  # just bench-seal's build
 
 # Ask SmolLM2-135M-Instruct (the real model `just setup` installs as a GGUF file) the demo question in its chat template; print the answer and the timing.
 demo: build
