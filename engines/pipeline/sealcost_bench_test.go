@@ -94,6 +94,15 @@ func BenchmarkSealStep(b *testing.B) {
 				var sealedSteps, plainSteps []float64
 				mine := map[bool]*[]float64{true: &sealedSteps, false: &plainSteps}
 				turn := map[bool]chan struct{}{true: make(chan struct{}, 1), false: make(chan struct{}, 1)}
+				pass := func(to bool) {
+					select {
+					case turn[to] <- struct{}{}:
+					default: // it holds one already
+					}
+				}
+				// finished marks a side whose generation ended (also by an error), so that the
+				// other no longer waits for it.
+				finished := map[bool]*atomic.Bool{true: new(atomic.Bool), false: new(atomic.Bool)}
 				errs := make(chan error, 2)
 				for _, sealed := range []bool{true, false} {
 					go func() {
@@ -103,23 +112,31 @@ func BenchmarkSealStep(b *testing.B) {
 							if n++; n > 1 { // the first token's step is the prefill
 								*mine[sealed] = append(*mine[sealed], float64((t.Step.Forward+t.Step.Network+t.Step.Sample).Nanoseconds())/1e6)
 							}
-							turn[!sealed] <- struct{}{}
-							if n < req.MaxTokens {
+							pass(!sealed)
+							if n < req.MaxTokens && !finished[!sealed].Load() {
 								<-turn[sealed]
 							}
 							return nil
 						})
+						finished[sealed].Store(true)
+						pass(!sealed)
 						if err != nil {
-							turn[!sealed] <- struct{}{}
+							err = fmt.Errorf("%s pipeline: %w", map[bool]string{true: "sealed", false: "plain"}[sealed], err)
 						}
 						errs <- err
 					}()
 				}
-				turn[first] <- struct{}{}
+				pass(first)
+				// Both generations end before anything fails the benchmark, whose cleanup closes
+				// the pipelines.
+				var failed error
 				for range 2 {
-					if err := <-errs; err != nil {
-						b.Fatal(err)
+					if err := <-errs; err != nil && failed == nil {
+						failed = err
 					}
+				}
+				if failed != nil {
+					b.Fatal(failed)
 				}
 				return map[bool][]float64{true: sealedSteps, false: plainSteps}
 			}
