@@ -47,12 +47,18 @@ func sampleMessages() []struct {
 		{"forward prefill chunk bf16", bf16Hidden(64, 256)},
 		{"forward f32 top-k", &Forward{Position: 0, Tokens: 2, TopK: 5, DType: Float32, Shape: []int{1, 2, 3}, Data: make([]byte, 24)}},
 		{"forward f16", &Forward{Tokens: 1, DType: Float16, Shape: []int{4}, Data: []byte{1, 2, 3, 4, 5, 6, 7, 8}}},
+		{"forward verify with taps", &Forward{Position: 9, Tokens: 2, Outputs: 2, Taps: []int{27, 1, 65535}, DType: BFloat16, Shape: []int{2, 1}, Data: []byte{1, 2, 3, 4}}},
 		{"reply token", &Reply{Tokens: []int32{151643}, Timings: []StageTiming{{Stage: 1, Forward: 41 * time.Millisecond}}}},
 		{"reply top-k and hops", &Reply{
 			TopK:    []Candidate{{ID: 7, Logit: 3.5}, {ID: 0, Logit: float32(math.Inf(-1))}, {ID: 9, Logit: -0.25}},
 			Timings: []StageTiming{{Stage: 2, Forward: 30 * time.Millisecond}, {Stage: 1, Forward: 29 * time.Millisecond, Network: 170 * time.Microsecond}, {Stage: 0, Forward: time.Microsecond, Network: time.Millisecond}},
 		}},
 		{"reply empty", &Reply{}},
+		{"reply with features", &Reply{Tokens: []int32{5, 6}, Timings: []StageTiming{{Stage: 1}}, Features: []Feature{
+			{Layer: 20, DType: BFloat16, Rows: 2, Cols: 3, Data: []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}},
+			{Layer: 27, DType: Float32, Rows: 1, Cols: 1, Data: []byte{0, 0, 128, 63}},
+			{Layer: 3, DType: Float16, Rows: 0, Cols: 4},
+		}}},
 		{"error", &Error{Code: CodeModel, Message: "stage 1 runs model abc, driver has def"}},
 		{"error unknown code", &Error{Code: 999, Message: ""}},
 		{"bye", &Bye{Reason: "done"}},
@@ -73,6 +79,12 @@ func isEmptySlice(v any) bool {
 	case []Candidate:
 		return len(s) == 0
 	case []StageTiming:
+		return len(s) == 0
+	case []Feature:
+		return len(s) == 0
+	case []int:
+		return len(s) == 0
+	case []byte:
 		return len(s) == 0
 	}
 	return false
@@ -131,8 +143,9 @@ func TestForwardKeepsNativeDType(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// position, tokens, top-k, outputs, dtype, ndim, dims, then the raw bytes: nothing widened.
-			if got, want := len(payload), 4+4+2+2+1+1+4*len(tc.shape)+tc.nbytes; got != want {
+			// position, tokens, top-k, outputs, tap count, dtype, ndim, dims, then the raw bytes:
+			// nothing widened.
+			if got, want := len(payload), 4+4+2+2+1+1+1+4*len(tc.shape)+tc.nbytes; got != want {
 				t.Errorf("payload is %d bytes; want %d", got, want)
 			}
 		})
@@ -237,14 +250,23 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 		{name: "forward more outputs than tokens", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[10:], []byte{99, 0}); return b })},
 		{name: "forward zero tokens", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[4:], u32(0)); return b })},
 		{name: "forward tokens overflow", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[4:], u32(math.MaxUint32)); return b })},
-		{name: "forward unknown dtype", typ: TypeForward, payload: forward(func(b []byte) []byte { b[12] = 9; return b })},
-		{name: "forward dtype zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[12] = 0; return b })},
-		{name: "forward rank zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 0; return b })},
-		{name: "forward rank nine", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 9; return b })},
+		{name: "forward unknown dtype", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 9; return b })},
+		{name: "forward dtype zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 0; return b })},
+		{name: "forward rank zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[14] = 0; return b })},
+		{name: "forward rank nine", typ: TypeForward, payload: forward(func(b []byte) []byte { b[14] = 9; return b })},
+		{name: "forward too many taps", typ: TypeForward, payload: forward(func(b []byte) []byte {
+			b[12] = MaxTaps + 1
+			return append(b[:13:13], append(make([]byte, 2*(MaxTaps+1)), b[13:]...)...)
+		})},
+		{name: "forward tap count past end", typ: TypeForward, payload: forward(func(b []byte) []byte { b[12] = 200; return b[:14] })},
+		{name: "forward layer tapped twice", typ: TypeForward, payload: forward(func(b []byte) []byte {
+			b[12] = 2
+			return append(b[:13:13], append([]byte{3, 0, 3, 0}, b[13:]...)...)
+		})},
 		{name: "forward data short", typ: TypeForward, payload: forward(func(b []byte) []byte { return b[:len(b)-1] })},
 		{name: "forward data long", typ: TypeForward, payload: forward(func(b []byte) []byte { return append(b, 0) })},
 		{name: "forward huge shape", typ: TypeForward, payload: forward(func(b []byte) []byte {
-			copy(b[12:], u32(math.MaxInt32, math.MaxInt32))
+			copy(b[13:], u32(math.MaxInt32, math.MaxInt32))
 			return b
 		})},
 		{name: "reply token count past end", typ: TypeReply, payload: u32(1 << 30)},
@@ -253,6 +275,13 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 		{name: "reply timings past end", typ: TypeReply, payload: append(u32(0, 0), 0xff, 0xff)},
 		{name: "reply timing overflows", typ: TypeReply, payload: append(append(u32(0, 0), 1, 0, 0, 0), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)},
 		{name: "reply missing timings", typ: TypeReply, payload: u32(0, 0)},
+		{name: "reply missing feature count", typ: TypeReply, payload: append(u32(0, 0), 0, 0)},
+		{name: "reply too many features", typ: TypeReply, payload: append(u32(0, 0), 0, 0, MaxTaps+1)},
+		{name: "reply feature past end", typ: TypeReply, payload: append(append(u32(0, 0), 0, 0, 1, 3, 0, byte(Float32)), u32(2, 4)...)},
+		{name: "reply feature unknown dtype", typ: TypeReply, payload: append(append(u32(0, 0), 0, 0, 1, 3, 0, 9), u32(0, 0)...)},
+		{name: "reply feature huge", typ: TypeReply, payload: append(append(u32(0, 0), 0, 0, 1, 3, 0, byte(BFloat16)), u32(math.MaxInt32, math.MaxInt32)...)},
+		{name: "reply feature rows overflow", typ: TypeReply, payload: append(append(u32(0, 0), 0, 0, 1, 3, 0, byte(BFloat16)), u32(math.MaxUint32, 1)...)},
+		{name: "reply feature trailing", typ: TypeReply, payload: append(append(u32(0, 0), 0, 0, 1, 3, 0, byte(BFloat16)), append(u32(1, 1), 0, 0, 0)...)},
 		{name: "error message past end", typ: TypeError, payload: []byte{0, 0, 10, 0, 'x'}},
 		{name: "bye trailing", typ: TypeBye, payload: []byte{0, 0, 'x'}},
 	} {
@@ -279,6 +308,12 @@ func TestEncodeRejectsInvalidMessages(t *testing.T) {
 		{name: "reply negative token", msg: &Reply{Tokens: []int32{-1}}, want: ErrBadFrame},
 		{name: "reply negative time", msg: &Reply{Timings: []StageTiming{{Stage: 1, Forward: -1}}}, want: ErrBadFrame},
 		{name: "reply negative network time", msg: &Reply{Timings: []StageTiming{{Stage: 1, Network: -1}}}, want: ErrBadFrame},
+		{name: "reply feature data does not match", msg: &Reply{Features: []Feature{{Layer: 1, DType: BFloat16, Rows: 1, Cols: 2, Data: make([]byte, 2)}}}, want: ErrBadFrame},
+		{name: "reply feature no dtype", msg: &Reply{Features: []Feature{{Layer: 1, Rows: 1, Cols: 1, Data: make([]byte, 2)}}}, want: ErrBadFrame},
+		{name: "reply too many features", msg: &Reply{Features: make([]Feature, MaxTaps+1)}, want: ErrBadFrame},
+		{name: "forward layer tapped twice", msg: &Forward{Tokens: 1, Taps: []int{2, 2}, DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},
+		{name: "forward negative tap", msg: &Forward{Tokens: 1, Taps: []int{-1}, DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},
+		{name: "forward too many taps", msg: &Forward{Tokens: 1, Taps: make([]int, MaxTaps+1), DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},
 		{name: "auth bad range", msg: &Auth{Identity: Identity{TotalLayers: 4, Start: 3, End: 2}}, want: ErrRange},
 		{name: "auth model id too long", msg: &Auth{Identity: Identity{Model: string(make([]byte, 70000))}}, want: ErrBadFrame},
 	} {

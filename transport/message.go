@@ -287,9 +287,13 @@ func (m *Reset) UnmarshalBinary(data []byte) error {
 // maxDims bounds a Forward tensor's rank.
 const maxDims = 8
 
+// MaxTaps bounds how many layers one Forward may ask the stages to tap, and how many tapped
+// tensors one Reply may carry.
+const MaxTaps = 64
+
 // Forward carries a hidden-state tensor to the next stage. Payload: position u32, tokens u32,
-// top-k u16, dtype u8, ndim u8, ndim dims u32, then the raw elements (the rest of the payload,
-// exactly prod(shape) x dtype size bytes).
+// top-k u16, outputs u16, tap count u8 + tap layers u16 each, dtype u8, ndim u8, ndim dims u32,
+// then the raw elements (the rest of the payload, exactly prod(shape) x dtype size bytes).
 type Forward struct {
 	// Position is the sequence position of the first token (the KV cache offset).
 	Position int
@@ -303,6 +307,10 @@ type Forward struct {
 	// last position only (decode, prefill), n > 1 for the greedy token of each of the last n
 	// positions (speculative verification of a drafted block).
 	Outputs int
+	// Taps lists target layers (from 0, at most MaxTaps, no repeats) whose outputs the stages
+	// return beside the answer, for every position of the block: each stage that runs one of
+	// them adds a Feature to the Reply (a DFlash drafter on the driver conditions on them).
+	Taps []int
 	// DType is the element type of Data.
 	DType DType
 	// Shape is the tensor's shape, e.g. [tokens, hidden].
@@ -351,6 +359,9 @@ func (m *Forward) AppendBinary(b []byte) ([]byte, error) {
 	if m.Outputs > m.Tokens {
 		return b, fmt.Errorf("transport: encode forward: %d outputs for %d tokens: %w", m.Outputs, m.Tokens, ErrBadFrame)
 	}
+	if err := checkTaps(m.Taps); err != nil {
+		return b, fmt.Errorf("transport: encode forward: %v: %w", err, ErrBadFrame)
+	}
 	if !m.DType.valid() {
 		return b, fmt.Errorf("transport: encode forward: unknown dtype %d: %w", uint8(m.DType), ErrBadFrame)
 	}
@@ -366,6 +377,10 @@ func (m *Forward) AppendBinary(b []byte) ([]byte, error) {
 	b = binary.LittleEndian.AppendUint32(b, uint32(m.Tokens))
 	b = binary.LittleEndian.AppendUint16(b, uint16(m.TopK))
 	b = binary.LittleEndian.AppendUint16(b, uint16(m.Outputs))
+	b = append(b, byte(len(m.Taps)))
+	for _, l := range m.Taps {
+		b = binary.LittleEndian.AppendUint16(b, uint16(l))
+	}
 	b = append(b, byte(m.DType), byte(len(m.Shape)))
 	for _, s := range m.Shape {
 		b = binary.LittleEndian.AppendUint32(b, uint32(s))
@@ -380,6 +395,19 @@ func (m *Forward) UnmarshalBinary(data []byte) error {
 	tokens := d.int31("tokens")
 	topK := int(d.u16())
 	outputs := int(d.u16())
+	var taps [MaxTaps]int
+	nt := int(d.u8())
+	if d.err == nil && nt > MaxTaps {
+		d.fail("%d tapped layers, limit %d", nt, MaxTaps)
+	}
+	for i := 0; i < nt && d.err == nil; i++ {
+		taps[i] = int(d.u16())
+	}
+	if d.err == nil {
+		if err := checkTaps(taps[:nt]); err != nil {
+			d.fail("%v", err)
+		}
+	}
 	dt := DType(d.u8())
 	ndim := int(d.u8())
 	if d.err == nil && tokens < 1 {
@@ -411,9 +439,37 @@ func (m *Forward) UnmarshalBinary(data []byte) error {
 		return err
 	}
 	m.Position, m.Tokens, m.TopK, m.Outputs, m.DType = pos, tokens, topK, outputs, dt
+	m.Taps = append(m.Taps[:0], taps[:nt]...)
 	m.Shape = append(m.Shape[:0], dims[:ndim]...)
 	m.Data = append(m.Data[:0], raw...)
 	return nil
+}
+
+// checkTaps checks a tap list: at most MaxTaps layers, each in [0, 65535], none twice.
+func checkTaps(taps []int) error {
+	if len(taps) > MaxTaps {
+		return fmt.Errorf("%d tapped layers, limit %d", len(taps), MaxTaps)
+	}
+	for i, l := range taps {
+		if l < 0 || l > math.MaxUint16 {
+			return fmt.Errorf("tapped layer %d is out of range [0, %d]", l, math.MaxUint16)
+		}
+		for _, o := range taps[:i] {
+			if o == l {
+				return fmt.Errorf("layer %d is tapped twice", l)
+			}
+		}
+	}
+	return nil
+}
+
+// Feature is one tapped layer's output for every position of a Forward's block: Rows x Cols
+// elements of DType (rows are positions, Cols the hidden size), raw little-endian bytes.
+type Feature struct {
+	Layer      int
+	DType      DType
+	Rows, Cols int
+	Data       []byte
 }
 
 // Candidate is one (token id, logit) pair of a top-k reply.
@@ -434,8 +490,10 @@ type StageTiming struct {
 }
 
 // Reply answers a Forward. The last stage fills Tokens (or TopK) and its timing; every stage on
-// the way back appends its own timing, so the driver receives the whole list. Payload: u32
-// count + u32 ids; u32 count + (u32 id, f32 logit) pairs; u16 count + (u16 stage, u64 forward ns, u64 network ns).
+// the way back appends its own timing, so the driver receives the whole list, and its tapped
+// features when the Forward asked for layers it runs. Payload: u32 count + u32 ids; u32 count +
+// (u32 id, f32 logit) pairs; u16 count + (u16 stage, u64 forward ns, u64 network ns); u8 count +
+// (u16 layer, u8 dtype, u32 rows, u32 cols, rows x cols elements).
 type Reply struct {
 	// Tokens holds the sampled token ids, one per position that was asked for.
 	Tokens []int32
@@ -443,6 +501,8 @@ type Reply struct {
 	TopK []Candidate
 	// Timings holds each stage's forward time, in the order the stages appended them.
 	Timings []StageTiming
+	// Features holds the tapped layers' outputs (see Forward.Taps), at most MaxTaps.
+	Features []Feature
 }
 
 // Type implements Message.
@@ -488,6 +548,31 @@ func (m *Reply) AppendBinary(b []byte) ([]byte, error) {
 		b = binary.LittleEndian.AppendUint64(b, uint64(t.Forward))
 		b = binary.LittleEndian.AppendUint64(b, uint64(t.Network))
 	}
+	if len(m.Features) > MaxTaps {
+		return b, fmt.Errorf("transport: encode reply: %d features, limit %d: %w", len(m.Features), MaxTaps, ErrBadFrame)
+	}
+	b = append(b, byte(len(m.Features)))
+	for _, f := range m.Features {
+		if err := checkU16("feature layer", f.Layer); err != nil {
+			return b, err
+		}
+		if !f.DType.valid() {
+			return b, fmt.Errorf("transport: encode reply: feature of layer %d has unknown dtype %d: %w", f.Layer, uint8(f.DType), ErrBadFrame)
+		}
+		n, err := elems([]int{f.Rows, f.Cols})
+		if err != nil {
+			return b, fmt.Errorf("transport: encode reply: feature of layer %d: %v: %w", f.Layer, err, ErrBadFrame)
+		}
+		if want := uint64(n) * uint64(f.DType.Size()); uint64(len(f.Data)) != want {
+			return b, fmt.Errorf("transport: encode reply: feature of layer %d is [%d %d] %s, %d bytes; data has %d: %w",
+				f.Layer, f.Rows, f.Cols, f.DType, want, len(f.Data), ErrBadFrame)
+		}
+		b = binary.LittleEndian.AppendUint16(b, uint16(f.Layer))
+		b = append(b, byte(f.DType))
+		b = binary.LittleEndian.AppendUint32(b, uint32(f.Rows))
+		b = binary.LittleEndian.AppendUint32(b, uint32(f.Cols))
+		b = append(b, f.Data...)
+	}
 	return b, nil
 }
 
@@ -518,10 +603,40 @@ func (m *Reply) UnmarshalBinary(data []byte) error {
 		}
 		timings = append(timings, StageTiming{Stage: stage, Forward: time.Duration(fw), Network: time.Duration(net)})
 	}
+	feats := m.Features[:0]
+	nf := int(d.u8())
+	if d.err == nil && nf > MaxTaps {
+		d.fail("%d features, limit %d", nf, MaxTaps)
+	}
+	for i := 0; i < nf && d.err == nil; i++ {
+		f := Feature{Layer: int(d.u16()), DType: DType(d.u8())}
+		f.Rows, f.Cols = d.int31("feature rows"), d.int31("feature cols")
+		if d.err == nil && !f.DType.valid() {
+			d.fail("feature of layer %d has unknown dtype %d", f.Layer, uint8(f.DType))
+		}
+		if d.err != nil {
+			break
+		}
+		n, err := elems([]int{f.Rows, f.Cols})
+		if err != nil {
+			d.fail("feature of layer %d: %v", f.Layer, err)
+			break
+		}
+		raw := d.take(n * f.DType.Size())
+		if d.err != nil {
+			break
+		}
+		if i < cap(feats) {
+			f.Data = append(feats[:i+1][i].Data[:0], raw...) // reuse the previous buffer
+		} else {
+			f.Data = append([]byte(nil), raw...)
+		}
+		feats = append(feats, f)
+	}
 	if err := d.done(); err != nil {
 		return err
 	}
-	m.Tokens, m.TopK, m.Timings = tokens, cands, timings
+	m.Tokens, m.TopK, m.Timings, m.Features = tokens, cands, timings, feats
 	return nil
 }
 
