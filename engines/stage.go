@@ -18,6 +18,9 @@ type Stage struct {
 	caches []model.Cache
 	smp    *sampler
 	dtype  mlx.DType
+	// taps records the features a DFlash drafter beside this stage conditions on (see
+	// RecordTaps); nil otherwise.
+	taps *taps
 }
 
 // StageOptions configures OpenStage.
@@ -104,6 +107,16 @@ type Activation struct {
 	Tokens []int
 	Hidden []byte
 	Len    int // positions in Hidden
+	// Taps lists target layers whose outputs the stage returns (those it runs) for every
+	// position, in StageResult.Features.
+	Taps []int
+}
+
+// Feature is one tapped layer's output for every position of a block: [positions, hidden] in
+// the stage's compute dtype, raw little-endian bytes.
+type Feature struct {
+	Layer int
+	Data  []byte
 }
 
 // StageResult is what Forward produced.
@@ -115,8 +128,67 @@ type StageResult struct {
 	// TopK holds the k most likely (id, log-probability) pairs of the last position, most likely
 	// first, when the last stage was asked for them.
 	TopK []Candidate
+	// Tokens is, after Verify, the greedy token after each of the asked positions.
+	Tokens []int
+	// Features holds the outputs of the tapped layers this stage runs (see Activation.Taps), in
+	// the order asked.
+	Features []Feature
 	// Forward is the stage's own compute time, measured after evaluation.
 	Forward time.Duration
+}
+
+// input builds the stage's input for in (embedded tokens on the first stage, the received hidden
+// state on the others) and checks in's taps; it returns the input and its positions.
+func (s *Stage) input(in Activation) (mlx.Array, int, error) {
+	m := s.model
+	for _, l := range in.Taps {
+		if l < 0 || l >= m.Config().NumLayers {
+			return mlx.Array{}, 0, fmt.Errorf("stage %v: tapped layer %d is outside the model's %d layers", m.Range, l, m.Config().NumLayers)
+		}
+	}
+	if s.First() {
+		ids, err := tokenIDs(in.Tokens, m.Config().VocabSize)
+		if err != nil {
+			return mlx.Array{}, 0, err
+		}
+		return m.Embed(mlx.FromInt32s(ids, 1, len(ids))), len(ids), nil
+	}
+	n := in.Len
+	if n <= 0 {
+		return mlx.Array{}, 0, fmt.Errorf("stage %v: activation has %d positions", m.Range, n)
+	}
+	if want := n * m.Config().HiddenSize * s.dtype.Size(); len(in.Hidden) != want {
+		return mlx.Array{}, 0, fmt.Errorf("stage %v: activation of %d positions has %d bytes; want %d", m.Range, n, len(in.Hidden), want)
+	}
+	return mlx.FromBytes(in.Hidden, s.dtype, 1, n, m.Config().HiddenSize), n, nil
+}
+
+// layers runs h through the stage's layers and returns the output and the outputs of the layers
+// of taps that the stage runs (their layer ids in tapped, in taps order).
+func (s *Stage) layers(h mlx.Array, taps []int) (out mlx.Array, tapped []int, feats []mlx.Array) {
+	m := s.model
+	for i := m.Range.From; i < m.Range.To; i++ {
+		h = m.Layer(i, h, s.caches[i])
+		for _, l := range taps {
+			if l == i {
+				tapped, feats = append(tapped, l), append(feats, h)
+			}
+		}
+	}
+	return h, tapped, feats
+}
+
+// readFeatures reads the evaluated tapped outputs.
+func readFeatures(tapped []int, feats []mlx.Array) ([]Feature, error) {
+	out := make([]Feature, len(tapped))
+	for i, a := range feats {
+		b, err := a.Bytes()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = Feature{Layer: tapped[i], Data: b}
+	}
+	return out, nil
 }
 
 // Candidate is a token and its log-probability.
@@ -135,27 +207,17 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 		sc := mlx.NewScope()
 		defer sc.Close()
 		m := s.model
-		var h mlx.Array
-		n := in.Len
-		if s.First() {
-			ids, err := tokenIDs(in.Tokens, m.Config().VocabSize)
-			if err != nil {
-				return err
-			}
-			n = len(ids)
-			h = m.Embed(mlx.FromInt32s(ids, 1, n))
-		} else {
-			if n <= 0 {
-				return fmt.Errorf("stage %v: activation has %d positions", m.Range, n)
-			}
-			h = mlx.FromBytes(in.Hidden, s.dtype, 1, n, m.Config().HiddenSize)
+		h, n, err := s.input(in)
+		if err != nil {
+			return err
 		}
-		for i := m.Range.From; i < m.Range.To; i++ {
-			h = m.Layer(i, h, s.caches[i])
-		}
+		h, tapped, feats := s.layers(h, in.Taps)
 		switch {
 		case !s.Last():
-			b, err := h.Bytes() // evaluates
+			if err := mlx.Eval(append([]mlx.Array{h}, feats...)...); err != nil {
+				return err
+			}
+			b, err := h.Bytes()
 			if err != nil {
 				return err
 			}
@@ -167,7 +229,7 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 			logits := mlx.Reshape(m.Head(last), 1, -1)
 			tok := s.smp.next(logits)
 			defer tok.Free()
-			outs := []mlx.Array{tok}
+			outs := append([]mlx.Array{tok}, feats...)
 			var idx, vals mlx.Array
 			if topK > 0 {
 				idx, vals = topK2(logits, topK)
@@ -188,13 +250,16 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 			}
 			res.Token = id
 		default:
-			var state []mlx.Array
+			state := feats
 			for i := m.Range.From; i < m.Range.To; i++ {
 				state = append(state, s.caches[i].State()...)
 			}
 			if err := mlx.Eval(state...); err != nil {
 				return err
 			}
+		}
+		if res.Features, err = readFeatures(tapped, feats); err != nil {
+			return err
 		}
 		res.Forward = time.Since(start)
 		return nil
@@ -211,6 +276,9 @@ func (s *Stage) Close() {
 			}
 		}
 		s.smp.free()
+		if s.taps != nil {
+			s.taps.feats.Free()
+		}
 		s.model.Close()
 		return nil
 	})
@@ -247,50 +315,107 @@ func readCandidates(idx, vals mlx.Array) ([]Candidate, error) {
 	return out, nil
 }
 
-// Verify runs in through the last stage and returns the greedy token after each of the last
-// outputs positions (speculative verification of a drafted block); caches keep every position.
-func (s *Stage) Verify(ctx context.Context, in Activation, outputs int) ([]int, time.Duration, error) {
+// Verify runs in through the last stage and returns, in Tokens, the greedy token after each of
+// the last outputs positions (speculative verification of a drafted block), and the tapped
+// features in.Taps asks for; caches keep every position.
+func (s *Stage) Verify(ctx context.Context, in Activation, outputs int) (StageResult, error) {
+	res := StageResult{Token: -1}
 	if !s.Last() {
-		return nil, 0, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
+		return res, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
 	}
-	var out []int
-	var took time.Duration
 	err := s.worker.Do(ctx, func() error {
 		start := time.Now()
 		sc := mlx.NewScope()
 		defer sc.Close()
 		m := s.model
-		n := in.Len
+		h, n, err := s.input(in)
+		if err != nil {
+			return err
+		}
 		if outputs < 1 || outputs > n {
 			return fmt.Errorf("stage %v: %d outputs for %d positions", m.Range, outputs, n)
 		}
-		var h mlx.Array
-		if s.First() {
-			ids, err := tokenIDs(in.Tokens, m.Config().VocabSize)
-			if err != nil {
-				return err
-			}
-			n = len(ids)
-			h = m.Embed(mlx.FromInt32s(ids, 1, n))
-		} else {
-			h = mlx.FromBytes(in.Hidden, s.dtype, 1, n, m.Config().HiddenSize)
-		}
-		for i := m.Range.From; i < m.Range.To; i++ {
-			h = m.Layer(i, h, s.caches[i])
-		}
+		h, tapped, feats := s.layers(h, in.Taps)
 		last := mlx.Slice(h, []int{0, n - outputs, 0}, []int{1, n, h.Dim(2)})
 		logits := mlx.Reshape(m.Head(last), outputs, -1)
 		// Normalised first, as the sampler does, so greedy choices match standalone decoding.
 		lp := mlx.Sub(logits, mlx.LogSumExp(logits, true, -1))
-		ids, err := mlx.AsType(mlx.Argmax(lp, -1, false), mlx.Int32).Int32s()
+		am := mlx.AsType(mlx.Argmax(lp, -1, false), mlx.Int32)
+		if err := mlx.Eval(append([]mlx.Array{am}, feats...)...); err != nil {
+			return err
+		}
+		ids, err := am.Int32s()
 		if err != nil {
 			return err
 		}
 		for _, id := range ids {
-			out = append(out, int(id))
+			res.Tokens = append(res.Tokens, int(id))
 		}
-		took = time.Since(start)
+		if res.Features, err = readFeatures(tapped, feats); err != nil {
+			return err
+		}
+		res.Forward = time.Since(start)
 		return nil
 	})
-	return out, took, err
+	return res, err
+}
+
+// StartTaps makes the stage keep a record of tapped target features, in the order of layers (a
+// DFlash drafter beside the stage reads it); nil stops and frees the record. The driver fills it
+// with RecordTaps.
+func (s *Stage) StartTaps(ctx context.Context, layers []int) error {
+	return s.worker.Do(ctx, func() error {
+		if s.taps != nil {
+			s.taps.feats.Free()
+			s.taps = nil
+		}
+		if layers != nil {
+			s.taps = newTaps(layers)
+		}
+		return nil
+	})
+}
+
+// RecordTaps records the features of tokens fed from position start: feats[i] holds, for every
+// position, the output of the i-th layer StartTaps named, as [len(tokens), hidden] in the stage's
+// dtype. Rows recorded at start and beyond are replaced.
+func (s *Stage) RecordTaps(ctx context.Context, start int, tokens []int, feats [][]byte) error {
+	return s.worker.Do(ctx, func() error {
+		t := s.taps
+		if t == nil {
+			return fmt.Errorf("stage %v: no tapped features are being recorded: call StartTaps first", s.model.Range)
+		}
+		if len(feats) != len(t.layers) {
+			return fmt.Errorf("stage %v: %d tapped features for %d layers", s.model.Range, len(feats), len(t.layers))
+		}
+		n, hidden := len(tokens), s.model.Config().HiddenSize
+		if n == 0 {
+			return nil
+		}
+		sc := mlx.NewScope()
+		parts := make([]mlx.Array, len(feats))
+		for i, f := range feats {
+			if want := n * hidden * s.dtype.Size(); len(f) != want {
+				sc.Close()
+				return fmt.Errorf("stage %v: tapped feature of layer %d has %d bytes; want %d (%d positions of %d in %s)",
+					s.model.Range, t.layers[i], len(f), want, n, hidden, s.dtype)
+			}
+			parts[i] = mlx.FromBytes(f, s.dtype, 1, n, hidden)
+		}
+		feat := parts[0]
+		if len(parts) > 1 {
+			feat = mlx.Concat(2, parts...)
+		}
+		mlx.Detach(feat)
+		if err := sc.Close(); err != nil {
+			feat.Free()
+			return err
+		}
+		if err := t.add(start, tokens, feat); err != nil {
+			s.taps = newTaps(t.layers)
+			t.feats.Free()
+			return err
+		}
+		return nil
+	})
 }

@@ -366,19 +366,21 @@ func (r *Rank) forward(ctx context.Context, st *engines.Stage, down *transport.C
 	if len(fw.Shape) != 2 || fw.Shape[0] != fw.Tokens || fw.Shape[1] != st.Config().HiddenSize {
 		return fmt.Errorf("rank %d: hidden state of shape %v; want [%d %d]", r.Stage, fw.Shape, fw.Tokens, st.Config().HiddenSize)
 	}
-	reply.Tokens, reply.TopK, reply.Timings = reply.Tokens[:0], reply.TopK[:0], reply.Timings[:0]
+	reply.Tokens, reply.TopK, reply.Timings, reply.Features = reply.Tokens[:0], reply.TopK[:0], reply.Timings[:0], reply.Features[:0]
+	in := engines.Activation{Hidden: fw.Data, Len: fw.Tokens, Taps: fw.Taps}
 	if st.Last() && fw.Outputs > 1 {
-		ids, took, err := st.Verify(ctx, engines.Activation{Hidden: fw.Data, Len: fw.Tokens}, fw.Outputs)
+		res, err := st.Verify(ctx, in, fw.Outputs)
 		if err != nil {
 			return err
 		}
-		for _, id := range ids {
+		for _, id := range res.Tokens {
 			reply.Tokens = append(reply.Tokens, int32(id))
 		}
-		reply.AddTiming(r.Stage, took)
+		r.addFeatures(st, reply, res.Features, fw.Tokens)
+		reply.AddTiming(r.Stage, res.Forward)
 		return nil
 	}
-	res, err := st.Forward(ctx, engines.Activation{Hidden: fw.Data, Len: fw.Tokens}, true, fw.TopK)
+	res, err := st.Forward(ctx, in, true, fw.TopK)
 	if err != nil {
 		return err
 	}
@@ -388,7 +390,7 @@ func (r *Rank) forward(ctx context.Context, st *engines.Stage, down *transport.C
 			reply.TopK = append(reply.TopK, transport.Candidate{ID: int32(c.ID), Logit: c.LogProb})
 		}
 	} else {
-		next := transport.Forward{Position: fw.Position, Tokens: fw.Tokens, TopK: fw.TopK, Outputs: fw.Outputs, DType: fw.DType,
+		next := transport.Forward{Position: fw.Position, Tokens: fw.Tokens, TopK: fw.TopK, Outputs: fw.Outputs, Taps: fw.Taps, DType: fw.DType,
 			Shape: fw.Shape, Data: res.Hidden.Hidden}
 		t0 := time.Now()
 		if err := down.Call(ctx, f.Session, f.Seq, &next, reply); err != nil {
@@ -400,10 +402,20 @@ func (r *Rank) forward(ctx context.Context, st *engines.Stage, down *transport.C
 			hop -= t.Forward + t.Network
 		}
 		reply.Timings = append(reply.Timings, transport.StageTiming{Stage: r.Stage, Forward: res.Forward, Network: max(hop, 0)})
+		r.addFeatures(st, reply, res.Features, fw.Tokens)
 		return nil
 	}
+	r.addFeatures(st, reply, res.Features, fw.Tokens)
 	reply.AddTiming(r.Stage, res.Forward)
 	return nil
+}
+
+// addFeatures appends the stage's tapped features, [tokens, hidden] each, to reply.
+func (r *Rank) addFeatures(st *engines.Stage, reply *transport.Reply, feats []engines.Feature, tokens int) {
+	dt, _ := transport.ParseDType(st.DType().String())
+	for _, f := range feats {
+		reply.Features = append(reply.Features, transport.Feature{Layer: f.Layer, DType: dt, Rows: tokens, Cols: st.Config().HiddenSize, Data: f.Data})
+	}
 }
 
 // fail reports err to the previous stage, so the driver's error names where it happened.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
@@ -16,6 +17,12 @@ import (
 // was kept. While the block travels through the remote stages, the driver drafts the next block
 // on the assumption that everything is accepted, so drafting overlaps the wait: when the guess
 // holds, the next step starts with its drafts ready. Output equals standalone greedy decoding.
+//
+// A drafter that conditions on the target's hidden states (a DFlash drafter built with
+// engines.NewStageDFlashDrafter on the driver's stage) gets them from every pass: each Forward
+// names the tapped layers, every stage returns the outputs of those it runs beside its answer,
+// and the driver records them on stage 0 for the drafter. Such a drafter needs the verified
+// block's features, so its next draft cannot overlap the verification.
 func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines.Drafter, k int, emit func(engines.Token) error) (engines.Stats, engines.SpecStats, error) {
 	var st engines.Stats
 	var ss engines.SpecStats
@@ -38,17 +45,39 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		}
 	}
 	ss.ByPosition, ss.DraftedByPosition = make([]int, k), make([]int, k)
-	// The first token comes from an ordinary pipeline prefill.
+	fd, feature := dr.(featureDrafter)
+	var taps []int
+	if feature {
+		if fd.Stage() != d.first {
+			return st, ss, fmt.Errorf("pipeline+spec: the dflash drafter was not built on this driver's stage: build it with engines.NewStageDFlashDrafter(driver.Stage())")
+		}
+		order := fd.Layers()
+		for _, l := range order {
+			if !slices.Contains(taps, l) {
+				taps = append(taps, l)
+			}
+		}
+		if err := d.first.StartTaps(ctx, order); err != nil {
+			return st, ss, err
+		}
+		defer d.first.StartTaps(context.Background(), nil)
+	}
+	// The first token comes from an ordinary pipeline prefill (recording the tapped features when
+	// the drafter needs them).
 	var first engines.Stats
 	var err error
-	first, err = d.Generate(ctx, engines.Request{Tokens: r.Tokens, MaxTokens: 1, IgnoreEOS: true}, emit)
+	seq := uint64(1 << 32)
+	if feature {
+		first, err = d.prefillTapped(ctx, r, taps, fd.Layers(), &seq, emit)
+	} else {
+		first, err = d.Generate(ctx, engines.Request{Tokens: r.Tokens, MaxTokens: 1, IgnoreEOS: true}, emit)
+	}
 	if err != nil {
 		return first, ss, err
 	}
 	st = first
 	history := append(append([]int(nil), r.Tokens...), first.Tokens...)
 	pos := len(r.Tokens) // positions in every stage's cache; the last history token is not fed yet
-	seq := uint64(1 << 32)
 	rng := rand.New(rand.NewPCG(r.Seed, 1))
 	var ready []int // drafts prepared during the previous step, valid for history as it is now
 	decodeStart := time.Now()
@@ -70,12 +99,12 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		draftTime := time.Since(t0)
 		ready = nil
 		in := append([]int{history[len(history)-1]}, drafts...)
-		res, err := d.first.Forward(ctx, engines.Activation{Tokens: in}, false, 0)
+		res, err := d.first.Forward(ctx, engines.Activation{Tokens: in, Taps: taps}, false, 0)
 		if err != nil {
 			return st, ss, err
 		}
 		seq++
-		fw := transport.Forward{Position: pos, Tokens: len(in), Outputs: len(in), DType: d.dtype,
+		fw := transport.Forward{Position: pos, Tokens: len(in), Outputs: len(in), Taps: taps, DType: d.dtype,
 			Shape: []int{len(in), d.hidden}, Data: res.Hidden.Hidden}
 		// Draft the next block while the remote stages verify this one, guessing that every
 		// draft is accepted: the drafter's k+1 tokens after history+drafts are then the bonus
@@ -87,11 +116,15 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		}
 		next := make(chan guess, 1)
 		optimistic := append(append([]int(nil), history...), drafts...)
-		go func() {
-			t := time.Now()
-			g, _, err := dr.Draft(ctx, optimistic, k+1, 0, rng)
-			next <- guess{g, time.Since(t), err}
-		}()
+		if feature {
+			next <- guess{} // the next block needs this one's features
+		} else {
+			go func() {
+				t := time.Now()
+				g, _, err := dr.Draft(ctx, optimistic, k+1, 0, rng)
+				next <- guess{g, time.Since(t), err}
+			}()
+		}
 		var reply transport.Reply
 		t1 := time.Now()
 		err = d.next.Call(ctx, d.session, seq, &fw, &reply)
@@ -105,6 +138,11 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		}
 		if len(reply.Tokens) != len(in) {
 			return st, ss, fmt.Errorf("pipeline: verify of %d positions answered with %d tokens", len(in), len(reply.Tokens))
+		}
+		if feature {
+			if err := d.record(ctx, pos, in, taps, fd.Layers(), res.Features, reply.Features); err != nil {
+				return st, ss, err
+			}
 		}
 		n := 0
 		for n < len(drafts) && int(reply.Tokens[n]) == drafts[n] {
@@ -123,7 +161,7 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		} else if len(g.tokens) > 1 && g.tokens[0] == kept[len(kept)-1] {
 			ready = g.tokens[1:]
 		}
-		step := engines.Step{StageForward: []time.Duration{res.Forward}, Bytes: int64(len(fw.Data) + 4*len(reply.Tokens))}
+		step := engines.Step{StageForward: []time.Duration{res.Forward}, Bytes: int64(len(fw.Data)+4*len(reply.Tokens)) + featureBytes(reply.Features)}
 		step.Forward = res.Forward + d.timings(&step, rtt, reply.Timings)
 		st.Steps = append(st.Steps, step)
 		ss.Steps = append(ss.Steps, engines.SpecStep{Draft: draftTime, Drafted: len(drafts), Accepted: n})
@@ -153,4 +191,109 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 	}
 	st.PeakMemory = d.first.PeakMemory()
 	return st, ss, nil
+}
+
+// featureDrafter drafts from the target's hidden states, recorded on the driver's stage
+// (engines.DFlashDrafter built with engines.NewStageDFlashDrafter).
+type featureDrafter interface {
+	engines.Drafter
+	// Stage is the stage whose record the drafter reads.
+	Stage() *engines.Stage
+	// Layers lists the target layers it conditions on, in the order it concatenates them.
+	Layers() []int
+}
+
+// Stage is the driver's own stage 0, for drafters that run beside it.
+func (d *Driver) Stage() *engines.Stage { return d.first }
+
+// prefillTapped is the pipeline prefill of Generate (the same chunks, then the last prompt token
+// alone, whose greedy successor is the first token), with every pass returning the features of
+// taps; the driver records them on stage 0 in the drafter's order.
+func (d *Driver) prefillTapped(ctx context.Context, r engines.Request, taps, order []int, seq *uint64, emit func(engines.Token) error) (engines.Stats, error) {
+	var st engines.Stats
+	d.session++
+	st.PromptTokens = len(r.Tokens)
+	if err := d.first.Reset(ctx, 0, 0, 1, 0); err != nil {
+		return st, err
+	}
+	if err := d.next.Send(ctx, d.session, 0, &transport.Reset{Position: 0}); err != nil {
+		return st, err
+	}
+	start := time.Now()
+	pos := 0
+	pass := func(tokens []int) (transport.Reply, error) {
+		res, err := d.first.Forward(ctx, engines.Activation{Tokens: tokens, Taps: taps}, false, 0)
+		if err != nil {
+			return transport.Reply{}, err
+		}
+		*seq++
+		fw := transport.Forward{Position: pos, Tokens: len(tokens), Taps: taps, DType: d.dtype,
+			Shape: []int{len(tokens), d.hidden}, Data: res.Hidden.Hidden}
+		var reply transport.Reply
+		if err := d.next.Call(ctx, d.session, *seq, &fw, &reply); err != nil {
+			return reply, fmt.Errorf("pipeline: %w", err)
+		}
+		if err := d.record(ctx, pos, tokens, taps, order, res.Features, reply.Features); err != nil {
+			return reply, err
+		}
+		pos += len(tokens)
+		return reply, nil
+	}
+	toks := r.Tokens
+	for len(toks) > 1 {
+		n := min(engines.PrefillChunk, len(toks)-1)
+		if _, err := pass(toks[:n]); err != nil {
+			return st, err
+		}
+		toks = toks[n:]
+	}
+	reply, err := pass(toks)
+	if err != nil {
+		return st, err
+	}
+	if len(reply.Tokens) == 0 {
+		return st, fmt.Errorf("pipeline: the last stage replied without a token")
+	}
+	id := int(reply.Tokens[len(reply.Tokens)-1])
+	st.TTFT = time.Since(start)
+	st.Prefill = st.TTFT
+	st.Tokens = append(st.Tokens, id)
+	return st, emit(engines.Token{ID: id})
+}
+
+// record checks the features one pass over tokens (from position start) returned, stage 0's own
+// and the remote stages', and records them on stage 0 in order, the drafter's layer order.
+func (d *Driver) record(ctx context.Context, start int, tokens, taps, order []int, local []engines.Feature, remote []transport.Feature) error {
+	got := make(map[int][]byte, len(taps))
+	rowBytes := d.hidden * d.dtype.Size()
+	for _, f := range local {
+		got[f.Layer] = f.Data
+	}
+	for _, f := range remote {
+		switch {
+		case !slices.Contains(taps, f.Layer):
+			return fmt.Errorf("pipeline: a stage returned the features of layer %d, which was not tapped", f.Layer)
+		case got[f.Layer] != nil:
+			return fmt.Errorf("pipeline: two stages returned the features of layer %d: check the split", f.Layer)
+		case f.DType != d.dtype || f.Rows != len(tokens) || f.Cols != d.hidden || len(f.Data) != len(tokens)*rowBytes:
+			return fmt.Errorf("pipeline: the features of layer %d are [%d %d] %s; want [%d %d] %s", f.Layer, f.Rows, f.Cols, f.DType, len(tokens), d.hidden, d.dtype)
+		}
+		got[f.Layer] = f.Data
+	}
+	feats := make([][]byte, len(order))
+	for i, l := range order {
+		if feats[i] = got[l]; feats[i] == nil {
+			return fmt.Errorf("pipeline: no stage returned the features of layer %d: every rank must run this build (wire version %d)", l, transport.Version)
+		}
+	}
+	return d.first.RecordTaps(ctx, start, tokens, feats)
+}
+
+// featureBytes is the size of the tapped features a reply carried.
+func featureBytes(fs []transport.Feature) int64 {
+	var n int64
+	for _, f := range fs {
+		n += int64(len(f.Data))
+	}
+	return n
 }
