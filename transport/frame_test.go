@@ -47,6 +47,10 @@ func sampleMessages() []struct {
 		{"forward prefill chunk bf16", bf16Hidden(64, 256)},
 		{"forward f32 top-k", &Forward{Position: 0, Tokens: 2, TopK: 5, DType: Float32, Shape: []int{1, 2, 3}, Data: make([]byte, 24)}},
 		{"forward f16", &Forward{Tokens: 1, DType: Float16, Shape: []int{4}, Data: []byte{1, 2, 3, 4, 5, 6, 7, 8}}},
+		{"forward sampled verify", &Forward{Position: 3, Tokens: 3, Outputs: 3, DType: Float32, Shape: []int{3, 1}, Data: make([]byte, 12),
+			Sample: &Sampling{Temperature: 0.7, Seed: math.MaxUint64, Drafts: []int{4, 151935}, Proposals: [][]Prob{{{ID: 4, P: 0.5}, {ID: 9, P: 0.5}}, {{ID: 151935, P: 1}}}}}},
+		{"forward sampled first token", &Forward{Tokens: 2, Outputs: 1, DType: Float32, Shape: []int{2, 1}, Data: make([]byte, 8), Sample: &Sampling{Temperature: 1, Seed: 7}}},
+		{"forward sampled deterministic drafts", &Forward{Tokens: 2, Outputs: 2, DType: Float32, Shape: []int{2, 1}, Data: make([]byte, 8), Sample: &Sampling{Temperature: 2, Drafts: []int{0}}}},
 		{"forward verify with taps", &Forward{Position: 9, Tokens: 2, Outputs: 2, Taps: []int{27, 1, 65535}, DType: BFloat16, Shape: []int{2, 1}, Data: []byte{1, 2, 3, 4}}},
 		{"reply token", &Reply{Tokens: []int32{151643}, Timings: []StageTiming{{Stage: 1, Forward: 41 * time.Millisecond}}}},
 		{"reply top-k and hops", &Reply{
@@ -83,6 +87,8 @@ func isEmptySlice(v any) bool {
 	case []Feature:
 		return len(s) == 0
 	case []int:
+		return len(s) == 0
+	case [][]Prob:
 		return len(s) == 0
 	case []byte:
 		return len(s) == 0
@@ -143,9 +149,9 @@ func TestForwardKeepsNativeDType(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// position, tokens, top-k, outputs, tap count, dtype, ndim, dims, then the raw bytes:
-			// nothing widened.
-			if got, want := len(payload), 4+4+2+2+1+1+1+4*len(tc.shape)+tc.nbytes; got != want {
+			// position, tokens, top-k, outputs, tap count, has-sampling, dtype, ndim, dims, then
+			// the raw bytes: nothing widened.
+			if got, want := len(payload), 4+4+2+2+1+1+1+1+4*len(tc.shape)+tc.nbytes; got != want {
 				t.Errorf("payload is %d bytes; want %d", got, want)
 			}
 		})
@@ -217,6 +223,16 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 	forward := func(edit func(b []byte) []byte) []byte {
 		return edit(append([]byte(nil), validForward...))
 	}
+	// A sampled verify of one draft: temperature at byte 14, seed 18, draft count 26, draft 28,
+	// has-proposals 32, the proposal's entry count 33, its token 37 and probability 41.
+	validSampled, err := Marshal(&Forward{Tokens: 2, Outputs: 2, DType: BFloat16, Shape: []int{2, 4}, Data: make([]byte, 16),
+		Sample: &Sampling{Temperature: 1, Drafts: []int{5}, Proposals: [][]Prob{{{ID: 5, P: 1}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sampled := func(edit func(b []byte) []byte) []byte {
+		return edit(append([]byte(nil), validSampled...))
+	}
 	validAuth, err := Marshal(&Auth{Identity: Identity{Model: "m", TotalLayers: 4, Start: 0, End: 4}})
 	if err != nil {
 		t.Fatal(err)
@@ -250,10 +266,18 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 		{name: "forward more outputs than tokens", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[10:], []byte{99, 0}); return b })},
 		{name: "forward zero tokens", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[4:], u32(0)); return b })},
 		{name: "forward tokens overflow", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[4:], u32(math.MaxUint32)); return b })},
-		{name: "forward unknown dtype", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 9; return b })},
-		{name: "forward dtype zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 0; return b })},
-		{name: "forward rank zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[14] = 0; return b })},
-		{name: "forward rank nine", typ: TypeForward, payload: forward(func(b []byte) []byte { b[14] = 9; return b })},
+		{name: "forward unknown dtype", typ: TypeForward, payload: forward(func(b []byte) []byte { b[14] = 9; return b })},
+		{name: "forward dtype zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[14] = 0; return b })},
+		{name: "forward rank zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[15] = 0; return b })},
+		{name: "forward rank nine", typ: TypeForward, payload: forward(func(b []byte) []byte { b[15] = 9; return b })},
+		{name: "forward sampling flag 2", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 2; return b })},
+		{name: "forward sampling cut short", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 1; return b })},
+		{name: "forward sampling at temperature 0", typ: TypeForward, payload: sampled(func(b []byte) []byte { copy(b[14:], u32(0)); return b })},
+		{name: "forward sampling at NaN", typ: TypeForward, payload: sampled(func(b []byte) []byte { copy(b[14:], u32(0x7fc00000)); return b })},
+		{name: "forward sampling drafts do not match outputs", typ: TypeForward, payload: sampled(func(b []byte) []byte { b[26] = 3; return b })},
+		{name: "forward sampling proposal count past end", typ: TypeForward, payload: sampled(func(b []byte) []byte { copy(b[33:], u32(1<<30)); return b })},
+		{name: "forward sampling negative probability", typ: TypeForward, payload: sampled(func(b []byte) []byte { copy(b[41:], u32(0xbf800000)); return b })},
+		{name: "forward sampling proposals flag 2", typ: TypeForward, payload: sampled(func(b []byte) []byte { b[32] = 2; return b })},
 		{name: "forward too many taps", typ: TypeForward, payload: forward(func(b []byte) []byte {
 			b[12] = MaxTaps + 1
 			return append(b[:13:13], append(make([]byte, 2*(MaxTaps+1)), b[13:]...)...)
@@ -266,7 +290,7 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 		{name: "forward data short", typ: TypeForward, payload: forward(func(b []byte) []byte { return b[:len(b)-1] })},
 		{name: "forward data long", typ: TypeForward, payload: forward(func(b []byte) []byte { return append(b, 0) })},
 		{name: "forward huge shape", typ: TypeForward, payload: forward(func(b []byte) []byte {
-			copy(b[13:], u32(math.MaxInt32, math.MaxInt32))
+			copy(b[14:], u32(math.MaxInt32, math.MaxInt32))
 			return b
 		})},
 		{name: "reply token count past end", typ: TypeReply, payload: u32(1 << 30)},
@@ -311,6 +335,9 @@ func TestEncodeRejectsInvalidMessages(t *testing.T) {
 		{name: "reply feature data does not match", msg: &Reply{Features: []Feature{{Layer: 1, DType: BFloat16, Rows: 1, Cols: 2, Data: make([]byte, 2)}}}, want: ErrBadFrame},
 		{name: "reply feature no dtype", msg: &Reply{Features: []Feature{{Layer: 1, Rows: 1, Cols: 1, Data: make([]byte, 2)}}}, want: ErrBadFrame},
 		{name: "reply too many features", msg: &Reply{Features: make([]Feature, MaxTaps+1)}, want: ErrBadFrame},
+		{name: "forward sampling without temperature", msg: &Forward{Tokens: 1, Sample: &Sampling{}, DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},
+		{name: "forward sampling drafts beyond outputs", msg: &Forward{Tokens: 2, Outputs: 2, Sample: &Sampling{Temperature: 1, Drafts: []int{1, 2}}, DType: BFloat16, Shape: []int{2}, Data: make([]byte, 4)}, want: ErrBadFrame},
+		{name: "forward sampling infinite probability", msg: &Forward{Tokens: 2, Outputs: 2, Sample: &Sampling{Temperature: 1, Drafts: []int{1}, Proposals: [][]Prob{{{ID: 1, P: float32(math.Inf(1))}}}}, DType: BFloat16, Shape: []int{2}, Data: make([]byte, 4)}, want: ErrBadFrame},
 		{name: "forward layer tapped twice", msg: &Forward{Tokens: 1, Taps: []int{2, 2}, DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},
 		{name: "forward negative tap", msg: &Forward{Tokens: 1, Taps: []int{-1}, DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},
 		{name: "forward too many taps", msg: &Forward{Tokens: 1, Taps: make([]int, MaxTaps+1), DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},

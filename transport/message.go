@@ -292,8 +292,9 @@ const maxDims = 8
 const MaxTaps = 64
 
 // Forward carries a hidden-state tensor to the next stage. Payload: position u32, tokens u32,
-// top-k u16, outputs u16, tap count u8 + tap layers u16 each, dtype u8, ndim u8, ndim dims u32,
-// then the raw elements (the rest of the payload, exactly prod(shape) x dtype size bytes).
+// top-k u16, outputs u16, tap count u8 + tap layers u16 each, has-sampling u8 (+ Sampling),
+// dtype u8, ndim u8, ndim dims u32, then the raw elements (the rest of the payload, exactly
+// prod(shape) x dtype size bytes).
 type Forward struct {
 	// Position is the sequence position of the first token (the KV cache offset).
 	Position int
@@ -311,6 +312,9 @@ type Forward struct {
 	// return beside the answer, for every position of the block: each stage that runs one of
 	// them adds a Feature to the Reply (a DFlash drafter on the driver conditions on them).
 	Taps []int
+	// Sample, when set, asks the last stage to sample with the rejection rule of speculative
+	// sampling instead of answering greedy tokens (see Sampling); stages before it pass it on.
+	Sample *Sampling
 	// DType is the element type of Data.
 	DType DType
 	// Shape is the tensor's shape, e.g. [tokens, hidden].
@@ -381,6 +385,12 @@ func (m *Forward) AppendBinary(b []byte) ([]byte, error) {
 	for _, l := range m.Taps {
 		b = binary.LittleEndian.AppendUint16(b, uint16(l))
 	}
+	b = appendFlag(b, m.Sample != nil)
+	if m.Sample != nil {
+		if b, err = m.Sample.append(b, max(m.Outputs, 1)); err != nil {
+			return b, err
+		}
+	}
 	b = append(b, byte(m.DType), byte(len(m.Shape)))
 	for _, s := range m.Shape {
 		b = binary.LittleEndian.AppendUint32(b, uint32(s))
@@ -407,6 +417,10 @@ func (m *Forward) UnmarshalBinary(data []byte) error {
 		if err := checkTaps(taps[:nt]); err != nil {
 			d.fail("%v", err)
 		}
+	}
+	var sample *Sampling
+	if d.flag("has-sampling") && d.err == nil {
+		sample = d.sampling(max(outputs, 1))
 	}
 	dt := DType(d.u8())
 	ndim := int(d.u8())
@@ -440,9 +454,104 @@ func (m *Forward) UnmarshalBinary(data []byte) error {
 	}
 	m.Position, m.Tokens, m.TopK, m.Outputs, m.DType = pos, tokens, topK, outputs, dt
 	m.Taps = append(m.Taps[:0], taps[:nt]...)
+	m.Sample = sample
 	m.Shape = append(m.Shape[:0], dims[:ndim]...)
 	m.Data = append(m.Data[:0], raw...)
 	return nil
+}
+
+// MaxDrafts bounds the drafts one sampled verification carries.
+const MaxDrafts = 1024
+
+// Sampling is a sampled verification: the last Outputs positions of a Forward are the last
+// accepted token followed by Drafts, and the last stage keeps each draft with probability
+// min(1, p/q) at Temperature, draws the first rejected position from the residual max(0, p - q)
+// normalised, or, when every draft is kept (or there are none), the next token from p, on the
+// device with a random key made from Seed. Its Reply's Tokens are the kept drafts and that one
+// token. Payload: temperature f32, seed u64, draft count u16 + u32 ids, has-proposals u8, then per
+// draft a u32 count + (u32 id, f32 probability) pairs.
+type Sampling struct {
+	Temperature float32
+	Seed        uint64
+	Drafts      []int
+	// Proposals holds, per draft, the distribution the drafter drew it from, as the tokens of
+	// non-zero probability; nil means deterministic drafts (each one-hot on its token).
+	Proposals [][]Prob
+}
+
+// Prob is one token's probability in a draft's distribution.
+type Prob struct {
+	ID int32
+	P  float32
+}
+
+func (m *Sampling) append(b []byte, outputs int) ([]byte, error) {
+	if t := float64(m.Temperature); !(t > 0) || math.IsInf(t, 0) {
+		return b, fmt.Errorf("transport: encode forward: sampling temperature %v: want a finite value above 0: %w", m.Temperature, ErrBadFrame)
+	}
+	if len(m.Drafts) > MaxDrafts || len(m.Drafts)+1 != outputs {
+		return b, fmt.Errorf("transport: encode forward: %d drafts for %d outputs (want outputs - 1, at most %d): %w", len(m.Drafts), outputs, MaxDrafts, ErrBadFrame)
+	}
+	if m.Proposals != nil && len(m.Proposals) != len(m.Drafts) {
+		return b, fmt.Errorf("transport: encode forward: %d proposals for %d drafts: %w", len(m.Proposals), len(m.Drafts), ErrBadFrame)
+	}
+	b = binary.LittleEndian.AppendUint32(b, math.Float32bits(m.Temperature))
+	b = binary.LittleEndian.AppendUint64(b, m.Seed)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(m.Drafts)))
+	for _, d := range m.Drafts {
+		if d < 0 || d > math.MaxInt32 {
+			return b, fmt.Errorf("transport: encode forward: draft token %d is out of range: %w", d, ErrBadFrame)
+		}
+		b = binary.LittleEndian.AppendUint32(b, uint32(d))
+	}
+	b = appendFlag(b, m.Proposals != nil)
+	for _, row := range m.Proposals {
+		if len(row) > math.MaxInt32 {
+			return b, fmt.Errorf("transport: encode forward: proposal of %d tokens: %w", len(row), ErrBadFrame)
+		}
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(row)))
+		for _, e := range row {
+			if p := float64(e.P); e.ID < 0 || !(p >= 0) || math.IsInf(p, 0) {
+				return b, fmt.Errorf("transport: encode forward: proposal entry (%d, %v): want a token id and a finite probability >= 0: %w", e.ID, e.P, ErrBadFrame)
+			}
+			b = binary.LittleEndian.AppendUint32(b, uint32(e.ID))
+			b = binary.LittleEndian.AppendUint32(b, math.Float32bits(e.P))
+		}
+	}
+	return b, nil
+}
+
+func (d *decoder) sampling(outputs int) *Sampling {
+	m := &Sampling{Temperature: math.Float32frombits(d.u32()), Seed: d.u64()}
+	if t := float64(m.Temperature); d.err == nil && (!(t > 0) || math.IsInf(t, 0)) {
+		d.fail("sampling temperature %v: want a finite value above 0", m.Temperature)
+	}
+	n := int(d.u16())
+	if d.err == nil && (n > MaxDrafts || n+1 != outputs) {
+		d.fail("%d drafts for %d outputs (want outputs - 1, at most %d)", n, outputs, MaxDrafts)
+	}
+	if d.err == nil && n*4 > len(d.b)-d.off {
+		d.fail("draft count %d needs %d bytes, only %d left", n, n*4, len(d.b)-d.off)
+	}
+	for i := 0; i < n && d.err == nil; i++ {
+		m.Drafts = append(m.Drafts, d.int31("draft token"))
+	}
+	if d.flag("has-proposals") && d.err == nil {
+		m.Proposals = make([][]Prob, 0, n)
+		for i := 0; i < n && d.err == nil; i++ {
+			c := d.count("proposal entry", 8)
+			row := make([]Prob, 0, c)
+			for j := 0; j < c && d.err == nil; j++ {
+				e := Prob{ID: int32(d.int31("proposal token")), P: math.Float32frombits(d.u32())}
+				if p := float64(e.P); d.err == nil && (!(p >= 0) || math.IsInf(p, 0)) {
+					d.fail("proposal probability %v: want a finite value >= 0", e.P)
+				}
+				row = append(row, e)
+			}
+			m.Proposals = append(m.Proposals, row)
+		}
+	}
+	return m
 }
 
 // checkTaps checks a tap list: at most MaxTaps layers, each in [0, 65535], none twice.
