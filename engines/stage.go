@@ -3,6 +3,7 @@ package engines
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
@@ -350,6 +351,53 @@ func (s *Stage) Verify(ctx context.Context, in Activation, outputs int) (StageRe
 		}
 		for _, id := range ids {
 			res.Tokens = append(res.Tokens, int(id))
+		}
+		if res.Features, err = readFeatures(tapped, feats); err != nil {
+			return err
+		}
+		res.Forward = time.Since(start)
+		return nil
+	})
+	return res, err
+}
+
+// VerifySampled runs in through the last stage and applies the rejection rule of speculative
+// sampling at temperature to drafts, the last len(drafts) positions of in (see sampleVerify):
+// dists are the drafter's distributions of its drafts (nil for deterministic drafts), and the
+// device's random key comes from seed. Tokens are the kept drafts and one token from the target
+// (with no drafts: the next token, drawn from the whole distribution of the last position).
+// Features are as in Verify.
+func (s *Stage) VerifySampled(ctx context.Context, in Activation, drafts []int, dists [][]float32, temperature float64, seed uint64) (StageResult, error) {
+	res := StageResult{Token: -1}
+	if !s.Last() {
+		return res, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
+	}
+	if !(temperature > 0) || math.IsInf(temperature, 0) {
+		return res, fmt.Errorf("stage %v: sampling temperature %v: want a finite value above 0", s.model.Range, temperature)
+	}
+	err := s.worker.Do(ctx, func() error {
+		start := time.Now()
+		sc := mlx.NewScope()
+		defer sc.Close()
+		m := s.model
+		h, n, err := s.input(in)
+		if err != nil {
+			return err
+		}
+		outputs := len(drafts) + 1
+		if outputs > n {
+			return fmt.Errorf("stage %v: %d drafts for %d positions", m.Range, len(drafts), n)
+		}
+		h, tapped, feats := s.layers(h, in.Taps)
+		if len(feats) > 0 {
+			if err := mlx.Eval(feats...); err != nil {
+				return err
+			}
+		}
+		last := mlx.Slice(h, []int{0, n - outputs, 0}, []int{1, n, h.Dim(2)})
+		logits := mlx.Reshape(m.Head(last), outputs, -1)
+		if res.Tokens, err = sampleVerify(logits, drafts, dists, temperature, mlx.RandomKey(seed)); err != nil {
+			return err
 		}
 		if res.Features, err = readFeatures(tapped, feats); err != nil {
 			return err

@@ -11,12 +11,20 @@ import (
 	"github.com/hippo-bench/hippo/transport"
 )
 
-// GenerateSpec is speculative decoding across the pipeline (greedy): the driver drafts up to k
-// tokens locally, one pipeline pass verifies the whole block (the last stage answers with its
+// GenerateSpec is speculative decoding across the pipeline: the driver drafts up to k tokens
+// locally, one pipeline pass verifies the whole block (greedy: the last stage answers with its
 // greedy token after every drafted position), and a Reset trims every stage's cache back to what
-// was kept. While the block travels through the remote stages, the driver drafts the next block
-// on the assumption that everything is accepted, so drafting overlaps the wait: when the guess
-// holds, the next step starts with its drafts ready. Output equals standalone greedy decoding.
+// was kept. While the block travels through the remote stages, a greedy driver drafts the next
+// block on the assumption that everything is accepted, so drafting overlaps the wait: when the
+// guess holds, the next step starts with its drafts ready. Greedy output equals standalone greedy
+// decoding.
+//
+// With a temperature the last stage applies the rejection rule of speculative sampling on the
+// device (engines.Stage.VerifySampled): the Forward carries the drafts, the distributions they
+// were drawn from (their tokens of non-zero probability; none for deterministic drafters) and a
+// seed the driver draws from the request's; the first token too is drawn there, from the whole
+// distribution. The output is distributed as the target's own samples at that temperature
+// (top_p must be 1).
 //
 // A drafter that conditions on the target's hidden states (a DFlash drafter built with
 // engines.NewStageDFlashDrafter on the driver's stage) gets them from every pass: each Forward
@@ -29,9 +37,10 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 	if err := engines.CheckRequest(r); err != nil {
 		return st, ss, err
 	}
-	if r.Temperature != 0 {
-		return st, ss, fmt.Errorf("pipeline+spec supports greedy decoding only: use --temperature 0")
+	if r.TopP > 0 && r.TopP < 1 {
+		return st, ss, fmt.Errorf("pipeline+spec: top_p is not supported with speculative decoding: use top_p 1")
 	}
+	sampled := r.Temperature > 0
 	if k < 1 {
 		return st, ss, fmt.Errorf("draft tokens %d: must be at least 1", k)
 	}
@@ -67,8 +76,13 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 	var first engines.Stats
 	var err error
 	seq := uint64(1 << 32)
+	rng := rand.New(rand.NewPCG(r.Seed, 1))
+	var order []int
 	if feature {
-		first, err = d.prefillTapped(ctx, r, taps, fd.Layers(), &seq, emit)
+		order = fd.Layers()
+	}
+	if feature || sampled {
+		first, err = d.prefillSpec(ctx, r, taps, order, &seq, rng, emit)
 	} else {
 		first, err = d.Generate(ctx, engines.Request{Tokens: r.Tokens, MaxTokens: 1, IgnoreEOS: true}, emit)
 	}
@@ -78,7 +92,6 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 	st = first
 	history := append(append([]int(nil), r.Tokens...), first.Tokens...)
 	pos := len(r.Tokens) // positions in every stage's cache; the last history token is not fed yet
-	rng := rand.New(rand.NewPCG(r.Seed, 1))
 	var ready []int // drafts prepared during the previous step, valid for history as it is now
 	decodeStart := time.Now()
 	for len(st.Tokens) < r.MaxTokens && !eos[history[len(history)-1]] {
@@ -91,8 +104,9 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		if len(drafts) > kk {
 			drafts = drafts[:kk]
 		}
+		var dists [][]float32
 		if drafts == nil {
-			if drafts, _, err = dr.Draft(ctx, history, kk, 0, rng); err != nil {
+			if drafts, dists, err = dr.Draft(ctx, history, kk, r.Temperature, rng); err != nil {
 				return st, ss, fmt.Errorf("draft: %w", err)
 			}
 		}
@@ -106,6 +120,11 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		seq++
 		fw := transport.Forward{Position: pos, Tokens: len(in), Outputs: len(in), Taps: taps, DType: d.dtype,
 			Shape: []int{len(in), d.hidden}, Data: res.Hidden.Hidden}
+		if sampled {
+			if fw.Sample, err = sampling(r.Temperature, rng.Uint64(), drafts, dists); err != nil {
+				return st, ss, err
+			}
+		}
 		// Draft the next block while the remote stages verify this one, guessing that every
 		// draft is accepted: the drafter's k+1 tokens after history+drafts are then the bonus
 		// token and the next block.
@@ -116,8 +135,9 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		}
 		next := make(chan guess, 1)
 		optimistic := append(append([]int(nil), history...), drafts...)
-		if feature {
-			next <- guess{} // the next block needs this one's features
+		if feature || sampled {
+			// The next block needs this one's features, or draws from the random stream in turn.
+			next <- guess{}
 		} else {
 			go func() {
 				t := time.Now()
@@ -136,7 +156,7 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		if g.err != nil {
 			return st, ss, fmt.Errorf("draft: %w", g.err)
 		}
-		if len(reply.Tokens) != len(in) {
+		if !sampled && len(reply.Tokens) != len(in) {
 			return st, ss, fmt.Errorf("pipeline: verify of %d positions answered with %d tokens", len(in), len(reply.Tokens))
 		}
 		if feature {
@@ -144,11 +164,25 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 				return st, ss, err
 			}
 		}
-		n := 0
-		for n < len(drafts) && int(reply.Tokens[n]) == drafts[n] {
-			n++
+		var n int
+		var kept []int
+		if sampled {
+			// The last stage applied the rejection rule: the kept drafts, then its own token.
+			if n = len(reply.Tokens) - 1; n < 0 || n > len(drafts) {
+				return st, ss, fmt.Errorf("pipeline: sampled verify of %d drafts answered with %d tokens", len(drafts), len(reply.Tokens))
+			}
+			for i, id := range reply.Tokens {
+				if i < n && int(id) != drafts[i] {
+					return st, ss, fmt.Errorf("pipeline: sampled verify kept token %d at draft position %d, which drafted %d", id, i, drafts[i])
+				}
+				kept = append(kept, int(id))
+			}
+		} else {
+			for n < len(drafts) && int(reply.Tokens[n]) == drafts[n] {
+				n++
+			}
+			kept = append(drafts[:n:n], int(reply.Tokens[n]))
 		}
-		kept := append(drafts[:n:n], int(reply.Tokens[n]))
 		pos += 1 + n
 		if n < len(drafts) {
 			// Trim every stage back to the kept positions.
@@ -206,10 +240,11 @@ type featureDrafter interface {
 // Stage is the driver's own stage 0, for drafters that run beside it.
 func (d *Driver) Stage() *engines.Stage { return d.first }
 
-// prefillTapped is the pipeline prefill of Generate (the same chunks, then the last prompt token
-// alone, whose greedy successor is the first token), with every pass returning the features of
-// taps; the driver records them on stage 0 in the drafter's order.
-func (d *Driver) prefillTapped(ctx context.Context, r engines.Request, taps, order []int, seq *uint64, emit func(engines.Token) error) (engines.Stats, error) {
+// prefillSpec is the pipeline prefill of Generate (the same chunks, then the last prompt token
+// alone, whose successor is the first token), with every pass returning the features of taps (the
+// driver records them on stage 0 in the drafter's order, when order is set). With a temperature
+// the last stage draws the first token from its whole distribution, with a seed from rng.
+func (d *Driver) prefillSpec(ctx context.Context, r engines.Request, taps, order []int, seq *uint64, rng *rand.Rand, emit func(engines.Token) error) (engines.Stats, error) {
 	var st engines.Stats
 	d.session++
 	st.PromptTokens = len(r.Tokens)
@@ -221,7 +256,7 @@ func (d *Driver) prefillTapped(ctx context.Context, r engines.Request, taps, ord
 	}
 	start := time.Now()
 	pos := 0
-	pass := func(tokens []int) (transport.Reply, error) {
+	pass := func(tokens []int, last bool) (transport.Reply, error) {
 		res, err := d.first.Forward(ctx, engines.Activation{Tokens: tokens, Taps: taps}, false, 0)
 		if err != nil {
 			return transport.Reply{}, err
@@ -229,12 +264,17 @@ func (d *Driver) prefillTapped(ctx context.Context, r engines.Request, taps, ord
 		*seq++
 		fw := transport.Forward{Position: pos, Tokens: len(tokens), Taps: taps, DType: d.dtype,
 			Shape: []int{len(tokens), d.hidden}, Data: res.Hidden.Hidden}
+		if last && r.Temperature > 0 {
+			fw.Sample = &transport.Sampling{Temperature: float32(r.Temperature), Seed: rng.Uint64()}
+		}
 		var reply transport.Reply
 		if err := d.next.Call(ctx, d.session, *seq, &fw, &reply); err != nil {
 			return reply, fmt.Errorf("pipeline: %w", err)
 		}
-		if err := d.record(ctx, pos, tokens, taps, order, res.Features, reply.Features); err != nil {
-			return reply, err
+		if order != nil {
+			if err := d.record(ctx, pos, tokens, taps, order, res.Features, reply.Features); err != nil {
+				return reply, err
+			}
 		}
 		pos += len(tokens)
 		return reply, nil
@@ -242,12 +282,12 @@ func (d *Driver) prefillTapped(ctx context.Context, r engines.Request, taps, ord
 	toks := r.Tokens
 	for len(toks) > 1 {
 		n := min(engines.PrefillChunk, len(toks)-1)
-		if _, err := pass(toks[:n]); err != nil {
+		if _, err := pass(toks[:n], false); err != nil {
 			return st, err
 		}
 		toks = toks[n:]
 	}
-	reply, err := pass(toks)
+	reply, err := pass(toks, true)
 	if err != nil {
 		return st, err
 	}
@@ -296,4 +336,25 @@ func featureBytes(fs []transport.Feature) int64 {
 		n += int64(len(f.Data))
 	}
 	return n
+}
+
+// sampling describes a sampled verification of drafts at temperature: each draft's distribution
+// goes as its tokens of non-zero probability (none for deterministic drafters).
+func sampling(temperature float64, seed uint64, drafts []int, dists [][]float32) (*transport.Sampling, error) {
+	s := &transport.Sampling{Temperature: float32(temperature), Seed: seed, Drafts: drafts}
+	if dists == nil {
+		return s, nil
+	}
+	if len(dists) != len(drafts) {
+		return nil, fmt.Errorf("draft: %d distributions for %d drafts", len(dists), len(drafts))
+	}
+	s.Proposals = make([][]transport.Prob, len(dists))
+	for i, q := range dists {
+		for id, p := range q {
+			if p > 0 {
+				s.Proposals[i] = append(s.Proposals[i], transport.Prob{ID: int32(id), P: p})
+			}
+		}
+	}
+	return s, nil
 }
