@@ -92,7 +92,7 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 	st = first
 	history := append(append([]int(nil), r.Tokens...), first.Tokens...)
 	pos := len(r.Tokens) // positions in every stage's cache; the last history token is not fed yet
-	var ready []int // drafts prepared during the previous step, valid for history as it is now
+	var ready []int      // drafts prepared during the previous step, valid for history as it is now
 	decodeStart := time.Now()
 	for len(st.Tokens) < r.MaxTokens && !eos[history[len(history)-1]] {
 		if err := ctx.Err(); err != nil {
@@ -195,7 +195,7 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		} else if len(g.tokens) > 1 && g.tokens[0] == kept[len(kept)-1] {
 			ready = g.tokens[1:]
 		}
-		step := engines.Step{StageForward: []time.Duration{res.Forward}, Bytes: int64(len(fw.Data)+4*len(reply.Tokens)) + featureBytes(reply.Features)}
+		step := engines.Step{StageForward: []time.Duration{res.Forward}, Bytes: int64(len(fw.Data)+4*len(reply.Tokens)) + featureBytes(reply.Features) + sampleBytes(fw.Sample)}
 		step.Forward = res.Forward + d.timings(&step, rtt, reply.Timings)
 		st.Steps = append(st.Steps, step)
 		ss.Steps = append(ss.Steps, engines.SpecStep{Draft: draftTime, Drafted: len(drafts), Accepted: n})
@@ -357,4 +357,16 @@ func sampling(temperature float64, seed uint64, drafts []int, dists [][]float32)
 		}
 	}
 	return s, nil
+}
+
+// sampleBytes is the size of a sampled verification's drafts and proposals on the wire.
+func sampleBytes(s *transport.Sampling) int64 {
+	if s == nil {
+		return 0
+	}
+	n := int64(4 * len(s.Drafts))
+	for _, row := range s.Proposals {
+		n += int64(4 + 8*len(row))
+	}
+	return n
 }
