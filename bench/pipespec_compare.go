@@ -86,7 +86,7 @@ func ComparePipelineSpec(ctx context.Context, o PipelineSpecOptions, w io.Writer
 			return fmt.Sprintf("> K (%.2f)", x*cost-1)
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.2f\t%.2fx\t%.2f\t%.3f\t%.1f\t%.1f\t%.1f\t%.0f\t%.0f\t%.2fx\t%s\t%s\t\n", link, k,
-			stat.Mean(row.plain, nil), stat.Mean(row.spec, nil), median(row.ratio), perStep-1, rate, tp, d, v,
+			stat.Mean(row.plain, nil), stat.Mean(row.spec, nil), Median(row.ratio), perStep-1, rate, tp, d, v,
 			stat.Mean(row.plainBytes, nil), stat.Mean(row.specBytes, nil), expected, need(1.2), need(1.5))
 	}
 	tw.Flush()
@@ -156,17 +156,4 @@ func comparePipeSpecLink(ctx context.Context, base Config, link string, o Pipeli
 		}
 	}
 	return row, k, nil
-}
-
-// median is the middle value of xs (the mean of the two middle ones for an even count).
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if n := len(s); n%2 == 0 {
-		return (s[n/2-1] + s[n/2]) / 2
-	}
-	return s[len(s)/2]
 }
