@@ -17,13 +17,17 @@ import (
 )
 
 // fixedDrafter proposes one token drawn from a fixed distribution q, and returns q with it; with
-// q nil it proposes token det, deterministically (no distribution: one-hot).
+// q nil it proposes token det, deterministically (no distribution: one-hot). independent says
+// its drafts may be redrawn (the driver then truncates q, see Driver.ProposalTopK).
 type fixedDrafter struct {
-	q   []float32
-	det int
+	q           []float32
+	det         int
+	independent bool
 }
 
 func (f fixedDrafter) Reset(context.Context) error { return nil }
+
+func (f fixedDrafter) IndependentDrafts() bool { return f.independent }
 
 func (f fixedDrafter) Draft(_ context.Context, _ []int, k int, temperature float64, rng *rand.Rand) ([]int, [][]float32, error) {
 	if f.q == nil {
@@ -62,11 +66,13 @@ func chiSquare(counts []float64, want []float64, n float64) (float64, int) {
 // TestPipelineSpecSamplingKeepsTargetDistribution is the rejection rule across the pipeline:
 // sampled pipeline+spec (2 stages, the last one applying the rule on its device) must make tokens
 // distributed as the target's own samples. The target is tiny-qwen3 with a 64-token vocabulary,
-// at temperature 0.35 (peaked enough that the conditional tests get draws). Every other request drafts one token from a fixed distribution q unlike the
-// target's (half its mass on the four likeliest second tokens after the likeliest first token,
-// half on four of the least likely), sent with the draft; the others draft the least likely of
-// them deterministically (one-hot, nothing sent). So drafts are kept and rejected (the residual
-// draw) on both paths, and either way the second token must follow the target. Over 1000 seeded
+// at temperature 0.35 (peaked enough that the conditional tests get draws). The requests take
+// turns among three drafters: one drafts a token from a fixed distribution q unlike the target's
+// (half its mass on the four likeliest second tokens after the likeliest first token, half on
+// four of the least likely), sent with the draft; one is the same but lets the driver truncate q
+// to 4 tokens and redraw (Driver.ProposalTopK); one drafts the least likely of them
+// deterministically (one-hot, nothing sent). So drafts are kept and rejected (the residual draw)
+// on every path, and on each the second token must follow the target. Over 1000 seeded
 // requests of two tokens, the first token (drawn by the last stage from the whole distribution)
 // and the second given each of the three likeliest first tokens are compared with the exact
 // target probabilities (from the standalone engine's log-probabilities) by Pearson's chi-square
@@ -130,7 +136,7 @@ func TestPipelineSpecSamplingKeepsTargetDistribution(t *testing.T) {
 	for _, id := range append(order[:4:4], order[vocab-4:]...) {
 		q[id] = 0.125
 	}
-	drafters := []engines.Drafter{fixedDrafter{q: q}, fixedDrafter{det: order[vocab-1]}}
+	drafters := []engines.Drafter{fixedDrafter{q: q}, fixedDrafter{q: q, independent: true}, fixedDrafter{det: order[vocab-1]}}
 
 	plan, err := launch.Plan(launch.Config{Mode: launch.PipelineSpec, Model: dir, Stages: 2, Drafter: "lookup"})
 	if err != nil {
@@ -148,6 +154,7 @@ func TestPipelineSpecSamplingKeepsTargetDistribution(t *testing.T) {
 		t.Fatalf("%v\n%s", err, local.Logs())
 	}
 	defer d.Close()
+	d.ProposalTopK = 4
 	first := make([]float64, vocab)
 	second := make([][]float64, len(tops))
 	given := make([]float64, len(tops))
@@ -157,7 +164,7 @@ func TestPipelineSpecSamplingKeepsTargetDistribution(t *testing.T) {
 	accepted := 0
 	for i := range n {
 		r := engines.Request{Tokens: prompt, MaxTokens: 2, Temperature: temperature, Seed: uint64(i), IgnoreEOS: true}
-		st, ss, err := d.GenerateSpec(ctx, r, drafters[i%2], 1, func(engines.Token) error { return nil })
+		st, ss, err := d.GenerateSpec(ctx, r, drafters[i%len(drafters)], 1, func(engines.Token) error { return nil })
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -105,6 +105,11 @@ func (d *DFlashDrafter) Stage() *Stage { return d.stage }
 // Layers lists the target layers the draft conditions on, in the order it concatenates them.
 func (d *DFlashDrafter) Layers() []int { return append([]int(nil), d.m.TargetLayers()...) }
 
+// IndependentDrafts reports that at a temperature each draft is drawn from its own position's
+// distribution, which the other drafts' tokens do not change (the block is drafted in one forward
+// from mask tokens), so a verifier may redraw any one of them from another distribution.
+func (d *DFlashDrafter) IndependentDrafts() bool { return true }
+
 // BlockSize is the draft's block: one forward proposes up to BlockSize-1 tokens.
 func (d *DFlashDrafter) BlockSize() int { return d.m.Config().BlockSize }
 

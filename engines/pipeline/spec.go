@@ -109,6 +109,13 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 			if drafts, dists, err = dr.Draft(ctx, history, kk, r.Temperature, rng); err != nil {
 				return st, ss, fmt.Errorf("draft: %w", err)
 			}
+			if ind, ok := dr.(independentDrafter); sampled && ok && ind.IndependentDrafts() && d.ProposalTopK >= 0 {
+				topK := d.ProposalTopK
+				if topK == 0 {
+					topK = SampleTopK
+				}
+				dists = truncateProposals(drafts, dists, topK, rng)
+			}
 		}
 		draftTime := time.Since(t0)
 		ready = nil
@@ -369,4 +376,55 @@ func sampleBytes(s *transport.Sampling) int64 {
 		n += int64(4 + 8*len(row))
 	}
 	return n
+}
+
+// independentDrafter is a drafter whose drafts at temperature are each drawn from its own
+// distribution, which does not depend on the other drafts' tokens (a block drafter such as
+// DFlash), so any one of them may be redrawn from another distribution.
+type independentDrafter interface {
+	IndependentDrafts() bool
+}
+
+// truncateProposals replaces each distribution of dists by its topK most likely tokens,
+// renormalised, and redraws the draft at that position from it with rng (drafts is updated in
+// place). Rejection sampling then verifies each draft against the distribution it was drawn from.
+func truncateProposals(drafts []int, dists [][]float32, topK int, rng *rand.Rand) [][]float32 {
+	out := make([][]float32, len(dists))
+	for i, q := range dists {
+		if i >= len(drafts) {
+			break
+		}
+		best := make([]int, 0, topK+1) // token ids, most likely first
+		for id, p := range q {
+			if p <= 0 || len(best) == topK && p <= q[best[len(best)-1]] {
+				continue
+			}
+			j := len(best)
+			for j > 0 && q[best[j-1]] < p {
+				j--
+			}
+			best = slices.Insert(best, j, id)
+			if len(best) > topK {
+				best = best[:topK]
+			}
+		}
+		var sum float64
+		for _, id := range best {
+			sum += float64(q[id])
+		}
+		t := make([]float32, len(q))
+		u := rng.Float64() * sum
+		drawn := false
+		for _, id := range best {
+			t[id] = float32(float64(q[id]) / sum)
+			if u -= float64(q[id]); u < 0 && !drawn {
+				drafts[i], drawn = id, true
+			}
+		}
+		if !drawn && len(best) > 0 {
+			drafts[i] = best[len(best)-1]
+		}
+		out[i] = t
+	}
+	return out
 }
