@@ -145,6 +145,18 @@ grafana:
 bench-pipeline: build
     ./bin/hippo bench pipeline
 
+# pipeline+spec with the DFlash drafter against the plain pipeline on SmolLM2-135M-Instruct (dense copy), 2 stages, thunderbolt and wifi link profiles, held-out chat prompts, K = 7 and 3, with the analytic expectation and the acceptance the targets need. DRAFT picks the drafter (default: models/dflash-smollm2 from just train-dflash, else the shipped one).
+bench-pipespec DRAFT="": build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd "{{root}}"
+    [ -d models/smollm2-135m-dense ] || { ./bin/hippo convert .cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2-135m; "{{python}}" engines/spec/train/dequantize.py models/smollm2-135m models/smollm2-135m-dense; }
+    d="{{DRAFT}}"; [ -n "$d" ] || { d=models/dflash-smollm2; [ -f "$d/model.safetensors" ] || d=engines/spec/testdata/dflash-smollm2; }
+    for k in 7 3; do
+        ./bin/hippo bench pipeline --mode pipeline+spec --model models/smollm2-135m-dense --drafter dflash --draft "$d" --draft-tokens $k \
+            --link thunderbolt --link wifi --prompts "$d/heldout.json" --num-prompts 3 --chat --max-tokens 48 --rounds 2
+    done
+
 # Sealing's cost per real 2-stage decode step (tiny-qwen3, or $HIPPO_SEAL_PRESET), loopback and thunderbolt, sealed/plain steps interleaved, median + 95% CI; an A/A control (both sealed); the transport-only hop.
 bench-seal rounds="200":
     go test -tags hippobench -run '^$' -bench 'BenchmarkSealStep' -benchtime {{rounds}}x -timeout 60m ./engines/pipeline

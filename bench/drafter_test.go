@@ -14,7 +14,7 @@ func TestNewDrafterErrors(t *testing.T) {
 		message              string
 	}{
 		{"dflash without a draft", "dflash", "", "needs a DFlash draft checkpoint"},
-		{"dflash without a target engine", "dflash", "/nonexistent", "only the standalone spec mode"},
+		{"dflash without a target engine", "dflash", "/nonexistent", "give it the target engine"},
 		{"model without a draft", "model", "", "needs a draft checkpoint"},
 		{"unknown", "medusa", "", `unknown drafter "medusa"`},
 	}

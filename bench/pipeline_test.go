@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -228,6 +229,73 @@ func TestPipelineSpecMatchesStandalone(t *testing.T) {
 			}
 			if got.Acceptance == nil {
 				t.Fatal("no acceptance statistics")
+			}
+			t.Logf("acceptance %+v over %d steps", *got.Acceptance, len(got.Steps))
+		})
+	}
+}
+
+// TestPipelineSpecDFlashMatchesStandalone is invariant 3 across the pipeline for the DFlash
+// drafter: every stage returns the tapped layers it runs, the driver drafts beside stage 0, and the
+// output equals standalone greedy decoding token for token, over 2 stages (layer 1 local, layer 2
+// remote) and 3. The drafts depend only on the features, so the acceptance statistics equal those
+// of the standalone spec mode with the same draft.
+func TestPipelineSpecDFlashMatchesStandalone(t *testing.T) {
+	exe := hippoBinary(t)
+	dir := synthesize(t, "tiny-qwen3", 0)
+	draft := t.TempDir()
+	w := mlx.NewWorker()
+	err := w.Do(context.Background(), func() error {
+		_, err := synth.WriteDFlash(synth.DFlashOptions{Options: synth.Options{Preset: "dflash-tiny", Seed: 3, Out: draft}, Target: dir})
+		return err
+	})
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c := Config{Model: dir, Prompt: "one two three, one two three, one two", MaxTokens: 24, IgnoreEOS: true, DraftTokens: 5}
+	e, err := engines.Open(ctx, engines.Options{Model: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Standalone(ctx, e, c, nil)
+	if err != nil {
+		e.Close()
+		t.Fatal(err)
+	}
+	d, err := engines.NewDFlashDrafter(ctx, e, draft)
+	if err != nil {
+		e.Close()
+		t.Fatal(err)
+	}
+	spec, err := Spec(ctx, e, d, c, nil)
+	d.Close()
+	e.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(spec.Tokens, want.Tokens) {
+		t.Fatalf("standalone spec tokens = %v; standalone %v", spec.Tokens, want.Tokens)
+	}
+	for _, stages := range []int{2, 3} {
+		t.Run(fmt.Sprintf("%d stages", stages), func(t *testing.T) {
+			p := Pipelines{Exe: exe}
+			defer p.Close()
+			cc := c
+			cc.Mode, cc.Drafter, cc.Draft, cc.Stages = "pipeline+spec", "dflash", draft, stages
+			got, err := p.Run(ctx, dir, cc, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got.Tokens, want.Tokens) {
+				t.Fatalf("pipeline+spec dflash tokens = %v; standalone %v", got.Tokens, want.Tokens)
+			}
+			if got.Acceptance == nil {
+				t.Fatal("no acceptance statistics")
+			}
+			if g, s := *got.Acceptance, *spec.Acceptance; g.Drafted != s.Drafted || g.Accepted != s.Accepted || !slices.Equal(g.ByPosition, s.ByPosition) {
+				t.Errorf("pipeline+spec acceptance %+v; standalone spec %+v (the same drafts)", g, s)
 			}
 			t.Logf("acceptance %+v over %d steps", *got.Acceptance, len(got.Steps))
 		})

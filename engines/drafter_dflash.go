@@ -13,13 +13,20 @@ import (
 // over [anchor, mask x (B-1)] proposes a whole block, conditioned on the hidden states the target
 // recorded at every earlier position (see model.DFlash for the checkpoint and the forward). The
 // draft shares the target's embedding and lm_head, so it runs on the target's MLX thread and only
-// with that target's Engine.GenerateSpec (a FeatureDrafter). Calls must not overlap; Close it
-// before closing the target.
+// with that target's Engine.GenerateSpec (a FeatureDrafter); or, built with NewStageDFlashDrafter,
+// beside a pipeline's first stage, whose driver records the features every stage returns. Calls
+// must not overlap; Close it before closing the target or stage.
 type DFlashDrafter struct {
+	// target is the engine the drafter was built for; stage the pipeline stage (one is nil).
 	target *Engine
+	stage  *Stage
+	worker *mlx.Worker
+	embed  *model.Loaded // the target's embedding and config
 	m      *model.DFlash
 	head   model.Unembedder
-	caches []model.Cache
+	// ownHead is the lm_head the drafter loaded itself (a stage without a tied head), or nil.
+	ownHead *model.Head
+	caches  []model.Cache
 	// fed is the context the caches hold: the tokens at positions [0, len(fed)).
 	fed []int
 }
@@ -29,7 +36,7 @@ var _ FeatureDrafter = (*DFlashDrafter)(nil)
 // NewDFlashDrafter loads the DFlash draft checkpoint in dir for target, in the target's compute
 // dtype, after checking that it was made for a target of this shape.
 func NewDFlashDrafter(ctx context.Context, target *Engine, dir string) (*DFlashDrafter, error) {
-	d := &DFlashDrafter{target: target}
+	d := &DFlashDrafter{target: target, worker: target.worker, embed: target.model}
 	err := target.worker.Do(ctx, func() error {
 		head, ok := target.model.Model.(model.Unembedder)
 		if !ok {
@@ -48,12 +55,67 @@ func NewDFlashDrafter(ctx context.Context, target *Engine, dir string) (*DFlashD
 	return d, nil
 }
 
+// NewStageDFlashDrafter loads the DFlash draft checkpoint in dir beside a pipeline's first stage
+// st, in its dtype: it embeds with the stage's embedding and projects with the target's lm_head
+// (the embedding when tied, else lm_head loaded from the target checkpoint on its own). Its
+// features come from RecordTaps, which the pipeline driver fills with what every stage returns
+// for the layers of TapLayers.
+func NewStageDFlashDrafter(ctx context.Context, st *Stage, dir string) (*DFlashDrafter, error) {
+	if !st.First() {
+		return nil, fmt.Errorf("dflash drafter: stage %v does not embed tokens: it runs beside the first stage", st.Range())
+	}
+	d := &DFlashDrafter{stage: st, worker: st.worker, embed: st.model}
+	err := st.worker.Do(ctx, func() error {
+		cfg := st.model.Config()
+		if cfg.Tied() {
+			head, ok := st.model.Model.(model.Unembedder)
+			if !ok {
+				return fmt.Errorf("dflash: target architecture %s does not share its lm_head with drafters: DFlash runs with qwen3 and llama targets", cfg.ModelType)
+			}
+			d.head = head
+		} else {
+			if _, ok := st.model.Model.(model.Unembedder); !ok {
+				return fmt.Errorf("dflash: target architecture %s does not share its lm_head with drafters: DFlash runs with qwen3 and llama targets", cfg.ModelType)
+			}
+			h, err := model.LoadHead(st.model.Dir, st.dtype)
+			if err != nil {
+				return err
+			}
+			d.head, d.ownHead = h, h
+		}
+		m, err := model.LoadDFlash(dir, st.dtype, cfg)
+		if err != nil {
+			if d.ownHead != nil {
+				d.ownHead.Close()
+			}
+			return err
+		}
+		d.m, d.caches = m, m.NewCaches()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dflash drafter: %w", err)
+	}
+	return d, nil
+}
+
+// Stage is the pipeline stage the drafter runs beside (nil for one built on an Engine).
+func (d *DFlashDrafter) Stage() *Stage { return d.stage }
+
+// Layers lists the target layers the draft conditions on, in the order it concatenates them.
+func (d *DFlashDrafter) Layers() []int { return append([]int(nil), d.m.TargetLayers()...) }
+
+// IndependentDrafts reports that at a temperature each draft is drawn from its own position's
+// distribution, which the other drafts' tokens do not change (the block is drafted in one forward
+// from mask tokens), so a verifier may redraw any one of them from another distribution.
+func (d *DFlashDrafter) IndependentDrafts() bool { return true }
+
 // BlockSize is the draft's block: one forward proposes up to BlockSize-1 tokens.
 func (d *DFlashDrafter) BlockSize() int { return d.m.Config().BlockSize }
 
 // TapLayers implements FeatureDrafter.
 func (d *DFlashDrafter) TapLayers(e *Engine) ([]int, error) {
-	if e != d.target {
+	if d.target == nil || e != d.target {
 		return nil, fmt.Errorf("dflash: the drafter was built for another target engine: build one with NewDFlashDrafter for this engine")
 	}
 	return append([]int(nil), d.m.TargetLayers()...), nil
@@ -61,7 +123,7 @@ func (d *DFlashDrafter) TapLayers(e *Engine) ([]int, error) {
 
 // Reset implements Drafter.
 func (d *DFlashDrafter) Reset(ctx context.Context) error {
-	return d.target.worker.Do(ctx, func() error {
+	return d.worker.Do(ctx, func() error {
 		d.reset()
 		return nil
 	})
@@ -74,14 +136,17 @@ func (d *DFlashDrafter) reset() {
 	d.fed = d.fed[:0]
 }
 
-// Close frees the draft's weights and caches (on the target's thread: call it before the target's
-// Close).
+// Close frees the draft's weights and caches (on the target's or stage's thread: call it before
+// their Close).
 func (d *DFlashDrafter) Close() {
-	d.target.worker.Do(context.Background(), func() error {
+	d.worker.Do(context.Background(), func() error {
 		for _, c := range d.caches {
 			c.Free()
 		}
 		d.m.Close()
+		if d.ownHead != nil {
+			d.ownHead.Close()
+		}
 		return nil
 	})
 }
@@ -100,7 +165,7 @@ func (d *DFlashDrafter) Draft(ctx context.Context, history []int, k int, tempera
 	}
 	var out []int
 	var dists [][]float32
-	err := d.target.worker.Do(ctx, func() error {
+	err := d.worker.Do(ctx, func() error {
 		s := mlx.NewScope()
 		defer s.Close()
 		logits, err := d.logits(history, n)
@@ -151,9 +216,9 @@ func (d *DFlashDrafter) Draft(ctx context.Context, history []int, k int, tempera
 // history (the anchor); the caches take the part they do not hold yet. Must run on the target's
 // thread.
 func (d *DFlashDrafter) logits(history []int, n int) (mlx.Array, error) {
-	t := d.target.taps
+	t := d.features()
 	if t == nil {
-		return mlx.Array{}, fmt.Errorf("the target is not recording hidden states: a DFlash drafter runs only inside its target's Engine.GenerateSpec")
+		return mlx.Array{}, fmt.Errorf("the target is not recording hidden states: a DFlash drafter runs only inside its target's Engine.GenerateSpec, or a pipeline driver's")
 	}
 	end := len(history) - 1
 	keep := commonPrefix(d.fed, history[:end])
@@ -171,7 +236,7 @@ func (d *DFlashDrafter) logits(history []int, n int) (mlx.Array, error) {
 		return mlx.Array{}, err
 	}
 	cfg := d.m.Config()
-	vocab := d.target.model.Config().VocabSize
+	vocab := d.embed.Config().VocabSize
 	if a := history[end]; a < 0 || a >= vocab {
 		return mlx.Array{}, fmt.Errorf("anchor token %d is outside the vocabulary of %d", a, vocab)
 	}
@@ -180,7 +245,7 @@ func (d *DFlashDrafter) logits(history []int, n int) (mlx.Array, error) {
 	for i := 1; i < len(ids); i++ {
 		ids[i] = int32(cfg.MaskTokenID)
 	}
-	block := d.target.model.Embed(mlx.FromInt32s(ids, 1, len(ids)))
+	block := d.embed.Embed(mlx.FromInt32s(ids, 1, len(ids)))
 	h := d.m.Forward(block, ctx, d.caches)
 	h = mlx.Slice(h, []int{0, 1, 0}, []int{1, 1 + n, h.Dim(2)})
 	logits := mlx.Reshape(d.head.Unembed(h), n, -1)
@@ -195,4 +260,12 @@ func (d *DFlashDrafter) logits(history []int, n int) (mlx.Array, error) {
 	d.fed = append(d.fed, history[keep:end]...)
 	// Keep the last context position recorded, for a repeated Draft of the same history.
 	return logits, t.discard(end - 1)
+}
+
+// features is the record of the target's hidden states the drafter reads.
+func (d *DFlashDrafter) features() *taps {
+	if d.target != nil {
+		return d.target.taps
+	}
+	return d.stage.taps
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/synth"
 )
 
@@ -35,7 +36,7 @@ type recordingDFlash struct {
 func (r *recordingDFlash) Draft(ctx context.Context, history []int, k int, _ float64, _ *rand.Rand) ([]int, [][]float32, error) {
 	n := min(k, r.BlockSize()-1)
 	var out []int
-	err := r.target.worker.Do(ctx, func() error {
+	err := r.worker.Do(ctx, func() error {
 		s := mlx.NewScope()
 		defer s.Close()
 		logits, err := r.logits(history, n)
@@ -268,4 +269,121 @@ func (p *probeDrafter) Draft(ctx context.Context, history []int, k int, temperat
 		p.check(tokens, dists)
 	}
 	return tokens, dists, err
+}
+
+// TestStageDFlashMatchesEngine checks the pipeline's DFlash drafter against the standalone one: a
+// target split over two stages returns the tapped features of the layers each runs (layer 1 on
+// stage 0, layer 2 on stage 1), the driver's stage records them in the draft's order, and the
+// drafter beside stage 0 (the stage's embedding, the target's untied lm_head loaded on its own)
+// drafts what the standalone drafter drafts from scratch: after a prefill in two chunks, and again
+// after a verify block whose last drafts were rejected.
+func TestStageDFlashMatchesEngine(t *testing.T) {
+	target := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 11})
+	draft := synthesizeDFlash(t, synth.DFlashOptions{Options: synth.Options{Preset: "dflash-tiny", Seed: 3}, Target: target})
+	ctx := context.Background()
+	s0, err := OpenStage(ctx, StageOptions{Model: target, Range: model.Range{From: 0, To: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s0.Close()
+	s1, err := OpenStage(ctx, StageOptions{Model: target, Range: model.Range{From: 2, To: 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	sd, err := NewStageDFlashDrafter(ctx, s0, draft)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sd.Close()
+	if _, err := NewStageDFlashDrafter(ctx, s1, draft); err == nil {
+		t.Errorf("NewStageDFlashDrafter on the last stage succeeded; want a refusal (it does not embed)")
+	}
+	e, err := Open(ctx, Options{Model: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	rd, err := NewDFlashDrafter(ctx, e, draft)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	if got, want := fmt.Sprint(sd.Layers()), "[1 2]"; got != want {
+		t.Fatalf("tapped layers %s; want %s (the preset's)", got, want)
+	}
+	if err := s0.StartTaps(ctx, sd.Layers()); err != nil {
+		t.Fatal(err)
+	}
+	// pass runs tokens from position pos through both stages, as the pipeline driver does, and
+	// records the features; with verify the last stage verifies every position.
+	pass := func(pos int, tokens []int, verify bool) {
+		t.Helper()
+		r0, err := s0.Forward(ctx, Activation{Tokens: tokens, Taps: sd.Layers()}, false, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := Activation{Hidden: r0.Hidden.Hidden, Len: len(tokens), Taps: sd.Layers()}
+		var r1 StageResult
+		if verify {
+			r1, err = s1.Verify(ctx, in, len(tokens))
+		} else {
+			r1, err = s1.Forward(ctx, in, false, 0)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		feats := append(r0.Features, r1.Features...)
+		if len(feats) != 2 || feats[0].Layer != 1 || feats[1].Layer != 2 {
+			t.Fatalf("stages returned features of layers %v; want [1 2]", feats)
+		}
+		if err := s0.RecordTaps(ctx, pos, tokens, [][]byte{feats[0].Data, feats[1].Data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	draftLogits := func(history []int, n int) []float32 {
+		t.Helper()
+		var out []float32
+		err := s0.worker.Do(ctx, func() error {
+			s := mlx.NewScope()
+			defer s.Close()
+			logits, err := sd.logits(history, n)
+			if err != nil {
+				return err
+			}
+			out, err = logits.Float32s()
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	compare := func(name string, history []int) {
+		t.Helper()
+		const n = 4
+		got := draftLogits(history, n)
+		want := scratchLogits(t, e, rd, history, n)
+		var diff float64
+		for j := range want {
+			diff = math.Max(diff, math.Abs(float64(got[j]-want[j])))
+		}
+		if len(got) != len(want) || diff > 1e-3 {
+			t.Errorf("%s: pipeline draft logits (%d) differ from standalone (%d) by %g", name, len(got), len(want), diff)
+		}
+	}
+	ids, err := e.Prompt("one two three four, one two three four, one two three", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	history := append(append([]int(nil), ids...), 17)
+	ctxLen := len(history) - 1 // positions whose features the draft reads
+	pass(0, history[:5], false)
+	pass(5, history[5:ctxLen], false)
+	compare("after prefill", history)
+	// A verify block [anchor, a, b, c]: a kept, b rejected, the target's x follows a.
+	a, b, c, x := 5, 6, 7, 8
+	pass(ctxLen, []int{history[ctxLen], a, b, c}, true)
+	history = append(history, a, x)
+	compare("after a rejection", history)
 }

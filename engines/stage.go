@@ -3,6 +3,7 @@ package engines
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
@@ -18,6 +19,9 @@ type Stage struct {
 	caches []model.Cache
 	smp    *sampler
 	dtype  mlx.DType
+	// taps records the features a DFlash drafter beside this stage conditions on (see
+	// RecordTaps); nil otherwise.
+	taps *taps
 	// deviceHidden: Forward returns hidden states as device arrays (StageOptions.DeviceHidden).
 	deviceHidden bool
 }
@@ -114,6 +118,16 @@ type Activation struct {
 	// frees it; a stage that returns one (StageOptions.DeviceHidden) hands it to the caller.
 	Array mlx.Array
 	Len   int // positions in Hidden or Array
+	// Taps lists target layers whose outputs the stage returns (those it runs) for every
+	// position, in StageResult.Features.
+	Taps []int
+}
+
+// Feature is one tapped layer's output for every position of a block: [positions, hidden] in
+// the stage's compute dtype, raw little-endian bytes.
+type Feature struct {
+	Layer int
+	Data  []byte
 }
 
 // StageResult is what Forward produced.
@@ -125,8 +139,86 @@ type StageResult struct {
 	// TopK holds the k most likely (id, log-probability) pairs of the last position, most likely
 	// first, when the last stage was asked for them.
 	TopK []Candidate
+	// Tokens is, after Verify, the greedy token after each of the asked positions.
+	Tokens []int
+	// Features holds the outputs of the tapped layers this stage runs (see Activation.Taps), in
+	// the order asked.
+	Features []Feature
 	// Forward is the stage's own compute time, measured after evaluation.
 	Forward time.Duration
+}
+
+// input builds the stage's input for in (embedded tokens on the first stage, the received hidden
+// state on the others) and checks in's taps; it returns the input and its positions.
+func (s *Stage) input(in Activation) (mlx.Array, int, error) {
+	m := s.model
+	for _, l := range in.Taps {
+		if l < 0 || l >= m.Config().NumLayers {
+			return mlx.Array{}, 0, fmt.Errorf("stage %v: tapped layer %d is outside the model's %d layers", m.Range, l, m.Config().NumLayers)
+		}
+	}
+	if s.First() {
+		ids, err := tokenIDs(in.Tokens, m.Config().VocabSize)
+		if err != nil {
+			return mlx.Array{}, 0, err
+		}
+		return m.Embed(mlx.FromInt32s(ids, 1, len(ids))), len(ids), nil
+	}
+	n := in.Len
+	if n <= 0 {
+		return mlx.Array{}, 0, fmt.Errorf("stage %v: activation has %d positions", m.Range, n)
+	}
+	h, err := s.hiddenIn(in, n)
+	return h, n, err
+}
+
+// hiddenIn is the incoming hidden state of n positions as an array: in.Array as it is, or
+// in.Hidden's bytes copied in.
+func (s *Stage) hiddenIn(in Activation, n int) (mlx.Array, error) {
+	hidden := s.model.Config().HiddenSize
+	if !in.Array.Valid() {
+		if want := n * hidden * s.dtype.Size(); len(in.Hidden) != want {
+			return mlx.Array{}, fmt.Errorf("stage %v: activation of %d positions has %d bytes; want %d", s.model.Range, n, len(in.Hidden), want)
+		}
+		return mlx.FromBytes(in.Hidden, s.dtype, 1, n, hidden), nil
+	}
+	if sh := in.Array.Shape(); len(sh) != 3 || sh[0] != 1 || sh[1] != n || sh[2] != hidden || in.Array.DType() != s.dtype {
+		return mlx.Array{}, fmt.Errorf("stage %v: hidden state array %v of %v; want [1 %d %d] of %v", s.model.Range, sh, in.Array.DType(), n, hidden, s.dtype)
+	}
+	return in.Array, nil
+}
+
+// Free frees an array the stage handed out (a StageResult's Hidden.Array), on the stage's thread.
+func (s *Stage) Free(a mlx.Array) {
+	s.worker.Do(context.Background(), func() error { a.Free(); return nil })
+}
+
+// layers runs h through the stage's layers and returns the output and the outputs of the layers
+// of taps that the stage runs (their layer ids in tapped, in taps order).
+func (s *Stage) layers(h mlx.Array, taps []int) (out mlx.Array, tapped []int, feats []mlx.Array) {
+	m := s.model
+	for i := m.Range.From; i < m.Range.To; i++ {
+		h = m.Layer(i, h, s.caches[i])
+		for _, l := range taps {
+			if l == i {
+				tapped, feats = append(tapped, l), append(feats, h)
+			}
+		}
+	}
+	return h, tapped, feats
+}
+
+// readFeatures reads the evaluated tapped outputs.
+func readFeatures(tapped []int, feats []mlx.Array) ([]Feature, error) {
+	out := make([]Feature, len(tapped))
+	for i, a := range feats {
+		b, err := a.Bytes()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = Feature{Layer: tapped[i], Data: b}
+	}
+	return out, nil
 }
 
 // Candidate is a token and its log-probability.
@@ -145,36 +237,23 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 		sc := mlx.NewScope()
 		defer sc.Close()
 		m := s.model
-		var h mlx.Array
-		n := in.Len
-		if s.First() {
-			ids, err := tokenIDs(in.Tokens, m.Config().VocabSize)
-			if err != nil {
-				return err
-			}
-			n = len(ids)
-			h = m.Embed(mlx.FromInt32s(ids, 1, n))
-		} else {
-			if n <= 0 {
-				return fmt.Errorf("stage %v: activation has %d positions", m.Range, n)
-			}
-			var err error
-			if h, err = s.hiddenIn(in, n); err != nil {
-				return err
-			}
+		h, n, err := s.input(in)
+		if err != nil {
+			return err
 		}
-		for i := m.Range.From; i < m.Range.To; i++ {
-			h = m.Layer(i, h, s.caches[i])
-		}
+		h, tapped, feats := s.layers(h, in.Taps)
 		switch {
 		case !s.Last() && s.deviceHidden:
-			if err := mlx.Eval(h); err != nil {
+			if err := mlx.Eval(append([]mlx.Array{h}, feats...)...); err != nil {
 				return err
 			}
 			mlx.Detach(h) // the caller's now
 			res.Hidden = Activation{Array: h, Len: n}
 		case !s.Last():
-			b, err := h.Bytes() // evaluates
+			if err := mlx.Eval(append([]mlx.Array{h}, feats...)...); err != nil {
+				return err
+			}
+			b, err := h.Bytes()
 			if err != nil {
 				return err
 			}
@@ -186,7 +265,7 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 			logits := mlx.Reshape(m.Head(last), 1, -1)
 			tok := s.smp.next(logits)
 			defer tok.Free()
-			outs := []mlx.Array{tok}
+			outs := append([]mlx.Array{tok}, feats...)
 			var idx, vals mlx.Array
 			if topK > 0 {
 				idx, vals = topK2(logits, topK)
@@ -207,7 +286,7 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 			}
 			res.Token = id
 		default:
-			var state []mlx.Array
+			state := feats
 			for i := m.Range.From; i < m.Range.To; i++ {
 				state = append(state, s.caches[i].State()...)
 			}
@@ -215,28 +294,13 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 				return err
 			}
 		}
+		if res.Features, err = readFeatures(tapped, feats); err != nil {
+			return err
+		}
 		res.Forward = time.Since(start)
 		return nil
 	})
 	return res, err
-}
-
-// hiddenIn is the incoming hidden state of n positions as an array: in.Array as it is, or
-// in.Hidden's bytes copied in.
-func (s *Stage) hiddenIn(in Activation, n int) (mlx.Array, error) {
-	hidden := s.model.Config().HiddenSize
-	if !in.Array.Valid() {
-		return mlx.FromBytes(in.Hidden, s.dtype, 1, n, hidden), nil
-	}
-	if sh := in.Array.Shape(); len(sh) != 3 || sh[0] != 1 || sh[1] != n || sh[2] != hidden || in.Array.DType() != s.dtype {
-		return mlx.Array{}, fmt.Errorf("stage %v: hidden state array %v of %v; want [1 %d %d] of %v", s.model.Range, sh, in.Array.DType(), n, hidden, s.dtype)
-	}
-	return in.Array, nil
-}
-
-// Free frees an array the stage handed out (a StageResult's Hidden.Array), on the stage's thread.
-func (s *Stage) Free(a mlx.Array) {
-	s.worker.Do(context.Background(), func() error { a.Free(); return nil })
 }
 
 // Close frees the stage.
@@ -248,6 +312,9 @@ func (s *Stage) Close() {
 			}
 		}
 		s.smp.free()
+		if s.taps != nil {
+			s.taps.feats.Free()
+		}
 		s.model.Close()
 		return nil
 	})
@@ -284,53 +351,154 @@ func readCandidates(idx, vals mlx.Array) ([]Candidate, error) {
 	return out, nil
 }
 
-// Verify runs in through the last stage and returns the greedy token after each of the last
-// outputs positions (speculative verification of a drafted block); caches keep every position.
-func (s *Stage) Verify(ctx context.Context, in Activation, outputs int) ([]int, time.Duration, error) {
+// Verify runs in through the last stage and returns, in Tokens, the greedy token after each of
+// the last outputs positions (speculative verification of a drafted block), and the tapped
+// features in.Taps asks for; caches keep every position.
+func (s *Stage) Verify(ctx context.Context, in Activation, outputs int) (StageResult, error) {
+	res := StageResult{Token: -1}
 	if !s.Last() {
-		return nil, 0, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
+		return res, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
 	}
-	var out []int
-	var took time.Duration
 	err := s.worker.Do(ctx, func() error {
 		start := time.Now()
 		sc := mlx.NewScope()
 		defer sc.Close()
 		m := s.model
-		n := in.Len
+		h, n, err := s.input(in)
+		if err != nil {
+			return err
+		}
 		if outputs < 1 || outputs > n {
 			return fmt.Errorf("stage %v: %d outputs for %d positions", m.Range, outputs, n)
 		}
-		var h mlx.Array
-		if s.First() {
-			ids, err := tokenIDs(in.Tokens, m.Config().VocabSize)
-			if err != nil {
-				return err
-			}
-			n = len(ids)
-			h = m.Embed(mlx.FromInt32s(ids, 1, n))
-		} else {
-			var err error
-			if h, err = s.hiddenIn(in, n); err != nil {
-				return err
-			}
-		}
-		for i := m.Range.From; i < m.Range.To; i++ {
-			h = m.Layer(i, h, s.caches[i])
-		}
+		h, tapped, feats := s.layers(h, in.Taps)
 		last := mlx.Slice(h, []int{0, n - outputs, 0}, []int{1, n, h.Dim(2)})
 		logits := mlx.Reshape(m.Head(last), outputs, -1)
 		// Normalised first, as the sampler does, so greedy choices match standalone decoding.
 		lp := mlx.Sub(logits, mlx.LogSumExp(logits, true, -1))
-		ids, err := mlx.AsType(mlx.Argmax(lp, -1, false), mlx.Int32).Int32s()
+		am := mlx.AsType(mlx.Argmax(lp, -1, false), mlx.Int32)
+		if err := mlx.Eval(append([]mlx.Array{am}, feats...)...); err != nil {
+			return err
+		}
+		ids, err := am.Int32s()
 		if err != nil {
 			return err
 		}
 		for _, id := range ids {
-			out = append(out, int(id))
+			res.Tokens = append(res.Tokens, int(id))
 		}
-		took = time.Since(start)
+		if res.Features, err = readFeatures(tapped, feats); err != nil {
+			return err
+		}
+		res.Forward = time.Since(start)
 		return nil
 	})
-	return out, took, err
+	return res, err
+}
+
+// VerifySampled runs in through the last stage and applies the rejection rule of speculative
+// sampling at temperature to drafts, the last len(drafts) positions of in (see sampleVerify):
+// dists are the drafter's distributions of its drafts (nil for deterministic drafts), and the
+// device's random key comes from seed. Tokens are the kept drafts and one token from the target
+// (with no drafts: the next token, drawn from the whole distribution of the last position).
+// Features are as in Verify.
+func (s *Stage) VerifySampled(ctx context.Context, in Activation, drafts []int, dists [][]float32, temperature float64, seed uint64) (StageResult, error) {
+	res := StageResult{Token: -1}
+	if !s.Last() {
+		return res, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
+	}
+	if !(temperature > 0) || math.IsInf(temperature, 0) {
+		return res, fmt.Errorf("stage %v: sampling temperature %v: want a finite value above 0", s.model.Range, temperature)
+	}
+	err := s.worker.Do(ctx, func() error {
+		start := time.Now()
+		sc := mlx.NewScope()
+		defer sc.Close()
+		m := s.model
+		h, n, err := s.input(in)
+		if err != nil {
+			return err
+		}
+		outputs := len(drafts) + 1
+		if outputs > n {
+			return fmt.Errorf("stage %v: %d drafts for %d positions", m.Range, len(drafts), n)
+		}
+		h, tapped, feats := s.layers(h, in.Taps)
+		if len(feats) > 0 {
+			if err := mlx.Eval(feats...); err != nil {
+				return err
+			}
+		}
+		last := mlx.Slice(h, []int{0, n - outputs, 0}, []int{1, n, h.Dim(2)})
+		logits := mlx.Reshape(m.Head(last), outputs, -1)
+		if res.Tokens, err = sampleVerify(logits, drafts, dists, temperature, mlx.RandomKey(seed)); err != nil {
+			return err
+		}
+		if res.Features, err = readFeatures(tapped, feats); err != nil {
+			return err
+		}
+		res.Forward = time.Since(start)
+		return nil
+	})
+	return res, err
+}
+
+// StartTaps makes the stage keep a record of tapped target features, in the order of layers (a
+// DFlash drafter beside the stage reads it); nil stops and frees the record. The driver fills it
+// with RecordTaps.
+func (s *Stage) StartTaps(ctx context.Context, layers []int) error {
+	return s.worker.Do(ctx, func() error {
+		if s.taps != nil {
+			s.taps.feats.Free()
+			s.taps = nil
+		}
+		if layers != nil {
+			s.taps = newTaps(layers)
+		}
+		return nil
+	})
+}
+
+// RecordTaps records the features of tokens fed from position start: feats[i] holds, for every
+// position, the output of the i-th layer StartTaps named, as [len(tokens), hidden] in the stage's
+// dtype. Rows recorded at start and beyond are replaced.
+func (s *Stage) RecordTaps(ctx context.Context, start int, tokens []int, feats [][]byte) error {
+	return s.worker.Do(ctx, func() error {
+		t := s.taps
+		if t == nil {
+			return fmt.Errorf("stage %v: no tapped features are being recorded: call StartTaps first", s.model.Range)
+		}
+		if len(feats) != len(t.layers) {
+			return fmt.Errorf("stage %v: %d tapped features for %d layers", s.model.Range, len(feats), len(t.layers))
+		}
+		n, hidden := len(tokens), s.model.Config().HiddenSize
+		if n == 0 {
+			return nil
+		}
+		sc := mlx.NewScope()
+		parts := make([]mlx.Array, len(feats))
+		for i, f := range feats {
+			if want := n * hidden * s.dtype.Size(); len(f) != want {
+				sc.Close()
+				return fmt.Errorf("stage %v: tapped feature of layer %d has %d bytes; want %d (%d positions of %d in %s)",
+					s.model.Range, t.layers[i], len(f), want, n, hidden, s.dtype)
+			}
+			parts[i] = mlx.FromBytes(f, s.dtype, 1, n, hidden)
+		}
+		feat := parts[0]
+		if len(parts) > 1 {
+			feat = mlx.Concat(2, parts...)
+		}
+		mlx.Detach(feat)
+		if err := sc.Close(); err != nil {
+			feat.Free()
+			return err
+		}
+		if err := t.add(start, tokens, feat); err != nil {
+			s.taps = newTaps(t.layers)
+			t.feats.Free()
+			return err
+		}
+		return nil
+	})
 }

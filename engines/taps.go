@@ -87,11 +87,20 @@ func (e *Engine) record(start int, tokens []int, feat mlx.Array) {
 	if !feat.Valid() {
 		return
 	}
-	t := e.taps
-	if t == nil {
+	if e.taps == nil {
 		feat.Free()
 		return
 	}
+	if err := e.taps.add(start, tokens, feat); err != nil {
+		e.setTaps(e.taps.layers)
+		e.taps.err = err
+	}
+}
+
+// add records feat [1, len(tokens), width], the features of tokens fed from position start, and
+// takes ownership of it: rows recorded at start and beyond are replaced. On failure the record is
+// unchanged but must not be trusted (its caller starts a fresh one).
+func (t *taps) add(start int, tokens []int, feat mlx.Array) error {
 	s := mlx.NewScope()
 	next := feat
 	keep := start - t.from // recorded rows that stay: those before start
@@ -114,9 +123,7 @@ func (e *Engine) record(start int, tokens []int, feat mlx.Array) {
 	}
 	if err != nil {
 		next.Free()
-		e.setTaps(t.layers)
-		e.taps.err = fmt.Errorf("record target hidden states: %w", err)
-		return
+		return fmt.Errorf("record target hidden states: %w", err)
 	}
 	t.feats.Free()
 	if keep == 0 {
@@ -124,6 +131,7 @@ func (e *Engine) record(start int, tokens []int, feat mlx.Array) {
 	}
 	t.feats = next
 	t.tokens = append(t.tokens[:keep], tokens...)
+	return nil
 }
 
 // view returns the recorded features of positions [from, to), in the open scope, after checking

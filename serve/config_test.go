@@ -152,7 +152,7 @@ func TestChooseBest(t *testing.T) {
 func TestChooseBestAcrossModes(t *testing.T) {
 	lines := []string{
 		`{"id":"1","config":{"model":"tiny","mode":"openai"},"result":{"decode_tok_s":90}}`,
-		`{"id":"2","config":{"model":"synth:tiny-qwen3","mode":"pipeline+spec","drafter":"dflash","draft":"d"},"result":{"decode_tok_s":80}}`,
+		`{"id":"2","config":{"model":"synth:tiny-qwen3","mode":"pipeline+spec","drafter":"dflash","draft":"d","transport":"mlx-ring"},"result":{"decode_tok_s":80}}`,
 		`{"id":"3","config":{"model":"synth:tiny-qwen3","mode":"pipeline+spec","drafter":"lookup","stages":2,"draft_tokens":3},"result":{"decode_tok_s":70}}`,
 		`{"id":"4","config":{"model":"synth:tiny-qwen3","mode":"spec","drafter":"lookup"},"result":{"decode_tok_s":60}}`,
 		`{"id":"5","config":{"model":"synth:tiny-qwen3","mode":"standalone"},"result":{"decode_tok_s":50}}`,
@@ -165,7 +165,7 @@ func TestChooseBestAcrossModes(t *testing.T) {
 		t.Errorf("best = %+v; want the pipeline+spec run with the lookup drafter", got)
 	}
 	d := c.Describe()
-	for _, want := range []string{"mode pipeline+spec", "drafter lookup", "K 3", "2 stages", "passed over tiny (mode openai", "another server", "only the standalone spec mode"} {
+	for _, want := range []string{"mode pipeline+spec", "drafter lookup", "K 3", "2 stages", "passed over tiny (mode openai", "another server", "tcp only"} {
 		if !strings.Contains(d, want) {
 			t.Errorf("Describe() = %q; want it to contain %q", d, want)
 		}
@@ -194,7 +194,7 @@ func TestServable(t *testing.T) {
 		{"spec model drafter without draft", bench.Config{Model: "synth:tiny-qwen3", Mode: "spec", Drafter: "model"}, "needs a draft checkpoint"},
 		{"pipeline over wifi", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline", Stages: 2, Link: "wifi"}, ""},
 		{"pipeline with a bad link", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline", Link: "pigeon"}, "pigeon"},
-		{"pipeline+spec with dflash", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline+spec", Drafter: "dflash", Draft: "d"}, "only the standalone spec mode"},
+		{"pipeline+spec with dflash checks its draft", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline+spec", Drafter: "dflash", Draft: "d"}, "read config"},
 		{"pipeline+spec over the ring", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline+spec", Drafter: "lookup", Transport: "mlx-ring"}, "tcp only"},
 		{"pipeline with a missing hosts file", bench.Config{Model: "synth:tiny-qwen3", Mode: "pipeline", Hosts: filepath.Join(t.TempDir(), "hosts.yaml")}, "hosts"},
 		{"openai", bench.Config{Model: "tiny", Mode: "openai"}, "another server"},

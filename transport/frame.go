@@ -10,7 +10,7 @@ import (
 
 // Version is the wire version this build writes and accepts. Frames of any other version are
 // refused with ErrVersion: ranks must run the same Hippo build.
-const Version uint8 = 5 // 2: Forward.Outputs; 3: StageTiming.Network; 4: sealed frames, handshake without identities in the clear; 5: memory survey and split assignment
+const Version uint8 = 6 // 2: Forward.Outputs; 3: StageTiming.Network; 4: sealed frames, handshake without identities in the clear; 5: memory survey and split assignment; 6: Forward.Taps and Sample, Reply.Features
 
 // HeaderSize is the size in bytes of the fixed frame header that precedes every payload.
 const HeaderSize = 28

@@ -47,12 +47,22 @@ func sampleMessages() []struct {
 		{"forward prefill chunk bf16", bf16Hidden(64, 256)},
 		{"forward f32 top-k", &Forward{Position: 0, Tokens: 2, TopK: 5, DType: Float32, Shape: []int{1, 2, 3}, Data: make([]byte, 24)}},
 		{"forward f16", &Forward{Tokens: 1, DType: Float16, Shape: []int{4}, Data: []byte{1, 2, 3, 4, 5, 6, 7, 8}}},
+		{"forward sampled verify", &Forward{Position: 3, Tokens: 3, Outputs: 3, DType: Float32, Shape: []int{3, 1}, Data: make([]byte, 12),
+			Sample: &Sampling{Temperature: 0.7, Seed: math.MaxUint64, Drafts: []int{4, 151935}, Proposals: [][]Prob{{{ID: 4, P: 0.5}, {ID: 9, P: 0.5}}, {{ID: 151935, P: 1}}}}}},
+		{"forward sampled first token", &Forward{Tokens: 2, Outputs: 1, DType: Float32, Shape: []int{2, 1}, Data: make([]byte, 8), Sample: &Sampling{Temperature: 1, Seed: 7}}},
+		{"forward sampled deterministic drafts", &Forward{Tokens: 2, Outputs: 2, DType: Float32, Shape: []int{2, 1}, Data: make([]byte, 8), Sample: &Sampling{Temperature: 2, Drafts: []int{0}}}},
+		{"forward verify with taps", &Forward{Position: 9, Tokens: 2, Outputs: 2, Taps: []int{27, 1, 65535}, DType: BFloat16, Shape: []int{2, 1}, Data: []byte{1, 2, 3, 4}}},
 		{"reply token", &Reply{Tokens: []int32{151643}, Timings: []StageTiming{{Stage: 1, Forward: 41 * time.Millisecond}}}},
 		{"reply top-k and hops", &Reply{
 			TopK:    []Candidate{{ID: 7, Logit: 3.5}, {ID: 0, Logit: float32(math.Inf(-1))}, {ID: 9, Logit: -0.25}},
 			Timings: []StageTiming{{Stage: 2, Forward: 30 * time.Millisecond}, {Stage: 1, Forward: 29 * time.Millisecond, Network: 170 * time.Microsecond}, {Stage: 0, Forward: time.Microsecond, Network: time.Millisecond}},
 		}},
 		{"reply empty", &Reply{}},
+		{"reply with features", &Reply{Tokens: []int32{5, 6}, Timings: []StageTiming{{Stage: 1}}, Features: []Feature{
+			{Layer: 20, DType: BFloat16, Rows: 2, Cols: 3, Data: []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}},
+			{Layer: 27, DType: Float32, Rows: 1, Cols: 1, Data: []byte{0, 0, 128, 63}},
+			{Layer: 3, DType: Float16, Rows: 0, Cols: 4},
+		}}},
 		{"error", &Error{Code: CodeModel, Message: "stage 1 runs model abc, driver has def"}},
 		{"error unknown code", &Error{Code: 999, Message: ""}},
 		{"bye", &Bye{Reason: "done"}},
@@ -82,6 +92,14 @@ func isEmptySlice(v any) bool {
 	case []StageMemory:
 		return len(s) == 0
 	case []Range:
+		return len(s) == 0
+	case []Feature:
+		return len(s) == 0
+	case []int:
+		return len(s) == 0
+	case [][]Prob:
+		return len(s) == 0
+	case []byte:
 		return len(s) == 0
 	}
 	return false
@@ -140,8 +158,9 @@ func TestForwardKeepsNativeDType(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// position, tokens, top-k, outputs, dtype, ndim, dims, then the raw bytes: nothing widened.
-			if got, want := len(payload), 4+4+2+2+1+1+4*len(tc.shape)+tc.nbytes; got != want {
+			// position, tokens, top-k, outputs, tap count, has-sampling, dtype, ndim, dims, then
+			// the raw bytes: nothing widened.
+			if got, want := len(payload), 4+4+2+2+1+1+1+1+4*len(tc.shape)+tc.nbytes; got != want {
 				t.Errorf("payload is %d bytes; want %d", got, want)
 			}
 		})
@@ -213,6 +232,16 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 	forward := func(edit func(b []byte) []byte) []byte {
 		return edit(append([]byte(nil), validForward...))
 	}
+	// A sampled verify of one draft: temperature at byte 14, seed 18, draft count 26, draft 28,
+	// has-proposals 32, the proposal's entry count 33, its token 37 and probability 41.
+	validSampled, err := Marshal(&Forward{Tokens: 2, Outputs: 2, DType: BFloat16, Shape: []int{2, 4}, Data: make([]byte, 16),
+		Sample: &Sampling{Temperature: 1, Drafts: []int{5}, Proposals: [][]Prob{{{ID: 5, P: 1}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sampled := func(edit func(b []byte) []byte) []byte {
+		return edit(append([]byte(nil), validSampled...))
+	}
 	validAuth, err := Marshal(&Auth{Identity: Identity{Model: "m", TotalLayers: 4, Start: 0, End: 4}})
 	if err != nil {
 		t.Fatal(err)
@@ -246,14 +275,31 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 		{name: "forward more outputs than tokens", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[10:], []byte{99, 0}); return b })},
 		{name: "forward zero tokens", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[4:], u32(0)); return b })},
 		{name: "forward tokens overflow", typ: TypeForward, payload: forward(func(b []byte) []byte { copy(b[4:], u32(math.MaxUint32)); return b })},
-		{name: "forward unknown dtype", typ: TypeForward, payload: forward(func(b []byte) []byte { b[12] = 9; return b })},
-		{name: "forward dtype zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[12] = 0; return b })},
-		{name: "forward rank zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 0; return b })},
-		{name: "forward rank nine", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 9; return b })},
+		{name: "forward unknown dtype", typ: TypeForward, payload: forward(func(b []byte) []byte { b[14] = 9; return b })},
+		{name: "forward dtype zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[14] = 0; return b })},
+		{name: "forward rank zero", typ: TypeForward, payload: forward(func(b []byte) []byte { b[15] = 0; return b })},
+		{name: "forward rank nine", typ: TypeForward, payload: forward(func(b []byte) []byte { b[15] = 9; return b })},
+		{name: "forward sampling flag 2", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 2; return b })},
+		{name: "forward sampling cut short", typ: TypeForward, payload: forward(func(b []byte) []byte { b[13] = 1; return b })},
+		{name: "forward sampling at temperature 0", typ: TypeForward, payload: sampled(func(b []byte) []byte { copy(b[14:], u32(0)); return b })},
+		{name: "forward sampling at NaN", typ: TypeForward, payload: sampled(func(b []byte) []byte { copy(b[14:], u32(0x7fc00000)); return b })},
+		{name: "forward sampling drafts do not match outputs", typ: TypeForward, payload: sampled(func(b []byte) []byte { b[26] = 3; return b })},
+		{name: "forward sampling proposal count past end", typ: TypeForward, payload: sampled(func(b []byte) []byte { copy(b[33:], u32(1<<30)); return b })},
+		{name: "forward sampling negative probability", typ: TypeForward, payload: sampled(func(b []byte) []byte { copy(b[41:], u32(0xbf800000)); return b })},
+		{name: "forward sampling proposals flag 2", typ: TypeForward, payload: sampled(func(b []byte) []byte { b[32] = 2; return b })},
+		{name: "forward too many taps", typ: TypeForward, payload: forward(func(b []byte) []byte {
+			b[12] = MaxTaps + 1
+			return append(b[:13:13], append(make([]byte, 2*(MaxTaps+1)), b[13:]...)...)
+		})},
+		{name: "forward tap count past end", typ: TypeForward, payload: forward(func(b []byte) []byte { b[12] = 200; return b[:14] })},
+		{name: "forward layer tapped twice", typ: TypeForward, payload: forward(func(b []byte) []byte {
+			b[12] = 2
+			return append(b[:13:13], append([]byte{3, 0, 3, 0}, b[13:]...)...)
+		})},
 		{name: "forward data short", typ: TypeForward, payload: forward(func(b []byte) []byte { return b[:len(b)-1] })},
 		{name: "forward data long", typ: TypeForward, payload: forward(func(b []byte) []byte { return append(b, 0) })},
 		{name: "forward huge shape", typ: TypeForward, payload: forward(func(b []byte) []byte {
-			copy(b[12:], u32(math.MaxInt32, math.MaxInt32))
+			copy(b[14:], u32(math.MaxInt32, math.MaxInt32))
 			return b
 		})},
 		{name: "reply token count past end", typ: TypeReply, payload: u32(1 << 30)},
@@ -262,6 +308,13 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 		{name: "reply timings past end", typ: TypeReply, payload: append(u32(0, 0), 0xff, 0xff)},
 		{name: "reply timing overflows", typ: TypeReply, payload: append(append(u32(0, 0), 1, 0, 0, 0), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)},
 		{name: "reply missing timings", typ: TypeReply, payload: u32(0, 0)},
+		{name: "reply missing feature count", typ: TypeReply, payload: append(u32(0, 0), 0, 0)},
+		{name: "reply too many features", typ: TypeReply, payload: append(u32(0, 0), 0, 0, MaxTaps+1)},
+		{name: "reply feature past end", typ: TypeReply, payload: append(append(u32(0, 0), 0, 0, 1, 3, 0, byte(Float32)), u32(2, 4)...)},
+		{name: "reply feature unknown dtype", typ: TypeReply, payload: append(append(u32(0, 0), 0, 0, 1, 3, 0, 9), u32(0, 0)...)},
+		{name: "reply feature huge", typ: TypeReply, payload: append(append(u32(0, 0), 0, 0, 1, 3, 0, byte(BFloat16)), u32(math.MaxInt32, math.MaxInt32)...)},
+		{name: "reply feature rows overflow", typ: TypeReply, payload: append(append(u32(0, 0), 0, 0, 1, 3, 0, byte(BFloat16)), u32(math.MaxUint32, 1)...)},
+		{name: "reply feature trailing", typ: TypeReply, payload: append(append(u32(0, 0), 0, 0, 1, 3, 0, byte(BFloat16)), append(u32(1, 1), 0, 0, 0)...)},
 		{name: "error message past end", typ: TypeError, payload: []byte{0, 0, 10, 0, 'x'}},
 		{name: "bye trailing", typ: TypeBye, payload: []byte{0, 0, 'x'}},
 		{name: "survey trailing", typ: TypeSurvey, payload: []byte{0}},
@@ -295,6 +348,15 @@ func TestEncodeRejectsInvalidMessages(t *testing.T) {
 		{name: "reply negative token", msg: &Reply{Tokens: []int32{-1}}, want: ErrBadFrame},
 		{name: "reply negative time", msg: &Reply{Timings: []StageTiming{{Stage: 1, Forward: -1}}}, want: ErrBadFrame},
 		{name: "reply negative network time", msg: &Reply{Timings: []StageTiming{{Stage: 1, Network: -1}}}, want: ErrBadFrame},
+		{name: "reply feature data does not match", msg: &Reply{Features: []Feature{{Layer: 1, DType: BFloat16, Rows: 1, Cols: 2, Data: make([]byte, 2)}}}, want: ErrBadFrame},
+		{name: "reply feature no dtype", msg: &Reply{Features: []Feature{{Layer: 1, Rows: 1, Cols: 1, Data: make([]byte, 2)}}}, want: ErrBadFrame},
+		{name: "reply too many features", msg: &Reply{Features: make([]Feature, MaxTaps+1)}, want: ErrBadFrame},
+		{name: "forward sampling without temperature", msg: &Forward{Tokens: 1, Sample: &Sampling{}, DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},
+		{name: "forward sampling drafts beyond outputs", msg: &Forward{Tokens: 2, Outputs: 2, Sample: &Sampling{Temperature: 1, Drafts: []int{1, 2}}, DType: BFloat16, Shape: []int{2}, Data: make([]byte, 4)}, want: ErrBadFrame},
+		{name: "forward sampling infinite probability", msg: &Forward{Tokens: 2, Outputs: 2, Sample: &Sampling{Temperature: 1, Drafts: []int{1}, Proposals: [][]Prob{{{ID: 1, P: float32(math.Inf(1))}}}}, DType: BFloat16, Shape: []int{2}, Data: make([]byte, 4)}, want: ErrBadFrame},
+		{name: "forward layer tapped twice", msg: &Forward{Tokens: 1, Taps: []int{2, 2}, DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},
+		{name: "forward negative tap", msg: &Forward{Tokens: 1, Taps: []int{-1}, DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},
+		{name: "forward too many taps", msg: &Forward{Tokens: 1, Taps: make([]int, MaxTaps+1), DType: BFloat16, Shape: []int{1}, Data: make([]byte, 2)}, want: ErrBadFrame},
 		{name: "auth bad range", msg: &Auth{Identity: Identity{TotalLayers: 4, Start: 3, End: 2}}, want: ErrRange},
 		{name: "memory negative", msg: &Memory{Stages: []StageMemory{{Stage: 1, Free: -1}}}, want: ErrBadFrame},
 		{name: "memory too many stages", msg: &Memory{Stages: make([]StageMemory, MaxStages+1)}, want: ErrBadFrame},

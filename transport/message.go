@@ -295,9 +295,14 @@ func (m *Reset) UnmarshalBinary(data []byte) error {
 // maxDims bounds a Forward tensor's rank.
 const maxDims = 8
 
+// MaxTaps bounds how many layers one Forward may ask the stages to tap, and how many tapped
+// tensors one Reply may carry.
+const MaxTaps = 64
+
 // Forward carries a hidden-state tensor to the next stage. Payload: position u32, tokens u32,
-// top-k u16, dtype u8, ndim u8, ndim dims u32, then the raw elements (the rest of the payload,
-// exactly prod(shape) x dtype size bytes).
+// top-k u16, outputs u16, tap count u8 + tap layers u16 each, has-sampling u8 (+ Sampling),
+// dtype u8, ndim u8, ndim dims u32, then the raw elements (the rest of the payload, exactly
+// prod(shape) x dtype size bytes).
 type Forward struct {
 	// Position is the sequence position of the first token (the KV cache offset).
 	Position int
@@ -311,6 +316,13 @@ type Forward struct {
 	// last position only (decode, prefill), n > 1 for the greedy token of each of the last n
 	// positions (speculative verification of a drafted block).
 	Outputs int
+	// Taps lists target layers (from 0, at most MaxTaps, no repeats) whose outputs the stages
+	// return beside the answer, for every position of the block: each stage that runs one of
+	// them adds a Feature to the Reply (a DFlash drafter on the driver conditions on them).
+	Taps []int
+	// Sample, when set, asks the last stage to sample with the rejection rule of speculative
+	// sampling instead of answering greedy tokens (see Sampling); stages before it pass it on.
+	Sample *Sampling
 	// DType is the element type of Data.
 	DType DType
 	// Shape is the tensor's shape, e.g. [tokens, hidden].
@@ -359,6 +371,9 @@ func (m *Forward) AppendBinary(b []byte) ([]byte, error) {
 	if m.Outputs > m.Tokens {
 		return b, fmt.Errorf("transport: encode forward: %d outputs for %d tokens: %w", m.Outputs, m.Tokens, ErrBadFrame)
 	}
+	if err := checkTaps(m.Taps); err != nil {
+		return b, fmt.Errorf("transport: encode forward: %v: %w", err, ErrBadFrame)
+	}
 	if !m.DType.valid() {
 		return b, fmt.Errorf("transport: encode forward: unknown dtype %d: %w", uint8(m.DType), ErrBadFrame)
 	}
@@ -374,6 +389,16 @@ func (m *Forward) AppendBinary(b []byte) ([]byte, error) {
 	b = binary.LittleEndian.AppendUint32(b, uint32(m.Tokens))
 	b = binary.LittleEndian.AppendUint16(b, uint16(m.TopK))
 	b = binary.LittleEndian.AppendUint16(b, uint16(m.Outputs))
+	b = append(b, byte(len(m.Taps)))
+	for _, l := range m.Taps {
+		b = binary.LittleEndian.AppendUint16(b, uint16(l))
+	}
+	b = appendFlag(b, m.Sample != nil)
+	if m.Sample != nil {
+		if b, err = m.Sample.append(b, max(m.Outputs, 1)); err != nil {
+			return b, err
+		}
+	}
 	b = append(b, byte(m.DType), byte(len(m.Shape)))
 	for _, s := range m.Shape {
 		b = binary.LittleEndian.AppendUint32(b, uint32(s))
@@ -388,6 +413,23 @@ func (m *Forward) UnmarshalBinary(data []byte) error {
 	tokens := d.int31("tokens")
 	topK := int(d.u16())
 	outputs := int(d.u16())
+	var taps [MaxTaps]int
+	nt := int(d.u8())
+	if d.err == nil && nt > MaxTaps {
+		d.fail("%d tapped layers, limit %d", nt, MaxTaps)
+	}
+	for i := 0; i < nt && d.err == nil; i++ {
+		taps[i] = int(d.u16())
+	}
+	if d.err == nil {
+		if err := checkTaps(taps[:nt]); err != nil {
+			d.fail("%v", err)
+		}
+	}
+	var sample *Sampling
+	if d.flag("has-sampling") && d.err == nil {
+		sample = d.sampling(max(outputs, 1))
+	}
 	dt := DType(d.u8())
 	ndim := int(d.u8())
 	if d.err == nil && tokens < 1 {
@@ -419,9 +461,132 @@ func (m *Forward) UnmarshalBinary(data []byte) error {
 		return err
 	}
 	m.Position, m.Tokens, m.TopK, m.Outputs, m.DType = pos, tokens, topK, outputs, dt
+	m.Taps = append(m.Taps[:0], taps[:nt]...)
+	m.Sample = sample
 	m.Shape = append(m.Shape[:0], dims[:ndim]...)
 	m.Data = append(m.Data[:0], raw...)
 	return nil
+}
+
+// MaxDrafts bounds the drafts one sampled verification carries.
+const MaxDrafts = 1024
+
+// Sampling is a sampled verification: the last Outputs positions of a Forward are the last
+// accepted token followed by Drafts, and the last stage keeps each draft with probability
+// min(1, p/q) at Temperature, draws the first rejected position from the residual max(0, p - q)
+// normalised, or, when every draft is kept (or there are none), the next token from p, on the
+// device with a random key made from Seed. Its Reply's Tokens are the kept drafts and that one
+// token. Payload: temperature f32, seed u64, draft count u16 + u32 ids, has-proposals u8, then per
+// draft a u32 count + (u32 id, f32 probability) pairs.
+type Sampling struct {
+	Temperature float32
+	Seed        uint64
+	Drafts      []int
+	// Proposals holds, per draft, the distribution the drafter drew it from, as the tokens of
+	// non-zero probability; nil means deterministic drafts (each one-hot on its token).
+	Proposals [][]Prob
+}
+
+// Prob is one token's probability in a draft's distribution.
+type Prob struct {
+	ID int32
+	P  float32
+}
+
+func (m *Sampling) append(b []byte, outputs int) ([]byte, error) {
+	if t := float64(m.Temperature); !(t > 0) || math.IsInf(t, 0) {
+		return b, fmt.Errorf("transport: encode forward: sampling temperature %v: want a finite value above 0: %w", m.Temperature, ErrBadFrame)
+	}
+	if len(m.Drafts) > MaxDrafts || len(m.Drafts)+1 != outputs {
+		return b, fmt.Errorf("transport: encode forward: %d drafts for %d outputs (want outputs - 1, at most %d): %w", len(m.Drafts), outputs, MaxDrafts, ErrBadFrame)
+	}
+	if m.Proposals != nil && len(m.Proposals) != len(m.Drafts) {
+		return b, fmt.Errorf("transport: encode forward: %d proposals for %d drafts: %w", len(m.Proposals), len(m.Drafts), ErrBadFrame)
+	}
+	b = binary.LittleEndian.AppendUint32(b, math.Float32bits(m.Temperature))
+	b = binary.LittleEndian.AppendUint64(b, m.Seed)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(m.Drafts)))
+	for _, d := range m.Drafts {
+		if d < 0 || d > math.MaxInt32 {
+			return b, fmt.Errorf("transport: encode forward: draft token %d is out of range: %w", d, ErrBadFrame)
+		}
+		b = binary.LittleEndian.AppendUint32(b, uint32(d))
+	}
+	b = appendFlag(b, m.Proposals != nil)
+	for _, row := range m.Proposals {
+		if len(row) > math.MaxInt32 {
+			return b, fmt.Errorf("transport: encode forward: proposal of %d tokens: %w", len(row), ErrBadFrame)
+		}
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(row)))
+		for _, e := range row {
+			if p := float64(e.P); e.ID < 0 || !(p >= 0) || math.IsInf(p, 0) {
+				return b, fmt.Errorf("transport: encode forward: proposal entry (%d, %v): want a token id and a finite probability >= 0: %w", e.ID, e.P, ErrBadFrame)
+			}
+			b = binary.LittleEndian.AppendUint32(b, uint32(e.ID))
+			b = binary.LittleEndian.AppendUint32(b, math.Float32bits(e.P))
+		}
+	}
+	return b, nil
+}
+
+func (d *decoder) sampling(outputs int) *Sampling {
+	m := &Sampling{Temperature: math.Float32frombits(d.u32()), Seed: d.u64()}
+	if t := float64(m.Temperature); d.err == nil && (!(t > 0) || math.IsInf(t, 0)) {
+		d.fail("sampling temperature %v: want a finite value above 0", m.Temperature)
+	}
+	n := int(d.u16())
+	if d.err == nil && (n > MaxDrafts || n+1 != outputs) {
+		d.fail("%d drafts for %d outputs (want outputs - 1, at most %d)", n, outputs, MaxDrafts)
+	}
+	if d.err == nil && n*4 > len(d.b)-d.off {
+		d.fail("draft count %d needs %d bytes, only %d left", n, n*4, len(d.b)-d.off)
+	}
+	for i := 0; i < n && d.err == nil; i++ {
+		m.Drafts = append(m.Drafts, d.int31("draft token"))
+	}
+	if d.flag("has-proposals") && d.err == nil {
+		m.Proposals = make([][]Prob, 0, n)
+		for i := 0; i < n && d.err == nil; i++ {
+			c := d.count("proposal entry", 8)
+			row := make([]Prob, 0, c)
+			for j := 0; j < c && d.err == nil; j++ {
+				e := Prob{ID: int32(d.int31("proposal token")), P: math.Float32frombits(d.u32())}
+				if p := float64(e.P); d.err == nil && (!(p >= 0) || math.IsInf(p, 0)) {
+					d.fail("proposal probability %v: want a finite value >= 0", e.P)
+				}
+				row = append(row, e)
+			}
+			m.Proposals = append(m.Proposals, row)
+		}
+	}
+	return m
+}
+
+// checkTaps checks a tap list: at most MaxTaps layers, each in [0, 65535], none twice.
+func checkTaps(taps []int) error {
+	if len(taps) > MaxTaps {
+		return fmt.Errorf("%d tapped layers, limit %d", len(taps), MaxTaps)
+	}
+	for i, l := range taps {
+		if l < 0 || l > math.MaxUint16 {
+			return fmt.Errorf("tapped layer %d is out of range [0, %d]", l, math.MaxUint16)
+		}
+		for _, o := range taps[:i] {
+			if o == l {
+				return fmt.Errorf("layer %d is tapped twice", l)
+			}
+		}
+	}
+	return nil
+}
+
+// Feature is one tapped layer's output for every position of a Forward's block: Rows x Cols
+// elements of DType (rows are positions, Cols the hidden size), raw little-endian bytes.
+type Feature struct {
+	Layer      int
+	DType      DType
+	Rows, Cols int
+	Data       []byte
 }
 
 // Candidate is one (token id, logit) pair of a top-k reply.
@@ -442,8 +607,10 @@ type StageTiming struct {
 }
 
 // Reply answers a Forward. The last stage fills Tokens (or TopK) and its timing; every stage on
-// the way back appends its own timing, so the driver receives the whole list. Payload: u32
-// count + u32 ids; u32 count + (u32 id, f32 logit) pairs; u16 count + (u16 stage, u64 forward ns, u64 network ns).
+// the way back appends its own timing, so the driver receives the whole list, and its tapped
+// features when the Forward asked for layers it runs. Payload: u32 count + u32 ids; u32 count +
+// (u32 id, f32 logit) pairs; u16 count + (u16 stage, u64 forward ns, u64 network ns); u8 count +
+// (u16 layer, u8 dtype, u32 rows, u32 cols, rows x cols elements).
 type Reply struct {
 	// Tokens holds the sampled token ids, one per position that was asked for.
 	Tokens []int32
@@ -451,6 +618,8 @@ type Reply struct {
 	TopK []Candidate
 	// Timings holds each stage's forward time, in the order the stages appended them.
 	Timings []StageTiming
+	// Features holds the tapped layers' outputs (see Forward.Taps), at most MaxTaps.
+	Features []Feature
 }
 
 // Type implements Message.
@@ -496,6 +665,31 @@ func (m *Reply) AppendBinary(b []byte) ([]byte, error) {
 		b = binary.LittleEndian.AppendUint64(b, uint64(t.Forward))
 		b = binary.LittleEndian.AppendUint64(b, uint64(t.Network))
 	}
+	if len(m.Features) > MaxTaps {
+		return b, fmt.Errorf("transport: encode reply: %d features, limit %d: %w", len(m.Features), MaxTaps, ErrBadFrame)
+	}
+	b = append(b, byte(len(m.Features)))
+	for _, f := range m.Features {
+		if err := checkU16("feature layer", f.Layer); err != nil {
+			return b, err
+		}
+		if !f.DType.valid() {
+			return b, fmt.Errorf("transport: encode reply: feature of layer %d has unknown dtype %d: %w", f.Layer, uint8(f.DType), ErrBadFrame)
+		}
+		n, err := elems([]int{f.Rows, f.Cols})
+		if err != nil {
+			return b, fmt.Errorf("transport: encode reply: feature of layer %d: %v: %w", f.Layer, err, ErrBadFrame)
+		}
+		if want := uint64(n) * uint64(f.DType.Size()); uint64(len(f.Data)) != want {
+			return b, fmt.Errorf("transport: encode reply: feature of layer %d is [%d %d] %s, %d bytes; data has %d: %w",
+				f.Layer, f.Rows, f.Cols, f.DType, want, len(f.Data), ErrBadFrame)
+		}
+		b = binary.LittleEndian.AppendUint16(b, uint16(f.Layer))
+		b = append(b, byte(f.DType))
+		b = binary.LittleEndian.AppendUint32(b, uint32(f.Rows))
+		b = binary.LittleEndian.AppendUint32(b, uint32(f.Cols))
+		b = append(b, f.Data...)
+	}
 	return b, nil
 }
 
@@ -526,10 +720,40 @@ func (m *Reply) UnmarshalBinary(data []byte) error {
 		}
 		timings = append(timings, StageTiming{Stage: stage, Forward: time.Duration(fw), Network: time.Duration(net)})
 	}
+	feats := m.Features[:0]
+	nf := int(d.u8())
+	if d.err == nil && nf > MaxTaps {
+		d.fail("%d features, limit %d", nf, MaxTaps)
+	}
+	for i := 0; i < nf && d.err == nil; i++ {
+		f := Feature{Layer: int(d.u16()), DType: DType(d.u8())}
+		f.Rows, f.Cols = d.int31("feature rows"), d.int31("feature cols")
+		if d.err == nil && !f.DType.valid() {
+			d.fail("feature of layer %d has unknown dtype %d", f.Layer, uint8(f.DType))
+		}
+		if d.err != nil {
+			break
+		}
+		n, err := elems([]int{f.Rows, f.Cols})
+		if err != nil {
+			d.fail("feature of layer %d: %v", f.Layer, err)
+			break
+		}
+		raw := d.take(n * f.DType.Size())
+		if d.err != nil {
+			break
+		}
+		if i < cap(feats) {
+			f.Data = append(feats[:i+1][i].Data[:0], raw...) // reuse the previous buffer
+		} else {
+			f.Data = append([]byte(nil), raw...)
+		}
+		feats = append(feats, f)
+	}
 	if err := d.done(); err != nil {
 		return err
 	}
-	m.Tokens, m.TopK, m.Timings = tokens, cands, timings
+	m.Tokens, m.TopK, m.Timings, m.Features = tokens, cands, timings, feats
 	return nil
 }
 

@@ -110,9 +110,10 @@ func benchCommand() *cli.Command {
 				}, os.Stdout)
 			},
 		}, {
-			Name:      "pipeline",
-			Usage:     "standalone vs 2-stage pipeline per token, per link profile and transport (tcp, mlx-ring), measured network vs predicted",
-			UsageText: "hippo bench pipeline [--model DIR|synth:PRESET|smollm2-135m|FILE.gguf] [--link NAME ...] [--transport tcp --transport mlx-ring] [--rounds N] [--max-tokens N]",
+			Name:  "pipeline",
+			Usage: "standalone vs 2-stage pipeline per token, per link profile and transport (tcp, mlx-ring), measured network vs predicted; with --mode pipeline+spec, plain pipeline vs pipeline+spec on the same stages per link",
+			UsageText: "hippo bench pipeline [--model DIR|synth:PRESET|smollm2-135m|FILE.gguf] [--link NAME ...] [--transport tcp --transport mlx-ring] [--rounds N] [--max-tokens N]\n" +
+				"hippo bench pipeline --mode pipeline+spec --model DIR --drafter dflash --draft DIR [--draft-tokens K] [--stages N] [--link thunderbolt --link wifi] [--prompts FILE.json --chat]",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "model", Value: "synth:qwen3-demo", Usage: "checkpoint"},
 				&cli.StringFlag{Name: "dtype", Usage: "compute dtype"},
@@ -121,11 +122,50 @@ func benchCommand() *cli.Command {
 				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "measured rounds per link"},
 				&cli.IntFlag{Name: "max-tokens", Value: 32, Usage: "tokens per round"},
 				&cli.StringFlag{Name: "prompt", Value: "Describe the harbour at dawn.", Usage: "prompt"},
+				&cli.StringFlag{Name: "mode", Value: "pipeline", Usage: "pipeline (against standalone) or pipeline+spec (against the plain pipeline)"},
+				&cli.StringFlag{Name: "drafter", Value: "dflash", Usage: "pipeline+spec: dflash, model or lookup"},
+				&cli.StringFlag{Name: "draft", Usage: "pipeline+spec: the drafter's checkpoint (e.g. engines/spec/testdata/dflash-smollm2, or a newer one from `just train-dflash`)"},
+				&cli.IntFlag{Name: "draft-tokens", Usage: "pipeline+spec: K drafts per step (0: a dflash draft's block - 1, else 4)"},
+				&cli.IntFlag{Name: "stages", Value: 2, Usage: "pipeline+spec: stages"},
+				&cli.StringFlag{Name: "prompts", Usage: "pipeline+spec: JSON file with a list of prompt strings (replaces --prompt; e.g. models/dflash-smollm2/heldout.json)"},
+				&cli.IntFlag{Name: "num-prompts", Usage: "pipeline+spec: use only the first N prompts of --prompts (0: all)"},
+				&cli.BoolFlag{Name: "chat", Usage: "pipeline+spec: wrap prompts in the chat template and stop at end of turn"},
 			},
 			Action: func(c *cli.Context) error {
 				dir, exe, err := modelAndExe(c)
 				if err != nil {
 					return err
+				}
+				switch c.String("mode") {
+				case "pipeline":
+				case "pipeline+spec":
+					prompts := []string{c.String("prompt")}
+					if f := c.String("prompts"); f != "" {
+						b, err := os.ReadFile(f)
+						if err != nil {
+							return fmt.Errorf("bench pipeline: --prompts: %w", err)
+						}
+						prompts = nil
+						if err := json.Unmarshal(b, &prompts); err != nil {
+							return fmt.Errorf("bench pipeline: --prompts %s: want a JSON list of strings: %w", f, err)
+						}
+					}
+					if n := c.Int("num-prompts"); n > 0 && n < len(prompts) {
+						prompts = prompts[:n]
+					}
+					draft := c.String("draft")
+					if draft != "" && c.String("drafter") == "model" {
+						if draft, err = resolveModel(c.Context, draft); err != nil {
+							return err
+						}
+					}
+					return bench.ComparePipelineSpec(c.Context, bench.PipelineSpecOptions{
+						Model: dir, DType: c.String("dtype"), Links: c.StringSlice("link"), Drafter: c.String("drafter"), Draft: draft,
+						DraftTokens: c.Int("draft-tokens"), Stages: c.Int("stages"), Rounds: c.Int("rounds"), MaxTokens: c.Int("max-tokens"),
+						Prompts: prompts, Chat: c.Bool("chat"), Exe: exe,
+					}, os.Stdout)
+				default:
+					return fmt.Errorf("bench pipeline: --mode %q: use pipeline or pipeline+spec", c.String("mode"))
 				}
 				return bench.ComparePipeline(c.Context, bench.PipelineCompareOptions{
 					Model: dir, DType: c.String("dtype"), Links: c.StringSlice("link"), Transports: c.StringSlice("transport"), Rounds: c.Int("rounds"),

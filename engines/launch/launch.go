@@ -141,9 +141,6 @@ func Check(c Config) error {
 	if mode != Pipeline && mode != PipelineSpec {
 		return nil
 	}
-	if c.Drafter == "dflash" && speculative {
-		return fmt.Errorf("drafter dflash drafts from the target's hidden states, which only the standalone spec mode records: use mode spec, or drafter model or lookup with pipelines")
-	}
 	tr, err := pipeline.ParseTransport(c.Transport)
 	if err != nil {
 		return err
@@ -371,13 +368,33 @@ func (l *Loader) pipeline(ctx context.Context, c Config, info Info) (Generator, 
 	p.tok = d.Tokenizer()
 	p.info.Split = pipeline.FormatSplit(d.Split())
 	if info.Mode == PipelineSpec {
-		// The drafter lives on the driver's machine, next to stage 0.
-		if p.d, err = l.drafter(ctx, c, nil); err != nil {
+		// The drafter lives on the driver's machine, next to stage 0 (a dflash draft on stage
+		// 0's thread, conditioned on the features every stage returns).
+		if p.d, err = l.pipeDrafter(ctx, c, d); err != nil {
 			return nil, err
 		}
 		p.info.DraftTokens = draftTokens(c.DraftTokens, p.d)
 	}
 	return p, nil
+}
+
+// pipeDrafter returns c's drafter for a pipeline driven by d, loading it when it changed: a
+// dflash drafter runs beside d's stage 0, the others on their own.
+func (l *Loader) pipeDrafter(ctx context.Context, c Config, d *pipeline.Driver) (engines.Drafter, error) {
+	if c.Drafter != "dflash" {
+		return l.drafter(ctx, c, nil)
+	}
+	key := fmt.Sprintf("%s|%s|%s|stage %p", c.Drafter, c.Draft, c.DType, d.Stage())
+	if l.draft != nil && l.draftKey == key {
+		return l.draft, nil
+	}
+	l.closeDraft()
+	dr, err := engines.NewStageDFlashDrafter(ctx, d.Stage(), c.Draft)
+	if err != nil {
+		return nil, err
+	}
+	l.draft, l.draftKey, l.draftClose = dr, key, dr.Close
+	return dr, nil
 }
 
 // driverFor returns the running driver of p's plan, starting it when none runs or another does.
@@ -455,6 +472,9 @@ func (l *Loader) closeEngine() {
 }
 
 func (l *Loader) closePipeline() {
+	if d, ok := l.draft.(*engines.DFlashDrafter); ok && d.Stage() != nil {
+		l.closeDraft() // it lives on stage 0's thread and dies with it
+	}
 	if l.driver != nil {
 		l.driver.Close()
 		l.driver = nil
@@ -476,8 +496,8 @@ func (l *Loader) Close() error {
 
 // NewDrafter builds the drafter called name. A model drafter opens its checkpoint (draftDir); a
 // dflash drafter loads its draft checkpoint (draftDir) onto target, the engine it will draft for
-// (nil in pipeline modes, which dflash does not support). The caller calls the returned close
-// function, if not nil, before closing target.
+// (pipelines build theirs beside the driver's stage with engines.NewStageDFlashDrafter). The
+// caller calls the returned close function, if not nil, before closing target.
 func NewDrafter(ctx context.Context, name, draftDir, dtype string, target *engines.Engine) (engines.Drafter, func(), error) {
 	switch name {
 	case "lookup":
@@ -496,7 +516,7 @@ func NewDrafter(ctx context.Context, name, draftDir, dtype string, target *engin
 			return nil, nil, fmt.Errorf("drafter dflash needs a DFlash draft checkpoint: give --draft DIR (e.g. one written by `hippo synth --arch dflash`)")
 		}
 		if target == nil {
-			return nil, nil, fmt.Errorf("drafter dflash drafts from the target's hidden states, which only the standalone spec mode records: use mode spec, or drafter model or lookup with pipelines")
+			return nil, nil, fmt.Errorf("drafter dflash drafts from the target's hidden states: give it the target engine (a pipeline driver builds its own beside stage 0)")
 		}
 		d, err := engines.NewDFlashDrafter(ctx, target, draftDir)
 		if err != nil {
@@ -627,6 +647,11 @@ func (p *pipe) Generate(ctx context.Context, r engines.Request, emit func(engine
 	}
 	var st engines.Stats
 	if p.d != nil {
+		if p.c.Drafter == "dflash" { // a restarted pipeline has a new stage 0 to draft beside
+			if p.d, err = p.l.pipeDrafter(ctx, p.c, d); err != nil {
+				return st, err
+			}
+		}
 		var ss engines.SpecStats
 		st, ss, err = d.GenerateSpec(ctx, r, p.d, p.info.DraftTokens, wrapped)
 		st.Spec = &ss

@@ -30,7 +30,8 @@ func TestCheck(t *testing.T) {
 		{"pipeline bad link", Config{Mode: Pipeline, Link: "pigeon"}, "pigeon"},
 		{"pipeline bad reply", Config{Mode: Pipeline, Reply: "topk:0"}, "topk:K"},
 		{"pipeline bad transport", Config{Mode: Pipeline, Transport: "udp"}, "use tcp, mlx-ring or mlx-jaccl"},
-		{"pipeline+spec dflash", Config{Mode: PipelineSpec, Drafter: "dflash", Draft: "d"}, "only the standalone spec mode"},
+		{"pipeline+spec dflash", Config{Mode: PipelineSpec, Drafter: "dflash", Draft: "d"}, ""},
+		{"pipeline+spec dflash without draft", Config{Mode: PipelineSpec, Drafter: "dflash"}, "needs a draft checkpoint"},
 		{"pipeline+spec ring", Config{Mode: PipelineSpec, Drafter: "lookup", Transport: "mlx-ring"}, "tcp only"},
 		{"missing hosts file", Config{Mode: Pipeline, Hosts: filepath.Join(t.TempDir(), "none.yaml")}, "hosts"},
 	}

@@ -33,6 +33,13 @@ type Driver struct {
 	// ReplyTopK, when > 0, asks the last stage for its top-k candidates on every step and samples
 	// at the driver (also for greedy decoding); 0 lets the last stage sample greedy steps itself.
 	ReplyTopK int
+	// ProposalTopK bounds, in sampled pipeline+spec with a drafter whose drafts are drawn
+	// independently of each other (DFlash), each draft's distribution to its most likely tokens:
+	// the driver redraws the draft from that truncated distribution and sends only it, so a
+	// step carries K x ProposalTopK entries instead of K whole vocabularies (the rejection rule
+	// stays exact for the distribution actually drawn from). 0 means SampleTopK; below 0 sends
+	// whole distributions.
+	ProposalTopK int
 }
 
 // OpenDriver loads stage 0 of plan and connects to stage 1 at addr, retrying until ctx ends (so

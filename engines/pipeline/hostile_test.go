@@ -327,6 +327,47 @@ func TestHostilePeers(t *testing.T) {
 		}
 	})
 
+	// An authenticated driver that asks for the impossible: each Forward must be answered with an
+	// error naming what is wrong, and the rank must keep serving.
+	for _, tc := range []struct {
+		name string
+		fw   transport.Forward
+		says string
+	}{
+		{"tap beyond the model", transport.Forward{Tokens: 1, Taps: []int{cfg.NumLayers + 5}}, "outside the model's"},
+		{"draft distribution outside the vocabulary", transport.Forward{Tokens: 2, Outputs: 2, Sample: &transport.Sampling{Temperature: 1, Drafts: []int{1},
+			Proposals: [][]transport.Prob{{{ID: int32(cfg.VocabSize), P: 1}}}}}, "outside the vocabulary"},
+		{"draft distribution not summing to 1", transport.Forward{Tokens: 2, Outputs: 2, Sample: &transport.Sampling{Temperature: 1, Drafts: []int{1},
+			Proposals: [][]transport.Prob{{{ID: 1, P: 0.25}}}}}, "sums to 0.25"},
+		{"draft outside the vocabulary", transport.Forward{Tokens: 2, Outputs: 2, Sample: &transport.Sampling{Temperature: 1, Drafts: []int{cfg.VocabSize}}}, "outside the vocabulary"},
+	} {
+		t.Run("authenticated driver: "+tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			id := func(stage int) transport.Identity {
+				return transport.Identity{Model: fp, TotalLayers: cfg.NumLayers, DType: transport.Float32, Stage: stage, Start: split[stage].From, End: split[stage].To}
+			}
+			c, err := transport.Dial(ctx, s.addr, transport.Options{Self: id(0), Peer: id(1), Secret: hostileSecret})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.Send(ctx, 1, 0, &transport.Reset{}); err != nil {
+				t.Fatal(err)
+			}
+			fw := tc.fw
+			fw.DType, fw.Shape, fw.Data = transport.Float32, []int{fw.Tokens, cfg.HiddenSize}, make([]byte, 4*fw.Tokens*cfg.HiddenSize)
+			var reply transport.Reply
+			if err := c.Call(ctx, 1, 1, &fw, &reply); err == nil || !strings.Contains(err.Error(), tc.says) {
+				t.Errorf("Forward with a %s answered %v; want an error saying %q", tc.name, err, tc.says)
+			}
+			c.Close()
+			if err := s.run(t, s.addr); err != nil {
+				t.Errorf("legitimate run after a %s: %v\nrank log:\n%s", tc.name, err, s.local.Logs())
+			}
+		})
+	}
+
 	// Frame attacks: a man in the middle without the secret tampers with a live session's
 	// first Forward frame; the rank must refuse it, and then serve a legitimate run.
 	for _, tc := range []struct {

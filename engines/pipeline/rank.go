@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -552,19 +553,37 @@ func (r *Rank) forward(ctx context.Context, st *engines.Stage, down *transport.C
 	if len(fw.Shape) != 2 || fw.Shape[0] != fw.Tokens || fw.Shape[1] != st.Config().HiddenSize {
 		return fmt.Errorf("rank %d: hidden state of shape %v; want [%d %d]", r.Stage, fw.Shape, fw.Tokens, st.Config().HiddenSize)
 	}
-	reply.Tokens, reply.TopK, reply.Timings = reply.Tokens[:0], reply.TopK[:0], reply.Timings[:0]
-	if st.Last() && fw.Outputs > 1 {
-		ids, took, err := st.Verify(ctx, engines.Activation{Hidden: fw.Data, Len: fw.Tokens}, fw.Outputs)
+	reply.Tokens, reply.TopK, reply.Timings, reply.Features = reply.Tokens[:0], reply.TopK[:0], reply.Timings[:0], reply.Features[:0]
+	in := engines.Activation{Hidden: fw.Data, Len: fw.Tokens, Taps: fw.Taps}
+	if st.Last() && fw.Sample != nil {
+		dists, err := proposals(fw.Sample, st.Config().VocabSize)
 		if err != nil {
 			return err
 		}
-		for _, id := range ids {
+		res, err := st.VerifySampled(ctx, in, fw.Sample.Drafts, dists, float64(fw.Sample.Temperature), fw.Sample.Seed)
+		if err != nil {
+			return err
+		}
+		for _, id := range res.Tokens {
 			reply.Tokens = append(reply.Tokens, int32(id))
 		}
-		reply.AddTiming(r.Stage, took)
+		r.addFeatures(st, reply, res.Features, fw.Tokens)
+		reply.AddTiming(r.Stage, res.Forward)
 		return nil
 	}
-	res, err := st.Forward(ctx, engines.Activation{Hidden: fw.Data, Len: fw.Tokens}, true, fw.TopK)
+	if st.Last() && fw.Outputs > 1 {
+		res, err := st.Verify(ctx, in, fw.Outputs)
+		if err != nil {
+			return err
+		}
+		for _, id := range res.Tokens {
+			reply.Tokens = append(reply.Tokens, int32(id))
+		}
+		r.addFeatures(st, reply, res.Features, fw.Tokens)
+		reply.AddTiming(r.Stage, res.Forward)
+		return nil
+	}
+	res, err := st.Forward(ctx, in, true, fw.TopK)
 	if err != nil {
 		return err
 	}
@@ -574,7 +593,7 @@ func (r *Rank) forward(ctx context.Context, st *engines.Stage, down *transport.C
 			reply.TopK = append(reply.TopK, transport.Candidate{ID: int32(c.ID), Logit: c.LogProb})
 		}
 	} else {
-		next := transport.Forward{Position: fw.Position, Tokens: fw.Tokens, TopK: fw.TopK, Outputs: fw.Outputs, DType: fw.DType,
+		next := transport.Forward{Position: fw.Position, Tokens: fw.Tokens, TopK: fw.TopK, Outputs: fw.Outputs, Taps: fw.Taps, Sample: fw.Sample, DType: fw.DType,
 			Shape: fw.Shape, Data: res.Hidden.Hidden}
 		t0 := time.Now()
 		if err := down.Call(ctx, f.Session, f.Seq, &next, reply); err != nil {
@@ -586,10 +605,46 @@ func (r *Rank) forward(ctx context.Context, st *engines.Stage, down *transport.C
 			hop -= t.Forward + t.Network
 		}
 		reply.Timings = append(reply.Timings, transport.StageTiming{Stage: r.Stage, Forward: res.Forward, Network: max(hop, 0)})
+		r.addFeatures(st, reply, res.Features, fw.Tokens)
 		return nil
 	}
+	r.addFeatures(st, reply, res.Features, fw.Tokens)
 	reply.AddTiming(r.Stage, res.Forward)
 	return nil
+}
+
+// proposals expands a sampled verification's draft distributions into dense rows over the
+// vocabulary (nil for deterministic drafts), refusing tokens outside it and rows that are not
+// distributions.
+func proposals(s *transport.Sampling, vocab int) ([][]float32, error) {
+	if s.Proposals == nil {
+		return nil, nil
+	}
+	out := make([][]float32, len(s.Proposals))
+	for i, row := range s.Proposals {
+		q := make([]float32, vocab)
+		var sum float64
+		for _, e := range row {
+			if int(e.ID) >= vocab {
+				return nil, fmt.Errorf("draft %d's distribution names token %d, outside the vocabulary of %d: %w", i, e.ID, vocab, transport.ErrBadFrame)
+			}
+			q[e.ID] += e.P
+			sum += float64(e.P)
+		}
+		if math.Abs(sum-1) > 1e-3 {
+			return nil, fmt.Errorf("draft %d's distribution sums to %g, not 1: %w", i, sum, transport.ErrBadFrame)
+		}
+		out[i] = q
+	}
+	return out, nil
+}
+
+// addFeatures appends the stage's tapped features, [tokens, hidden] each, to reply.
+func (r *Rank) addFeatures(st *engines.Stage, reply *transport.Reply, feats []engines.Feature, tokens int) {
+	dt, _ := transport.ParseDType(st.DType().String())
+	for _, f := range feats {
+		reply.Features = append(reply.Features, transport.Feature{Layer: f.Layer, DType: dt, Rows: tokens, Cols: st.Config().HiddenSize, Data: f.Data})
+	}
 }
 
 // fail reports err to the previous stage, so the driver's error names where it happened.

@@ -808,15 +808,15 @@ func (s *ringStage) forward(ctx context.Context, h ringHeader, x mlx.Array) erro
 	out := h
 	out.stage = n.stage
 	if s.last() && h.outputs > 1 {
-		ids, took, err := s.st.Verify(ctx, in, h.outputs)
+		res, err := s.st.Verify(ctx, in, h.outputs)
 		if err != nil {
 			return s.fail(h, err)
 		}
-		tokens := make([]int32, len(ids))
-		for i, id := range ids {
+		tokens := make([]int32, len(res.Tokens))
+		for i, id := range res.Tokens {
 			tokens[i] = int32(id)
 		}
-		out.forward[n.stage] = took
+		out.forward[n.stage] = res.Forward
 		return s.reply(out, tokens, nil)
 	}
 	res, err := s.st.Forward(ctx, in, true, h.topK)
