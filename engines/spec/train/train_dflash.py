@@ -14,9 +14,10 @@ Stages (deterministic for a fixed --seed and library versions):
   2. prompts: a fixed, seeded set of chat prompts (templates x topics). Topics are split: the
      held-out topics never appear in training prompts. Held-out prompts go to heldout.json for
      `hippo bench spec --prompts`.
-  3. data: the target's greedy continuation of each prompt under its chat template (mlx-lm
-     BatchGenerator), then one teacher-forced pass that records the tapped layers' outputs.
-     Cached in --data (reused when the prompt set and sizes match).
+  3. data: the target's greedy continuation of each prompt under its chat template, batched
+     (left-padded prompts, one KV cache), recording the tapped layers' outputs in the same
+     forwards. Cached in --data one chunk of --gen-batch prompts at a time (reused when the
+     prompts, reply length and taps match; an interrupted run resumes).
   4. training: random anchors in the generated part; per anchor the draft sees the context before
      the anchor and must fill the block with the target's next B-1 tokens. Cross entropy per block
      position, weighted exp(-(k-1)/gamma) (earlier positions decide more of the accepted length).
@@ -58,7 +59,11 @@ TEMPLATES = [
     "What are common misconceptions about {t}?", "Summarize the history of {t}.",
     "List some tips for learning about {t}.", "What should a beginner know about {t}?",
     "Write a haiku about {t}.", "Compare {t} with something from everyday life.",
-    "What are the pros and cons of {t}?",
+    "What are the pros and cons of {t}?", "Tell me a fun story involving {t}.",
+    "What questions do scientists still ask about {t}?", "Explain {t} step by step.",
+    "Write a short dialogue between two friends about {t}.", "What is the future of {t}?",
+    "How would you teach {t} to a class of students?", "Give an example that shows {t}.",
+    "What words are useful when talking about {t}?",
 ]
 TOPICS = [
     "photosynthesis", "the water cycle", "black holes", "the Roman Empire", "machine learning",
@@ -177,27 +182,82 @@ def prompt_sets(seed, n_train, n_eval):
 
 
 def generate(model, prompts_ids, max_tokens, batch):
+    """Greedy replies with mlx-lm's BatchGenerator (used by --check-only)."""
     gen = BatchGenerator(model, max_tokens=max_tokens, stop_tokens=[[IM_END], [EOT]],
                          sampler=lambda x: mx.argmax(x, axis=-1), completion_batch_size=batch,
                          prefill_batch_size=batch)
     uids = gen.insert(prompts_ids, [max_tokens] * len(prompts_ids))
     out = {u: [] for u in uids}
-    done = 0
     while responses := gen.next_generated():
         for r in responses:
             out[r.uid].append(int(r.token))  # the stop token is kept: it is what the target emits
-            if r.finish_reason is not None:
-                done += 1
-                if done % 32 == 0:
-                    log(f"  generated {done}/{len(uids)}")
     gen.close()
     return [out[u] for u in uids]
 
 
+def generate_tapped(model, prompts_ids, max_tokens, taps):
+    """Greedy replies for one batch of prompts and, in the same forwards, the tapped layers'
+    outputs at every token: [(reply ids, float16 [len(prompt)+len(reply), len(taps)*H])].
+
+    Prompts are left-padded to one length and padding is masked out of attention, so every row
+    shares one KV cache offset (RoPE is relative: shifting a row's positions leaves its
+    attention unchanged). Reading the taps while generating saves the separate teacher-forced
+    pass over prompt and reply (a third of the work)."""
+    from mlx_lm.models.cache import KVCache
+
+    n, P = len(prompts_ids), max(len(p) for p in prompts_ids)
+    pad = [P - len(p) for p in prompts_ids]
+    x = mx.array([[EOT] * q + p for q, p in zip(pad, prompts_ids)])
+    padm = mx.arange(P + max_tokens + 1)[None] >= mx.array(pad)[:, None]  # [n, S] real keys
+    neg = mx.array(-1e9, mx.float32)
+    layers = model.model.layers
+    cache = [KVCache() for _ in layers]
+    tapset = set(taps)
+
+    def forward(tokens, mask):
+        h = model.model.embed_tokens(tokens)
+        outs = []
+        for i, (layer, c) in enumerate(zip(layers, cache)):
+            h = layer(h, mask, cache=c)
+            if i in tapset:
+                outs.append(h)
+        logits = model.model.embed_tokens.as_linear(model.model.norm(h[:, -1]))
+        return mx.argmax(logits, -1), mx.concatenate(outs, -1).astype(mx.float16)
+
+    causal = mx.tril(mx.ones((P, P), mx.bool_))
+    m = mx.where(causal[None] & padm[:, None, :P], 0.0, neg)[:, None]
+    nxt, f = forward(x, m)
+    mx.async_eval(nxt, f)
+    feats, toks = [f], []
+    for t in range(max_tokens):
+        toks.append(nxt)
+        S = P + t + 1
+        m = mx.where(padm[:, None, None, :S], 0.0, neg)
+        # the last reply token is fed too: its taps complete the [prompt + reply] features
+        nxt, f = forward(nxt[:, None], m)
+        feats.append(f)
+        mx.async_eval(nxt, f)  # the next step is built while this one runs
+        if t % 8 == 7:
+            stop = np.array(mx.stack(toks, 1))
+            if (((stop == IM_END) | (stop == EOT)).any(1)).all():
+                break
+    F = np.array(mx.concatenate(feats, 1))
+    toks = np.array(mx.stack(toks, 1))
+    out = []
+    for r in range(n):
+        reply = []
+        for v in toks[r]:
+            reply.append(int(v))  # the stop token is kept: it is what the target emits
+            if v in (IM_END, EOT):
+                break
+        out.append((reply, F[r, pad[r]: P + len(reply)]))
+    return out
+
+
 def tapped_features(model, seqs, taps, batch=8):
-    """Teacher-forced outputs of the tapped layers for each sequence: float16 [T, len(taps)*H]."""
+    """Teacher-forced outputs of the tapped layers for each sequence: float16 [T, len(taps)*H]
+    (the reference generate_tapped is checked against)."""
     deepest = max(taps)
-    feats = []
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     res = [None] * len(seqs)
     for s in range(0, len(order), batch):
@@ -205,18 +265,46 @@ def tapped_features(model, seqs, taps, batch=8):
         T = max(len(seqs[i]) for i in idx)
         x = mx.array([seqs[i] + [EOT] * (T - len(seqs[i])) for i in idx])  # right padding: causal
         h = model.model.embed_tokens(x)
-        mask = "causal"
         outs = {}
         for li, layer in enumerate(model.model.layers[:deepest + 1]):
-            h = layer(h, mask, None)
+            h = layer(h, "causal", None)
             if li in taps:
                 outs[li] = h
-        f = mx.concatenate([outs[t] for t in taps], axis=-1).astype(mx.float16)
-        mx.eval(f)
-        f = np.array(f)
+        f = np.array(mx.concatenate([outs[t] for t in taps], axis=-1).astype(mx.float16))
         for j, i in enumerate(idx):
             res[i] = f[j, :len(seqs[i])]
     return res
+
+
+def build_data(model, tok, prompts, max_tokens, taps, batch, cache_dir, key):
+    """Generated replies and tapped features for every prompt, in prompt order, cached in
+    cache_dir one chunk of `batch` prompts at a time (an interrupted run resumes)."""
+    os.makedirs(cache_dir, exist_ok=True)
+    pids = [chat_ids(tok, p) for p in prompts]
+    # chunks follow the seeded prompt order: a longer prompt list only adds chunks
+    order = list(range(len(pids)))
+    seqs, feats = [None] * len(pids), [None] * len(pids)
+    t0, made = time.time(), 0
+    for c in range(0, len(order), batch):
+        idx = order[c:c + batch]
+        ck = json.dumps([key, [prompts[i] for i in idx]])
+        path = os.path.join(cache_dir, f"chunk-{c // batch:04d}.npz")
+        z = np.load(path, allow_pickle=True) if os.path.exists(path) else None
+        if z is None or str(z["key"]) != ck:
+            t = time.time()
+            res = generate_tapped(model, [pids[i] for i in idx], max_tokens, taps)
+            ntok = sum(len(r) for r, _ in res)
+            made += ntok
+            log(f"  chunk {c // batch}: {len(idx)} replies, {ntok} tokens in {time.time() - t:.0f}s "
+                f"({ntok / (time.time() - t):.1f} tok/s)")
+            np.savez(path, key=ck, seqs=np.array([pids[i] + r for i, (r, _) in zip(idx, res)], dtype=object),
+                     feats=np.array([f for _, f in res], dtype=object))
+            z = np.load(path, allow_pickle=True)
+        for j, i in enumerate(idx):
+            seqs[i], feats[i] = [int(v) for v in z["seqs"][j]], z["feats"][j]
+    if made:
+        log(f"generated {made} reply tokens in {time.time() - t0:.0f}s")
+    return seqs, feats, [len(p) for p in pids]
 
 
 # ---------------------------------------------------------------- draft
@@ -372,7 +460,31 @@ def make_batch(rng, data, B, nb, Tmax, embed, mask_id, train=True, anchors=None)
 
 
 BATCH_SEQS = 4
-EVAL_SEQS = 6  # held-out replies replayed (one draft forward per block: slow on a loaded CPU)
+EVAL_SEQS = 16  # held-out replies replayed (one draft forward per block: slow on a loaded CPU)
+
+
+def heldout_blocks(draft, target_head, embed, data, B, mask_id, Tmax, stride=3, nb=8):
+    """Teacher-forced held-out check, batched: blocks anchored at every `stride`-th generated
+    position of each held-out reply. Greedy verification of a block accepts the drafts' longest
+    prefix matching the target's continuation, so the mean prefix length over these anchors
+    estimates the accepted drafts per block (position k: share of blocks accepting >= k)."""
+    seqs = data[0]
+    rows = []
+    for i in range(len(seqs)):
+        an = list(range(data[2][i], len(seqs[i]) - 1, stride))
+        rows += [(i, an[j:j + nb]) for j in range(0, len(an), nb)]
+    lens = []
+    for r in range(0, len(rows), 8):
+        inp = make_batch(None, data, B, nb, Tmax, embed, mask_id, anchors=rows[r:r + 8])
+        h = draft(*inp[:5])
+        N = h.shape[0]
+        pred = mx.argmax(target_head(h.reshape(N, nb, B, -1)[:, :, 1:]), -1)
+        ok = ((pred == inp[5]) * inp[6]).astype(mx.int32)
+        pre = np.array(mx.cumprod(ok, axis=-1).sum(-1))  # matching prefix per block
+        for j, (_, an) in enumerate(rows[r:r + 8]):
+            lens += pre[j, :len(an)].tolist()
+    lens = np.array(lens)
+    return float(lens.mean()), [float((lens >= k).mean()) for k in range(1, B)]
 
 
 def simulate(draft, target_head, embed, data, B, mask_id, Tmax):
@@ -403,24 +515,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", default=".cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--out", default="models/dflash-smollm2")
-    ap.add_argument("--data", default="", help="data cache (default OUT/data.npz)")
+    ap.add_argument("--data", default="", help="data cache directory (default models/dflash-data)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-prompts", type=int, default=64)
-    ap.add_argument("--eval-prompts", type=int, default=12)
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--gen-batch", type=int, default=76)
+    ap.add_argument("--train-prompts", type=int, default=512)
+    ap.add_argument("--eval-prompts", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--gen-batch", type=int, default=128)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--block", type=int, default=16)
     ap.add_argument("--taps", default="1,8,14,20,27")
     ap.add_argument("--mask-id", type=int, default=4)
-    ap.add_argument("--anchors", type=int, default=4, help="blocks per sequence per step")
+    ap.add_argument("--anchors", type=int, default=8, help="blocks per sequence per step")
     ap.add_argument("--batch", type=int, default=4, help="sequences per step")
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--gamma", type=float, default=5.0, help="position weight decay")
-    ap.add_argument("--minutes", type=float, default=14.0, help="training wall-clock budget")
+    ap.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget")
     ap.add_argument("--max-steps", type=int, default=4000)
+    ap.add_argument("--eval-every", type=int, default=100, help="steps between checkpoints + held-out checks")
     ap.add_argument("--check-only", action="store_true", help="load the target, print a greedy reply, exit")
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--data-only", action="store_true", help="build the data cache and exit")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/model.safetensors (fresh optimizer)")
     args = ap.parse_args()
     global BATCH_SEQS
@@ -442,31 +556,19 @@ def main():
     train_p, eval_p = prompt_sets(args.seed, args.train_prompts, args.eval_prompts)
     with open(os.path.join(args.out, "heldout.json"), "w") as f:
         json.dump(eval_p, f, indent=1)
-    data_path = args.data or os.path.join(args.out, "data.npz")
-    key = json.dumps([train_p, eval_p, args.max_tokens, taps])
-    data = None
-    if os.path.exists(data_path):
-        z = np.load(data_path, allow_pickle=True)
-        if str(z["key"]) == key:
-            data = z
-            log(f"data from {data_path}")
-    if data is None:
-        all_p = train_p + eval_p
-        pids = [chat_ids(tok, p) for p in all_p]
-        t = time.time()
-        gens = generate(target, pids, args.max_tokens, args.gen_batch)
-        ntok = sum(len(g) for g in gens)
-        log(f"generated {ntok} tokens in {time.time() - t:.0f}s ({ntok / (time.time() - t):.1f} tok/s)")
-        seqs = [p + g for p, g in zip(pids, gens)]
-        t = time.time()
-        feats = tapped_features(target, seqs, taps)
-        log(f"features in {time.time() - t:.0f}s")
-        plen = [len(p) for p in pids]
-        np.savez(data_path, key=key, seqs=np.array(seqs, dtype=object), feats=np.array(feats, dtype=object),
-                 plen=np.array(plen))
-        data = np.load(data_path, allow_pickle=True)
-        print("sample:", repr(tok.decode(gens[0])[:300]), flush=True)
-    seqs, feats, plen = list(data["seqs"]), list(data["feats"]), list(data["plen"])
+    data_dir = args.data or os.path.join("models", "dflash-data")
+    key = json.dumps(["tapped-greedy-v2", args.gguf.rsplit("/", 1)[-1], args.max_tokens, taps])
+    t = time.time()
+    seqs, feats, plen = build_data(target, tok, train_p, args.max_tokens, taps, args.gen_batch,
+                                   os.path.join(data_dir, "train"), key)
+    hs, hf, hp = build_data(target, tok, eval_p, args.max_tokens, taps, args.gen_batch,
+                            os.path.join(data_dir, "heldout"), key)
+    seqs, feats, plen = seqs + hs, feats + hf, plen + hp
+    ntr = sum(len(s) - p for s, p in zip(seqs[:len(train_p)], plen))
+    log(f"data: {len(train_p)} train replies ({ntr} tokens), {len(eval_p)} held-out ({time.time() - t:.0f}s)")
+    print("sample:", repr(tok.decode(seqs[0][plen[0]:])[:300]), flush=True)
+    if args.data_only:
+        return
     nt = len(train_p)
     train = (seqs[:nt], feats[:nt], plen[:nt])
     held = (seqs[nt:], feats[nt:], plen[nt:])
@@ -527,6 +629,7 @@ def main():
             return l, acc
 
         rng = random.Random(args.seed + steps0)  # a resumed run draws other batches
+        curve = []
         t = time.time()
         budget = args.minutes * 60
         s = 0
@@ -539,23 +642,36 @@ def main():
             ema = (float(l), float(acc)) if ema is None else (0.95 * ema[0] + 0.05 * float(l), 0.95 * ema[1] + 0.05 * float(acc))
             if s % 10 == 0:
                 log(f"step {s} loss {ema[0]:.3f} token-acc {ema[1]:.3f} ({(time.time() - t) / s:.2f}s/step)")
-            if s % 100 == 0:
+            if s % args.eval_every == 0:
                 save(draft, cfg, args.out, {"steps": steps0 + s})
-        save(draft, cfg, args.out, {"steps": steps0 + s, "train_seconds": round(time.time() - t)})
+                te = time.time()
+                m, bp = heldout_blocks(draft, head, embed, held, B, args.mask_id, Tmax)
+                curve.append({"step": steps0 + s, "minutes": round((time.time() - t) / 60, 1),
+                              "train_loss": round(ema[0], 3), "train_acc": round(ema[1], 3),
+                              "heldout_accepted": round(m, 3), "heldout_by_position": [round(x, 3) for x in bp[:8]]})
+                log(f"  held-out (teacher-forced): {m:.3f} accepted per block; by position "
+                    + " ".join(f"{x:.2f}" for x in bp[:8]) + f" ({time.time() - te:.0f}s)")
+                t += time.time() - te  # evaluation does not count against the training budget
+        info = {"steps": steps0 + s, "train_seconds": round(time.time() - t), "lr": args.lr,
+                "gamma": args.gamma, "batch": args.batch, "anchors": args.anchors, "curve": curve}
+        save(draft, cfg, args.out, info)
         log(f"trained {s} steps in {time.time() - t:.0f}s")
     t = time.time()
     mean, by_pos, blocks = simulate(draft, head, embed, held, B, args.mask_id, Tmax)
     log(f"held-out: mean accepted per block of {B} = {mean:.2f} over {blocks} blocks ({time.time() - t:.0f}s)")
     log("acceptance by position: " + " ".join(f"{p:.2f}" for p in by_pos))
-    metrics = {"block_size": B, "heldout_prompts": min(len(held[0]), EVAL_SEQS), "heldout_blocks": blocks,
+    c = json.load(open(os.path.join(args.out, "config.json")))
+    metrics = {"train_replies": nt, "train_reply_tokens": ntr, "max_tokens": args.max_tokens,
+               "steps": c["hippo"].get("steps"), "train_seconds": c["hippo"].get("train_seconds"),
+               "block_size": B, "layers": args.layers,
+               "heldout_prompts": min(len(held[0]), EVAL_SEQS), "heldout_blocks": blocks,
                "mean_accepted": round(mean, 3), "accept_by_position": [round(p, 3) for p in by_pos]}
     for b in (4, 8, 16):
         if b <= B:
             # a block of b verifies b-1 drafts: accepted = min(prefix, b-1)
             metrics[f"mean_accepted_b{b}"] = round(sum(by_pos[:b - 1]), 3)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
-    c = json.load(open(os.path.join(args.out, "config.json")))
+        json.dump(dict(metrics, curve=c["hippo"].get("curve", [])), f, indent=1)
     c.setdefault("hippo", {}).update(metrics)
     json.dump(c, open(os.path.join(args.out, "config.json"), "w"), indent=1)
 
