@@ -517,7 +517,7 @@ def main():
     ap.add_argument("--out", default="models/dflash-smollm2")
     ap.add_argument("--data", default="", help="data cache directory (default models/dflash-data)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-prompts", type=int, default=512)
+    ap.add_argument("--train-prompts", type=int, default=384)
     ap.add_argument("--eval-prompts", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--gen-batch", type=int, default=128)
