@@ -199,7 +199,7 @@ train-pair: setup
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_pair.py --out models/pair
 
-# Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies, fixed seed, 1 draft layer, block 16; ~30 min on 2 idle cores); writes models/dflash-smollm2 (config.json, model.safetensors, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
+# Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies, fixed seed, 1 draft layer, block 16, 384 replies x 128 tokens cached in models/dflash-data, 12-minute training budget; 30-45 min on the shared 2 cores); writes models/dflash-smollm2 (config.json, model.safetensors, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
 train-dflash: setup build
     #!/usr/bin/env bash
     set -euo pipefail
