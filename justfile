@@ -199,7 +199,7 @@ train-pair: setup
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_pair.py --out models/pair
 
-# Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies, fixed seed, 1 draft layer, block 16, 384 replies x 128 tokens cached in models/dflash-data, 12 + 7 minutes of training (a resumed second stage); 45-60 min on the shared 2 cores); writes models/dflash-smollm2 (config.json, model.safetensors, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
+# Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies, fixed seed, 1 draft layer, block 16, 384 replies x 128 tokens cached in models/dflash-data, 12 + 7 + 13 minutes of training (two resumed stages); 60-75 min on the shared 2 cores); writes models/dflash-smollm2 (config.json, model.safetensors, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
 train-dflash: setup build
     #!/usr/bin/env bash
     set -euo pipefail
@@ -210,8 +210,9 @@ train-dflash: setup build
     [ -d models/smollm2-135m ] || ./bin/hippo convert "$gguf" --out models/smollm2-135m
     [ -d models/smollm2-135m-dense ] || "{{python}}" engines/spec/train/dequantize.py models/smollm2-135m models/smollm2-135m-dense
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2
-    # the shipped weights had a second, resumed stage (fresh optimizer and schedule)
+    # the shipped weights had a second and a third, resumed stage (fresh optimizer and schedule each)
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --resume --minutes 7
+    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --resume --minutes 13
 
 # SmolLM2 fidelity against mlx-lm with every case in bf16 too (8 prompts x 64 tokens, the 2,100-token prompt); CI runs the bf16 half reduced, since MLX's CPU bf16 quantized matmul runs ~1 tok/s (about 30 minutes on 2 cores).
 fidelity-smollm2: build
