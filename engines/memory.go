@@ -179,20 +179,7 @@ func SystemRAM() (int64, error) {
 		}
 		return strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
 	}
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "MemTotal:" {
-			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			return kb * 1024, err
-		}
-	}
-	return 0, errors.New("MemTotal not found in /proc/meminfo")
+	return meminfo("MemTotal")
 }
 
 // AvailableRAM returns the memory this machine can give a new process without swapping: Linux's
@@ -206,20 +193,7 @@ func AvailableRAM() (int64, error) {
 		}
 		return parseVMStat(string(out))
 	}
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "MemAvailable:" {
-			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			return kb * 1024, err
-		}
-	}
-	return 0, errors.New("MemAvailable not found in /proc/meminfo")
+	return meminfo("MemAvailable")
 }
 
 // parseVMStat reads vm_stat's output: "Mach Virtual Memory Statistics: (page size of 16384
@@ -286,4 +260,22 @@ func FormatBytes(n int64) string {
 	default:
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
+}
+
+// meminfo returns the byte count of key (e.g. "MemAvailable") in Linux's /proc/meminfo.
+func meminfo(key string) (int64, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == key+":" {
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("%s not found in /proc/meminfo", key)
 }
