@@ -157,14 +157,32 @@ func TestSweepErrors(t *testing.T) {
 }
 
 func TestSweepDryRun(t *testing.T) {
-	out, _, err := runApp(t, "sweep", "--dry-run", "--set", "repeats=1", filepath.Join("..", "..", "experiments", "thunderbolt-vs-wifi.yaml"))
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name  string
+		set   []string
+		wants []string
+	}{
+		{name: "one value", set: []string{"repeats=1"}, wants: []string{"8 configurations x 2 prompts x 1 repeats", "24 runs", "thunderbolt"}},
+		// A list keeps its commas: the flag must not split it into "link=[wifi" and "thunderbolt]".
+		{name: "list", set: []string{"repeats=1", "link=[wifi,thunderbolt]"}, wants: []string{"6 configurations x 2 prompts x 1 repeats", "18 runs"}},
+		{name: "prompts with commas", set: []string{"prompts=[\"a, b\", c]"}, wants: []string{"x 2 prompts"}},
 	}
-	for _, want := range []string{"8 configurations x 2 prompts x 1 repeats", "24 runs", "thunderbolt"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("dry run output lacks %q:\n%s", want, out)
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"sweep", "--dry-run"}
+			for _, s := range tt.set {
+				args = append(args, "--set", s)
+			}
+			out, _, err := runApp(t, append(args, filepath.Join("..", "..", "experiments", "thunderbolt-vs-wifi.yaml"))...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range tt.wants {
+				if !strings.Contains(out, want) {
+					t.Errorf("dry run output lacks %q:\n%s", want, out)
+				}
+			}
+		})
 	}
 }
 
