@@ -231,27 +231,17 @@ type Candidate struct {
 // the last position and a token is sampled (and, with topK > 0, the topK most likely tokens are
 // returned too); without it (prefill chunks) only the caches are filled.
 func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK int) (StageResult, error) {
-	res := StageResult{Token: -1}
-	err := s.worker.Do(ctx, func() error {
-		start := time.Now()
-		sc := mlx.NewScope()
-		defer sc.Close()
+	return s.pass(ctx, in, nil, func(res *StageResult, h mlx.Array, n int, feats []mlx.Array) error {
 		m := s.model
-		h, n, err := s.input(in)
-		if err != nil {
-			return err
-		}
-		h, tapped, feats := s.layers(h, in.Taps)
 		switch {
-		case !s.Last() && s.deviceHidden:
-			if err := mlx.Eval(append([]mlx.Array{h}, feats...)...); err != nil {
-				return err
-			}
-			mlx.Detach(h) // the caller's now
-			res.Hidden = Activation{Array: h, Len: n}
 		case !s.Last():
 			if err := mlx.Eval(append([]mlx.Array{h}, feats...)...); err != nil {
 				return err
+			}
+			if s.deviceHidden {
+				mlx.Detach(h) // the caller's now
+				res.Hidden = Activation{Array: h, Len: n}
+				return nil
 			}
 			b, err := h.Bytes()
 			if err != nil {
@@ -290,9 +280,35 @@ func (s *Stage) Forward(ctx context.Context, in Activation, sample bool, topK in
 			for i := m.Range.From; i < m.Range.To; i++ {
 				state = append(state, s.caches[i].State()...)
 			}
-			if err := mlx.Eval(state...); err != nil {
+			return mlx.Eval(state...)
+		}
+		return nil
+	})
+}
+
+// pass runs in through the stage's layers on the stage's thread, in one scope, and times it. It
+// builds the input, lets check see its positions before any cache moves (check may be nil),
+// records the layers (keeping the outputs of the layers in.Taps names), and hands their output to
+// finish, which evaluates what it needs together with feats and fills res. pass then reads the
+// evaluated tapped outputs into res.Features and the stage's compute time into res.Forward.
+func (s *Stage) pass(ctx context.Context, in Activation, check func(n int) error, finish func(res *StageResult, h mlx.Array, n int, feats []mlx.Array) error) (StageResult, error) {
+	res := StageResult{Token: -1}
+	err := s.worker.Do(ctx, func() error {
+		start := time.Now()
+		sc := mlx.NewScope()
+		defer sc.Close()
+		h, n, err := s.input(in)
+		if err != nil {
+			return err
+		}
+		if check != nil {
+			if err := check(n); err != nil {
 				return err
 			}
+		}
+		h, tapped, feats := s.layers(h, in.Taps)
+		if err := finish(&res, h, n, feats); err != nil {
+			return err
 		}
 		if res.Features, err = readFeatures(tapped, feats); err != nil {
 			return err
@@ -355,25 +371,18 @@ func readCandidates(idx, vals mlx.Array) ([]Candidate, error) {
 // the last outputs positions (speculative verification of a drafted block), and the tapped
 // features in.Taps asks for; caches keep every position.
 func (s *Stage) Verify(ctx context.Context, in Activation, outputs int) (StageResult, error) {
-	res := StageResult{Token: -1}
 	if !s.Last() {
-		return res, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
+		return StageResult{Token: -1}, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
 	}
-	err := s.worker.Do(ctx, func() error {
-		start := time.Now()
-		sc := mlx.NewScope()
-		defer sc.Close()
-		m := s.model
-		h, n, err := s.input(in)
-		if err != nil {
-			return err
-		}
+	check := func(n int) error {
 		if outputs < 1 || outputs > n {
-			return fmt.Errorf("stage %v: %d outputs for %d positions", m.Range, outputs, n)
+			return fmt.Errorf("stage %v: %d outputs for %d positions", s.model.Range, outputs, n)
 		}
-		h, tapped, feats := s.layers(h, in.Taps)
+		return nil
+	}
+	return s.pass(ctx, in, check, func(res *StageResult, h mlx.Array, n int, feats []mlx.Array) error {
 		last := mlx.Slice(h, []int{0, n - outputs, 0}, []int{1, n, h.Dim(2)})
-		logits := mlx.Reshape(m.Head(last), outputs, -1)
+		logits := mlx.Reshape(s.model.Head(last), outputs, -1)
 		// Normalised first, as the sampler does, so greedy choices match standalone decoding.
 		lp := mlx.Sub(logits, mlx.LogSumExp(logits, true, -1))
 		am := mlx.AsType(mlx.Argmax(lp, -1, false), mlx.Int32)
@@ -387,13 +396,8 @@ func (s *Stage) Verify(ctx context.Context, in Activation, outputs int) (StageRe
 		for _, id := range ids {
 			res.Tokens = append(res.Tokens, int(id))
 		}
-		if res.Features, err = readFeatures(tapped, feats); err != nil {
-			return err
-		}
-		res.Forward = time.Since(start)
 		return nil
 	})
-	return res, err
 }
 
 // VerifySampled runs in through the last stage and applies the rejection rule of speculative
@@ -403,44 +407,31 @@ func (s *Stage) Verify(ctx context.Context, in Activation, outputs int) (StageRe
 // (with no drafts: the next token, drawn from the whole distribution of the last position).
 // Features are as in Verify.
 func (s *Stage) VerifySampled(ctx context.Context, in Activation, drafts []int, dists [][]float32, temperature float64, seed uint64) (StageResult, error) {
-	res := StageResult{Token: -1}
 	if !s.Last() {
-		return res, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
+		return StageResult{Token: -1}, fmt.Errorf("stage %v: only the last stage verifies", s.model.Range)
 	}
 	if !(temperature > 0) || math.IsInf(temperature, 0) {
-		return res, fmt.Errorf("stage %v: sampling temperature %v: want a finite value above 0", s.model.Range, temperature)
+		return StageResult{Token: -1}, fmt.Errorf("stage %v: sampling temperature %v: want a finite value above 0", s.model.Range, temperature)
 	}
-	err := s.worker.Do(ctx, func() error {
-		start := time.Now()
-		sc := mlx.NewScope()
-		defer sc.Close()
-		m := s.model
-		h, n, err := s.input(in)
-		if err != nil {
-			return err
-		}
-		outputs := len(drafts) + 1
+	outputs := len(drafts) + 1
+	check := func(n int) error {
 		if outputs > n {
-			return fmt.Errorf("stage %v: %d drafts for %d positions", m.Range, len(drafts), n)
+			return fmt.Errorf("stage %v: %d drafts for %d positions", s.model.Range, len(drafts), n)
 		}
-		h, tapped, feats := s.layers(h, in.Taps)
+		return nil
+	}
+	return s.pass(ctx, in, check, func(res *StageResult, h mlx.Array, n int, feats []mlx.Array) error {
 		if len(feats) > 0 {
 			if err := mlx.Eval(feats...); err != nil {
 				return err
 			}
 		}
 		last := mlx.Slice(h, []int{0, n - outputs, 0}, []int{1, n, h.Dim(2)})
-		logits := mlx.Reshape(m.Head(last), outputs, -1)
-		if res.Tokens, err = sampleVerify(logits, drafts, dists, temperature, mlx.RandomKey(seed)); err != nil {
-			return err
-		}
-		if res.Features, err = readFeatures(tapped, feats); err != nil {
-			return err
-		}
-		res.Forward = time.Since(start)
-		return nil
+		logits := mlx.Reshape(s.model.Head(last), outputs, -1)
+		var err error
+		res.Tokens, err = sampleVerify(logits, drafts, dists, temperature, mlx.RandomKey(seed))
+		return err
 	})
-	return res, err
 }
 
 // StartTaps makes the stage keep a record of tapped target features, in the order of layers (a
