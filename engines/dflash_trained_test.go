@@ -1,7 +1,6 @@
 package engines
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -21,7 +20,6 @@ const trainedDFlash = "spec/testdata/dflash-smollm2"
 // exactness with real trained weights on a llama target, not usefulness.
 func TestTrainedDFlashMatchesStandalone(t *testing.T) {
 	const n = 16
-	ctx := context.Background()
 	target := smolLM2(t)
 	b, err := os.ReadFile(filepath.Join(trainedDFlash, "heldout.json"))
 	if err != nil {
@@ -31,34 +29,11 @@ func TestTrainedDFlashMatchesStandalone(t *testing.T) {
 	if err := json.Unmarshal(b, &prompts); err != nil || len(prompts) == 0 {
 		t.Fatalf("heldout.json: %v (%d prompts)", err, len(prompts))
 	}
-	e, err := Open(ctx, Options{Model: target})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	d, err := NewDFlashDrafter(ctx, e, trainedDFlash)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	ids, err := e.Prompt(prompts[0], true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := Request{Tokens: ids, MaxTokens: n, IgnoreEOS: true}
-	want, err := e.Generate(ctx, req, func(Token) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, d := openDFlash(t, target, trainedDFlash)
+	_, req, want := standaloneGreedy(t, e, prompts[0], true, n)
 	for _, block := range []int{4, 8} {
 		t.Run(fmt.Sprintf("b%d", block), func(t *testing.T) {
-			got, ss, err := e.GenerateSpec(ctx, req, d, block-1, func(Token) error { return nil })
-			if err != nil {
-				t.Fatal(err)
-			}
-			if fmt.Sprint(got.Tokens) != fmt.Sprint(want.Tokens) {
-				t.Fatalf("dflash tokens = %v; standalone %v", got.Tokens, want.Tokens)
-			}
+			_, ss := specMatches(t, e, req, d, block-1, want)
 			if cap := block - 1; ss.Drafted > cap*len(ss.Steps) {
 				t.Errorf("drafted %d in %d steps; want at most %d per step", ss.Drafted, len(ss.Steps), cap)
 			}

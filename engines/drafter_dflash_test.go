@@ -23,6 +23,40 @@ func synthesizeDFlash(t *testing.T, o synth.DFlashOptions) string {
 	return o.Out
 }
 
+// tinyDFlashPair writes a tiny-qwen3 target and a random DFlash draft for it (sharing its
+// embedding and head).
+func tinyDFlashPair(t *testing.T) (target, draft string) {
+	t.Helper()
+	target = synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 11})
+	return target, synthesizeDFlash(t, synth.DFlashOptions{Options: synth.Options{Preset: "dflash-tiny", Seed: 3}, Target: target})
+}
+
+// openDFlash opens the target and the DFlash drafter draft on it; both close when t ends.
+func openDFlash(t *testing.T, target, draft string) (*Engine, *DFlashDrafter) {
+	t.Helper()
+	ctx := context.Background()
+	e, err := Open(ctx, Options{Model: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	d, err := NewDFlashDrafter(ctx, e, draft)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return e, d
+}
+
+// maxAbsDiff is the largest |got[i] - want[i]| over want's indices.
+func maxAbsDiff(got, want []float32) float64 {
+	var diff float64
+	for j := range want {
+		diff = math.Max(diff, math.Abs(float64(got[j]-want[j])))
+	}
+	return diff
+}
+
 // recordingDFlash is a DFlashDrafter that keeps, for every draft, the history it drafted for and
 // the logits it drafted from. With oracle set it runs the draft forward as usual but proposes the
 // oracle's continuation instead, so that every draft is accepted.
@@ -77,38 +111,10 @@ func (r *recordingDFlash) Draft(ctx context.Context, history []int, k int, _ flo
 // prefill chunks and verify steps) must equal a draft computed from scratch on the same history.
 func TestDFlashMatchesStandalone(t *testing.T) {
 	const n = 24
-	target := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 11})
-	draft := synthesizeDFlash(t, synth.DFlashOptions{Options: synth.Options{Preset: "dflash-tiny", Seed: 3}, Target: target})
-	ctx := context.Background()
-	e, err := Open(ctx, Options{Model: target})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	d, err := NewDFlashDrafter(ctx, e, draft)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	ref, err := Open(ctx, Options{Model: target})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ref.Close()
-	rd, err := NewDFlashDrafter(ctx, ref, draft)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
-	ids, err := e.Prompt("one two three four, one two three four, one two three", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := Request{Tokens: ids, MaxTokens: n, IgnoreEOS: true}
-	want, err := e.Generate(ctx, req, func(Token) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	target, draft := tinyDFlashPair(t)
+	e, d := openDFlash(t, target, draft)
+	ref, rd := openDFlash(t, target, draft)
+	ids, req, want := standaloneGreedy(t, e, countingPrompt, false, n)
 	cases := []struct {
 		name    string
 		k       int
@@ -127,17 +133,7 @@ func TestDFlashMatchesStandalone(t *testing.T) {
 			if tc.oracle {
 				rec.oracle = append(append([]int(nil), ids...), want.Tokens...)
 			}
-			var emitted []int
-			got, ss, err := e.GenerateSpec(ctx, req, rec, tc.k, func(tk Token) error {
-				emitted = append(emitted, tk.ID)
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if fmt.Sprint(got.Tokens) != fmt.Sprint(want.Tokens) || fmt.Sprint(emitted) != fmt.Sprint(want.Tokens) {
-				t.Fatalf("dflash speculative tokens = %v; standalone %v", got.Tokens, want.Tokens)
-			}
+			got, ss := specMatches(t, e, req, rec, tc.k, want)
 			if cap := min(tc.k, d.BlockSize()-1); ss.Drafted > cap*len(ss.Steps) {
 				t.Errorf("drafted %d tokens in %d steps; want at most %d a step", ss.Drafted, len(ss.Steps), cap)
 			}
@@ -154,11 +150,7 @@ func TestDFlashMatchesStandalone(t *testing.T) {
 				}
 				got := rec.drafted[i]
 				want := scratchLogits(t, ref, rd, h, len(got)/e.Config().VocabSize)
-				var diff float64
-				for j := range want {
-					diff = math.Max(diff, math.Abs(float64(got[j]-want[j])))
-				}
-				if diff > 1e-3 {
+				if diff := maxAbsDiff(got, want); diff > 1e-3 {
 					t.Errorf("step %d (history of %d tokens): incremental draft logits differ from scratch by %g", i, len(h), diff)
 				}
 			}
@@ -207,16 +199,7 @@ func TestDFlashSampling(t *testing.T) {
 	target := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 11})
 	draft := synthesizeDFlash(t, synth.DFlashOptions{Options: synth.Options{Preset: "dflash-tiny", Seed: 3}})
 	ctx := context.Background()
-	e, err := Open(ctx, Options{Model: target})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	d, err := NewDFlashDrafter(ctx, e, draft)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	e, d := openDFlash(t, target, draft)
 	ids, err := e.Prompt("count: one two three", false)
 	if err != nil {
 		t.Fatal(err)
@@ -278,8 +261,7 @@ func (p *probeDrafter) Draft(ctx context.Context, history []int, k int, temperat
 // drafts what the standalone drafter drafts from scratch: after a prefill in two chunks, and again
 // after a verify block whose last drafts were rejected.
 func TestStageDFlashMatchesEngine(t *testing.T) {
-	target := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 11})
-	draft := synthesizeDFlash(t, synth.DFlashOptions{Options: synth.Options{Preset: "dflash-tiny", Seed: 3}, Target: target})
+	target, draft := tinyDFlashPair(t)
 	ctx := context.Background()
 	s0, err := OpenStage(ctx, StageOptions{Model: target, Range: model.Range{From: 0, To: 2}})
 	if err != nil {
@@ -299,16 +281,7 @@ func TestStageDFlashMatchesEngine(t *testing.T) {
 	if _, err := NewStageDFlashDrafter(ctx, s1, draft); err == nil {
 		t.Errorf("NewStageDFlashDrafter on the last stage succeeded; want a refusal (it does not embed)")
 	}
-	e, err := Open(ctx, Options{Model: target})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	rd, err := NewDFlashDrafter(ctx, e, draft)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	e, rd := openDFlash(t, target, draft)
 	if got, want := fmt.Sprint(sd.Layers()), "[1 2]"; got != want {
 		t.Fatalf("tapped layers %s; want %s (the preset's)", got, want)
 	}
@@ -364,15 +337,11 @@ func TestStageDFlashMatchesEngine(t *testing.T) {
 		const n = 4
 		got := draftLogits(history, n)
 		want := scratchLogits(t, e, rd, history, n)
-		var diff float64
-		for j := range want {
-			diff = math.Max(diff, math.Abs(float64(got[j]-want[j])))
-		}
-		if len(got) != len(want) || diff > 1e-3 {
+		if diff := maxAbsDiff(got, want); len(got) != len(want) || diff > 1e-3 {
 			t.Errorf("%s: pipeline draft logits (%d) differ from standalone (%d) by %g", name, len(got), len(want), diff)
 		}
 	}
-	ids, err := e.Prompt("one two three four, one two three four, one two three", false)
+	ids, err := e.Prompt(countingPrompt, false)
 	if err != nil {
 		t.Fatal(err)
 	}

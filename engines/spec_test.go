@@ -11,6 +11,44 @@ import (
 	"github.com/hippo-bench/hippo/engines/synth"
 )
 
+// countingPrompt repeats itself, so that prompt lookup finds drafts.
+const countingPrompt = "one two three four, one two three four, one two three"
+
+// standaloneGreedy encodes prompt (in the chat template with chat) and decodes n tokens greedily
+// on e without stopping at EOS. It returns the prompt's ids, the request, and the standalone
+// result that speculative decoding must reproduce.
+func standaloneGreedy(t *testing.T, e *Engine, prompt string, chat bool, n int) ([]int, Request, Stats) {
+	t.Helper()
+	ids, err := e.Prompt(prompt, chat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := Request{Tokens: ids, MaxTokens: n, IgnoreEOS: true}
+	want, err := e.Generate(context.Background(), req, func(Token) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids, req, want
+}
+
+// specMatches decodes req speculatively on e with drafter d, k drafts a step, and fails t unless
+// both the returned and the emitted tokens are want's; it returns the run's statistics.
+func specMatches(t *testing.T, e *Engine, req Request, d Drafter, k int, want Stats) (Stats, SpecStats) {
+	t.Helper()
+	var emitted []int
+	got, ss, err := e.GenerateSpec(context.Background(), req, d, k, func(tk Token) error {
+		emitted = append(emitted, tk.ID)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got.Tokens) != fmt.Sprint(want.Tokens) || fmt.Sprint(emitted) != fmt.Sprint(want.Tokens) {
+		t.Fatalf("speculative tokens = %v (emitted %v); standalone %v", got.Tokens, emitted, want.Tokens)
+	}
+	return got, ss
+}
+
 // TestSpeculativeMatchesStandalone is invariant 3 for greedy decoding: every drafter and K gives
 // the standalone engine's tokens, token for token, with the caches trimmed after rejections.
 func TestSpeculativeMatchesStandalone(t *testing.T) {
@@ -34,15 +72,7 @@ func TestSpeculativeMatchesStandalone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer self.Close()
-	ids, err := e.Prompt("one two three four, one two three four, one two three", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := Request{Tokens: ids, MaxTokens: n, IgnoreEOS: true}
-	want, err := e.Generate(ctx, req, func(Token) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, req, want := standaloneGreedy(t, e, countingPrompt, false, n)
 	drafters := map[string]Drafter{
 		"lookup":      LookupDrafter{},
 		"model-other": NewModelDrafter(de),
@@ -51,17 +81,7 @@ func TestSpeculativeMatchesStandalone(t *testing.T) {
 	for name, d := range drafters {
 		for _, k := range []int{1, 2, 4, 8} {
 			t.Run(fmt.Sprintf("%s/k%d", name, k), func(t *testing.T) {
-				var emitted []int
-				got, ss, err := e.GenerateSpec(ctx, req, d, k, func(tk Token) error {
-					emitted = append(emitted, tk.ID)
-					return nil
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if fmt.Sprint(got.Tokens) != fmt.Sprint(want.Tokens) || fmt.Sprint(emitted) != fmt.Sprint(want.Tokens) {
-					t.Fatalf("speculative tokens = %v; standalone %v", got.Tokens, want.Tokens)
-				}
+				got, ss := specMatches(t, e, req, d, k, want)
 				if name == "model-self" && ss.Accepted != ss.Drafted {
 					t.Errorf("self-drafting accepted %d of %d; want all", ss.Accepted, ss.Drafted)
 				}
