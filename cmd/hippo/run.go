@@ -14,8 +14,36 @@ import (
 	"github.com/hippo-bench/hippo/bench"
 	"github.com/hippo-bench/hippo/engines"
 	"github.com/hippo-bench/hippo/engines/launch"
+	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/synth"
+	"github.com/hippo-bench/hippo/engines/tokenizer"
 )
+
+// defaultPrompt is the prompt of `hippo run` without --prompt. Its words are common enough that
+// every synthetic preset takes their ids, deep-narrow too, whose 4,096-id vocabulary keeps only
+// the lowest ids of Qwen3's tokenizer (TestDefaultPromptFitsEveryPreset).
+const defaultPrompt = "The best way to learn is"
+
+// checkPrompt refuses a prompt whose token ids (in the chat template with chat) fall beyond the
+// model's vocabulary of vocab, before anything runs. The synthetic deep-narrow keeps only the
+// lowest 4,096 ids of Qwen3's tokenizer, so most text does not fit it.
+func checkPrompt(tok *tokenizer.Tokenizer, prompt string, chat bool, vocab int) error {
+	ids, err := engines.Prompt(tok, prompt, chat)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if id < vocab {
+			continue
+		}
+		hint := "give a --prompt of more common words, whose ids are lower (the default prompt fits every preset)"
+		if chat {
+			hint = "drop --chat (the chat template's own tokens have high ids) and use common words (the default prompt fits every preset)"
+		}
+		return fmt.Errorf("--prompt %q has token id %d, beyond this checkpoint's vocabulary of %d ids (smaller than its tokenizer's): %s", prompt, id, vocab, hint)
+	}
+	return nil
+}
 
 func runCommand() *cli.Command {
 	return &cli.Command{
@@ -24,7 +52,7 @@ func runCommand() *cli.Command {
 		UsageText: "hippo run --model DIR|synth:PRESET|smollm2-135m|FILE.gguf --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--chat] [--ignore-eos] [--dtype f32|bf16|f16] [--ram SIZE] [--json]",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "model", Required: true, Usage: "checkpoint directory, synth:PRESET, a real model (smollm2-135m) or a .gguf file"},
-			&cli.StringFlag{Name: "prompt", Value: "The quick brown fox", Usage: "prompt text"},
+			&cli.StringFlag{Name: "prompt", Value: defaultPrompt, Usage: "prompt text"},
 			&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens to generate at most"},
 			&cli.Float64Flag{Name: "temperature", Usage: "sampling temperature (0 = greedy)"},
 			&cli.Float64Flag{Name: "top-p", Value: 1, Usage: "nucleus sampling mass"},
@@ -90,6 +118,13 @@ func runCommand() *cli.Command {
 				return err
 			}
 			defer g.Close()
+			mc, err := model.ReadConfig(cfg.Model)
+			if err != nil {
+				return err
+			}
+			if err := checkPrompt(g.Tokenizer(), cfg.Prompt, cfg.Chat, mc.VocabSize); err != nil {
+				return err
+			}
 			res, err := bench.Run(c.Context, g, cfg, onToken)
 			if err != nil {
 				return err
