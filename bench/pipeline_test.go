@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -17,46 +15,20 @@ import (
 	"github.com/hippo-bench/hippo/engines/pipeline"
 	"github.com/hippo-bench/hippo/engines/synth"
 	"github.com/hippo-bench/hippo/internal/testenv"
+	"github.com/hippo-bench/hippo/internal/testmodel"
 	"github.com/hippo-bench/hippo/transport"
 )
 
-// hippoBinary is the binary the pipeline tests start stages with (`just test` builds it first).
-func hippoBinary(t *testing.T) string {
-	t.Helper()
-	exe := filepath.Join(testenv.Root(t), "bin", "hippo")
-	if _, err := os.Stat(exe); err != nil {
-		t.Fatalf("%s is missing: run `just build` (just test does)", exe)
-	}
-	return exe
-}
-
 func synthesize(t *testing.T, preset string, bits int) string {
 	t.Helper()
-	return synthesizeWith(t, synth.Options{Preset: preset, Seed: 5, Bits: bits})
-}
-
-// synthesizeWith writes o (into a temporary directory) with the preset's real tokenizer.
-func synthesizeWith(t *testing.T, o synth.Options) string {
-	t.Helper()
-	p, err := synth.Lookup(o.Preset)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o.Out = t.TempDir()
-	o.Tokenizer = testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))
-	w := mlx.NewWorker()
-	defer w.Close()
-	if err := w.Do(context.Background(), func() error { _, err := synth.Write(o); return err }); err != nil {
-		t.Fatal(err)
-	}
-	return o.Out
+	return testmodel.Synthesize(t, synth.Options{Preset: preset, Seed: 5, Bits: bits})
 }
 
 const pipelinePrompt = "Pipeline parallelism splits the layers; the hidden state crosses the link."
 
 // TestPipelineMatchesStandalone is invariant 2: any split, any link, token for token.
 func TestPipelineMatchesStandalone(t *testing.T) {
-	exe := hippoBinary(t)
+	exe := testenv.Hippo(t)
 	cases := []struct {
 		name, preset string
 		c            Config
@@ -126,7 +98,7 @@ func TestPipelineStageKilled(t *testing.T) {
 // when there is none or when the driver took more than 5 s after the kill to return it.
 func killStageMidRun(t *testing.T, transport string) error {
 	t.Helper()
-	exe := hippoBinary(t)
+	exe := testenv.Hippo(t)
 	dir := synthesize(t, "tiny-qwen3", 0)
 	p := Pipelines{Exe: exe}
 	defer p.Close()
@@ -155,9 +127,9 @@ func killStageMidRun(t *testing.T, transport string) error {
 // TestPipelineRefusesOtherCheckpoint: a stage serving different weights is refused at the
 // handshake, over either transport, with an error that says what to do.
 func TestPipelineRefusesOtherCheckpoint(t *testing.T) {
-	exe := hippoBinary(t)
+	exe := testenv.Hippo(t)
 	a := synthesize(t, "tiny-qwen3", 0)
-	b := synthesizeWith(t, synth.Options{Preset: "tiny-qwen3", Seed: 99})
+	b := testmodel.Synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 99})
 	for _, tr := range []string{"tcp", pipeline.TransportRing} {
 		t.Run(tr, func(t *testing.T) {
 			c := Config{Stages: 2, Transport: tr}
@@ -191,10 +163,10 @@ func TestPipelineRefusesOtherCheckpoint(t *testing.T) {
 // TestPipelineSpecMatchesStandalone: speculation across the pipeline (drafting at the driver, one
 // pipeline pass per block, every stage trimmed after a rejection) keeps greedy output identical.
 func TestPipelineSpecMatchesStandalone(t *testing.T) {
-	exe := hippoBinary(t)
+	exe := testenv.Hippo(t)
 	dir := synthesize(t, "tiny-qwen3", 0)
 	// The same shape with other weights: drafts are mostly rejected.
-	other := synthesizeWith(t, synth.Options{Preset: "tiny-qwen3", Seed: 77, Layers: 2})
+	other := testmodel.Synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 77, Layers: 2})
 	self := dir
 	c := Config{Model: dir, Prompt: "one two three, one two three, one two", MaxTokens: 32, IgnoreEOS: true}
 	e, err := engines.Open(context.Background(), engines.Options{Model: dir})
@@ -241,7 +213,7 @@ func TestPipelineSpecMatchesStandalone(t *testing.T) {
 // remote) and 3. The drafts depend only on the features, so the acceptance statistics equal those
 // of the standalone spec mode with the same draft.
 func TestPipelineSpecDFlashMatchesStandalone(t *testing.T) {
-	exe := hippoBinary(t)
+	exe := testenv.Hippo(t)
 	dir := synthesize(t, "tiny-qwen3", 0)
 	draft := t.TempDir()
 	w := mlx.NewWorker()

@@ -14,6 +14,8 @@ import (
 	"github.com/hippo-bench/hippo/engines/launch"
 	"github.com/hippo-bench/hippo/engines/pipeline"
 	"github.com/hippo-bench/hippo/engines/synth"
+	"github.com/hippo-bench/hippo/internal/testenv"
+	"github.com/hippo-bench/hippo/internal/testmodel"
 )
 
 // fixedDrafter proposes one token drawn from a fixed distribution q, and returns q with it; with
@@ -87,8 +89,8 @@ func TestPipelineSpecSamplingKeepsTargetDistribution(t *testing.T) {
 		n           = 1000
 		alpha       = 0.001
 	)
-	exe := hippoBinary(t)
-	dir := synthesizeWith(t, synth.Options{Preset: "tiny-qwen3", Seed: 21, Set: []string{"vocab_size=64"}})
+	exe := testenv.Hippo(t)
+	dir := testmodel.Synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 21, Set: []string{"vocab_size=64"}})
 	ctx := context.Background()
 	prompt := []int{3, 14, 15}
 	e, err := engines.Open(ctx, engines.Options{Model: dir})

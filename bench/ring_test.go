@@ -8,6 +8,7 @@ import (
 
 	"github.com/hippo-bench/hippo/engines"
 	"github.com/hippo-bench/hippo/engines/pipeline"
+	"github.com/hippo-bench/hippo/internal/testenv"
 )
 
 // TestRingPipelineMatchesStandalone is invariant 2 over MLX's ring: stage k is MLX rank k, hidden
@@ -15,7 +16,7 @@ import (
 // standalone engine's, token for token. Sampled runs draw from the last stage's top-k
 // candidates, so they must equal the same run over TCP.
 func TestRingPipelineMatchesStandalone(t *testing.T) {
-	exe := hippoBinary(t)
+	exe := testenv.Hippo(t)
 	dir := synthesize(t, "tiny-qwen3", 0)
 	cases := []struct {
 		name string

@@ -12,29 +12,12 @@ import (
 	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/pipeline"
-	"github.com/hippo-bench/hippo/engines/synth"
-	"github.com/hippo-bench/hippo/internal/testenv"
 	"github.com/hippo-bench/hippo/transport"
 )
 
 // autoContext is the context cap of the split tests: it keeps the KV cache small, so that the
 // figures below are about the layers.
 const autoContext = 256
-
-func synthesizePreset(t *testing.T, preset string) string {
-	t.Helper()
-	p, err := synth.Lookup(preset)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := synth.Options{Preset: preset, Seed: 5, Out: t.TempDir(), Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))}
-	w := mlx.NewWorker()
-	defer w.Close()
-	if err := w.Do(context.Background(), func() error { _, err := synth.Write(o); return err }); err != nil {
-		t.Fatal(err)
-	}
-	return o.Out
-}
 
 // startRanks serves stages 1..len(free)-1 of plan in this process, on loopback, without a split:
 // each waits for the driver's assignment and reports free[k]. It returns stage 1's address.
@@ -77,26 +60,8 @@ func startRanks(t *testing.T, plan pipeline.Plan, free []int64) string {
 // driver must give them contiguous layer ranges weighted by it, the ranks must load what they are
 // assigned, and the run must equal standalone. The same ranks then take an explicit split.
 func TestSplitByFreeMemory(t *testing.T) {
-	dir := synthesizePreset(t, "deep-narrow")
-	cfg, err := model.ReadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fp, err := model.Fingerprint(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := engines.Open(context.Background(), engines.Options{Model: dir, DType: "f32"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := engines.Request{Tokens: []int{1, 2, 3, 4, 5, 6, 7}, MaxTokens: 6, IgnoreEOS: true}
-	st, err := e.Generate(context.Background(), req, func(engines.Token) error { return nil })
-	e.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := st.Tokens
+	m := synthesize(t, "deep-narrow")
+	cfg, want := m.cfg, m.standalone(t)
 
 	// Free memory in units of about one layer, beyond the runtime every stage needs anyway.
 	est := engines.EstimateMemory(cfg, mlx.Float32, autoContext)
@@ -106,12 +71,9 @@ func TestSplitByFreeMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	placeholder, err := pipeline.ParseSplit("0:9,9:18,18:27,27:36", cfg.NumLayers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan := pipeline.Plan{Model: dir, DType: "f32", Split: placeholder, Fingerprint: fp, Layers: cfg.NumLayers,
-		Context: autoContext, AutoSplit: true, FreeMemory: free[0]}
+	plan := m.plan(t, "0:9,9:18,18:27,27:36")
+	placeholder := plan.Split
+	plan.Context, plan.AutoSplit, plan.FreeMemory = autoContext, true, free[0]
 	addr := startRanks(t, plan, free)
 
 	generate := func(t *testing.T, plan pipeline.Plan) []model.Range {
@@ -123,7 +85,7 @@ func TestSplitByFreeMemory(t *testing.T) {
 			t.Fatalf("OpenDriver: %v", err)
 		}
 		defer d.Close()
-		got, err := d.Generate(ctx, req, func(engines.Token) error { return nil })
+		got, err := d.Generate(ctx, testRequest, func(engines.Token) error { return nil })
 		if err != nil {
 			t.Fatalf("Generate: %v", err)
 		}
@@ -183,21 +145,8 @@ func fakeRank(t *testing.T, plan pipeline.Plan, m *transport.Memory) string {
 }
 
 func TestSplitByFreeMemoryRefusesBadReports(t *testing.T) {
-	dir := synthesizePreset(t, "tiny-qwen3")
-	cfg, err := model.ReadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fp, err := model.Fingerprint(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	split, err := pipeline.ParseSplit("0:2,2:4", cfg.NumLayers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan := pipeline.Plan{Model: dir, DType: "f32", Split: split, Fingerprint: fp, Layers: cfg.NumLayers,
-		Context: autoContext, AutoSplit: true, FreeMemory: 8 << 30}
+	plan := synthesize(t, "tiny-qwen3").plan(t, "0:2,2:4")
+	plan.Context, plan.AutoSplit, plan.FreeMemory = autoContext, true, 8<<30
 	for _, tc := range []struct {
 		name   string
 		report []transport.StageMemory

@@ -8,8 +8,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -17,10 +15,7 @@ import (
 	"time"
 
 	"github.com/hippo-bench/hippo/engines"
-	"github.com/hippo-bench/hippo/engines/mlx"
-	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/pipeline"
-	"github.com/hippo-bench/hippo/engines/synth"
 	"github.com/hippo-bench/hippo/internal/testenv"
 	"github.com/hippo-bench/hippo/transport"
 )
@@ -31,30 +26,6 @@ import (
 // and equal standalone, token for token.
 
 const hostileSecret = "hostile-suite-secret"
-
-func hippoBinary(t *testing.T) string {
-	t.Helper()
-	exe := filepath.Join(testenv.Root(t), "bin", "hippo")
-	if _, err := os.Stat(exe); err != nil {
-		t.Fatalf("%s is missing: run `just build` (just test does)", exe)
-	}
-	return exe
-}
-
-func synthesize(t *testing.T) string {
-	t.Helper()
-	p, err := synth.Lookup("tiny-qwen3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := synth.Options{Preset: "tiny-qwen3", Seed: 5, Out: t.TempDir(), Tokenizer: testenv.Tokenizer(t, synth.TokenizerFor(p.Arch))}
-	w := mlx.NewWorker()
-	defer w.Close()
-	if err := w.Do(context.Background(), func() error { _, err := synth.Write(o); return err }); err != nil {
-		t.Fatal(err)
-	}
-	return o.Out
-}
 
 // suite is the live rank and what a legitimate run must produce.
 type suite struct {
@@ -108,32 +79,12 @@ func (s *suite) logged(t *testing.T, want string) {
 }
 
 func TestHostilePeers(t *testing.T) {
-	exe := hippoBinary(t)
-	dir := synthesize(t)
-	cfg, err := model.ReadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fp, err := model.Fingerprint(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	split, err := pipeline.ParseSplit("0:2,2:4", cfg.NumLayers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &suite{plan: pipeline.Plan{Model: dir, DType: "f32", Split: split, Fingerprint: fp, Layers: cfg.NumLayers, Secret: hostileSecret}}
-	e, err := engines.Open(context.Background(), engines.Options{Model: dir, DType: "f32"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.req = engines.Request{Tokens: []int{1, 2, 3, 4, 5, 6, 7}, MaxTokens: 6, IgnoreEOS: true}
-	st, err := e.Generate(context.Background(), s.req, func(engines.Token) error { return nil })
-	e.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.want = st.Tokens
+	exe := testenv.Hippo(t)
+	m := synthesize(t, "tiny-qwen3")
+	s := &suite{plan: m.plan(t, "0:2,2:4"), req: testRequest, want: m.standalone(t)}
+	s.plan.Secret = hostileSecret
+	cfg, fp, split := m.cfg, m.fp, s.plan.Split
+	var err error
 	if s.local, err = pipeline.Launch(context.Background(), exe, s.plan); err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -88,17 +89,18 @@ var (
 )
 
 // linkStart is a link being set up while the driver loads stage 0: the ring is joined in the
-// background from the start, because every rank's join blocks until all ranks have joined.
+// background from the start, because every rank's join blocks until all ranks have joined. Over
+// TCP, ring is nil and the driver dials stage 1 itself (it needs the connection before stage 0
+// loads, to plan the split).
 type linkStart struct {
 	plan Plan
-	addr string
 	ring *ringJoin
 }
 
-// startLink begins connecting the driver: nothing yet for TCP, joining MLX's ring for mlx-ring
-// (addr is then the hostfile; "" uses $MLX_HOSTFILE).
+// startLink begins connecting the driver: nothing for TCP, joining MLX's ring for mlx-ring (addr
+// is then the hostfile; "" uses $MLX_HOSTFILE) and JACCL.
 func startLink(plan Plan, addr string) (*linkStart, error) {
-	s := &linkStart{plan: plan, addr: addr}
+	s := &linkStart{plan: plan}
 	if plan.Transport == TransportJACCL {
 		var err error
 		s.ring, err = startRing(plan, 0, "")
@@ -148,13 +150,11 @@ func CheckRingLoopback(hostfile string) error {
 	return nil
 }
 
-// open finishes the link once stage 0 is loaded.
+// open finishes joining the ring once stage 0 is loaded. Only a link over MLX (ring set) is
+// opened here.
 func (s *linkStart) open(ctx context.Context, first *engines.Stage) (link, error) {
 	if s.ring == nil {
-		if err := CheckExposure(s.addr, s.plan.Secret); err != nil {
-			return nil, err
-		}
-		return transport.Dial(ctx, s.addr, s.plan.options(0, true))
+		return nil, errors.New("pipeline: no ring is being joined: the driver dials TCP stage 1 itself")
 	}
 	return openRingLink(ctx, s.plan, s.ring, first)
 }

@@ -32,6 +32,17 @@ func Root(t testing.TB) string {
 	}
 }
 
+// Hippo returns the hippo binary that `just build` writes (bin/hippo under the root), which
+// tests start pipeline stages with; a missing binary fails t with what to run.
+func Hippo(t testing.TB) string {
+	t.Helper()
+	exe := filepath.Join(Root(t), "bin", "hippo")
+	if _, err := os.Stat(exe); err != nil {
+		t.Fatalf("%s is missing: run `just build` (just test does); pipeline stages run it", exe)
+	}
+	return exe
+}
+
 // Python returns the venv's interpreter.
 func Python(t testing.TB) string {
 	t.Helper()
