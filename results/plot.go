@@ -9,6 +9,8 @@ import (
 	"slices"
 	"sort"
 
+	"gonum.org/v1/gonum/floats"
+	"gonum.org/v1/gonum/stat"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
@@ -342,34 +344,111 @@ type SpeedupSeries struct {
 	K       []int
 	Speedup []float64
 	Err     []float64
-	// Alpha is the pooled acceptance rate (accepted / drafted); CostRatio is c, the time to draft
-	// one token over the time of one target forward.
-	Alpha, CostRatio float64
+	// TokensPerStep is, per point, the tokens a speculative step emitted on average (kept drafts
+	// plus the target's own token); Verify is its verify forward's time over one step of the
+	// baseline (NaN without a baseline). Leviathan et al. count a verify as one target step.
+	TokensPerStep []float64
+	Verify        []float64
+	// Alpha is Leviathan et al.'s acceptance rate: the chance that the target keeps a draft when
+	// it kept every draft before it, estimated from the acceptance by position of every point
+	// (see acceptanceRate). NaN when nothing was drafted.
+	Alpha float64
+	// DraftFixed and CostRatio model the draft time of a step as DraftFixed + CostRatio*K
+	// baseline steps, fitted over the points (see fitDraftCost): an autoregressive draft model
+	// costs about CostRatio per token (the paper's c), a block drafter such as DFlash about
+	// DraftFixed per step whatever K.
+	DraftFixed, CostRatio float64
 }
 
-// Analytic is Leviathan et al.'s expected speedup of speculative decoding for draft length k:
-// the expected tokens per step (1 - a^(k+1)) / (1 - a), divided by the cost of a step relative to
-// one target forward, 1 + k*c.
-func Analytic(a, c float64, k int) float64 {
-	tokens := float64(k + 1)
-	if a < 1 {
-		tokens = (1 - math.Pow(a, float64(k+1))) / (1 - a)
+// Analytic is Leviathan et al.'s expected speedup of speculative decoding for draft length k: the
+// expected tokens per step (1 - a^(k+1)) / (1 - a), divided by the cost of a step relative to one
+// target step, 1 + c0 + k*c (the verify counted as one target step; c0 is the draft's fixed cost
+// per step, 0 for the paper's draft model).
+func Analytic(a, c0, c float64, k int) float64 {
+	return ExpectedTokens(a, k) / (1 + c0 + float64(k)*c)
+}
+
+// ExpectedTokens is the expected number of tokens a speculative step emits with k drafts, each
+// kept with probability a when the ones before it were: (1 - a^(k+1)) / (1 - a).
+func ExpectedTokens(a float64, k int) float64 {
+	if a >= 1 {
+		return float64(k + 1)
 	}
-	return tokens / (1 + float64(k)*c)
+	return (1 - math.Pow(a, float64(k+1))) / (1 - a)
 }
 
-// Speedups groups speculative configurations by drafter and pairs each with its baseline: the
-// same configuration in the mode without speculation (spec -> standalone, pipeline+spec ->
-// pipeline).
+// acceptanceRate estimates a, the chance that the target keeps a draft given it kept the earlier
+// ones, from acceptance-by-position curves (byPos[j][i]: the share of steps that kept position
+// i+1) weighted by their step counts. Each step is a run of trials: the drafts it kept succeeded,
+// and one failed unless it kept all. The maximum-likelihood a is kept drafts over kept drafts plus
+// steps that rejected one: sum(r) / (sum(r) + 1 - r_K) per step. (A drafter that sometimes
+// proposes fewer than K drafts, such as lookup, makes this an approximation.)
+func acceptanceRate(byPos [][]float64, steps []int) float64 {
+	var kept, failed float64
+	for j, r := range byPos {
+		if len(r) == 0 || steps[j] == 0 {
+			continue
+		}
+		var sum float64
+		for _, v := range r {
+			sum += v
+		}
+		kept += float64(steps[j]) * sum
+		failed += float64(steps[j]) * (1 - r[len(r)-1])
+	}
+	if kept+failed == 0 {
+		return math.NaN()
+	}
+	return kept / (kept + failed)
+}
+
+// fitDraftCost fits cost ≈ c0 + c*k (both at least 0) by least squares over the points: with
+// one draft length (or no spread), c0 = 0 and c is the mean cost per draft token.
+func fitDraftCost(ks []int, costs []float64) (c0, c float64) {
+	var xs, ys []float64
+	for i, y := range costs {
+		if !math.IsNaN(y) && !math.IsInf(y, 0) {
+			xs, ys = append(xs, float64(ks[i])), append(ys, y)
+		}
+	}
+	if len(xs) == 0 {
+		return 0, 0
+	}
+	through0 := func() (float64, float64) { // c0 = 0
+		var xy, xx float64
+		for i := range xs {
+			xy, xx = xy+xs[i]*ys[i], xx+xs[i]*xs[i]
+		}
+		return 0, max(xy/xx, 0)
+	}
+	if floats.Min(xs) == floats.Max(xs) {
+		return through0()
+	}
+	c0, c = stat.LinearRegression(xs, ys, nil, false)
+	switch {
+	case c < 0: // cost falls with k: noise; a constant fits better than a negative slope
+		return max(stat.Mean(ys, nil), 0), 0
+	case c0 < 0:
+		return through0()
+	}
+	return c0, c
+}
+
+// Speedups groups speculative configurations by drafter (any drafter: mode, drafter and draft
+// model name a series) and pairs each with its baseline: the same configuration in the mode
+// without speculation (spec -> standalone, pipeline+spec -> pipeline). The cost of a baseline
+// step is its whole decode step (forward, sample and network), since a standalone step's forward
+// time alone is only the time to enqueue it.
 func Speedups(sums []Summary) []SpeedupSeries {
 	byKey := map[string]Summary{}
 	for _, s := range sums {
 		byKey[s.Key] = s
 	}
 	type acc struct {
-		series        SpeedupSeries
-		drafted, accd int
-		cs            []float64
+		series SpeedupSeries
+		byPos  [][]float64
+		steps  []int
+		costs  []float64
 	}
 	var order []string
 	groups := map[string]*acc{}
@@ -391,39 +470,34 @@ func Speedups(sums []Summary) []SpeedupSeries {
 			groups[gk] = g
 			order = append(order, gk)
 		}
-		base := baseline(s.Config)
-		b, ok := byKey[ConfigKey(base)]
-		speed, errw := math.NaN(), math.NaN()
-		targetMS := s.Forward.Mean
+		b, ok := byKey[ConfigKey(baseline(s.Config))]
+		speed, errw, verify, cost := math.NaN(), math.NaN(), math.NaN(), math.NaN()
 		if ok && b.DecodeTokS.N > 0 {
 			speed = s.DecodeTokS.Mean / b.DecodeTokS.Mean
 			ra := s.DecodeTokS.HalfWidth() / s.DecodeTokS.Mean
 			rb := b.DecodeTokS.HalfWidth() / b.DecodeTokS.Mean
 			errw = speed * math.Hypot(nz(ra), nz(rb))
-			if b.Forward.N > 0 {
-				targetMS = b.Forward.Mean
+			if t := b.Step.Mean; t > 0 {
+				verify = s.Forward.Mean / t
+				if s.Draft.N > 0 {
+					cost = s.Draft.Mean / t
+				}
 			}
 		}
 		g.series.K = append(g.series.K, k)
 		g.series.Speedup = append(g.series.Speedup, speed)
 		g.series.Err = append(g.series.Err, errw)
-		g.drafted += s.Drafted
-		g.accd += s.Accepted
-		if s.Draft.N > 0 && targetMS > 0 {
-			g.cs = append(g.cs, s.Draft.Mean/float64(k)/targetMS)
-		}
+		g.series.TokensPerStep = append(g.series.TokensPerStep, s.TokensPerStep)
+		g.series.Verify = append(g.series.Verify, verify)
+		g.byPos = append(g.byPos, s.AcceptByPosition)
+		g.steps = append(g.steps, s.Step.N)
+		g.costs = append(g.costs, cost)
 	}
 	out := make([]SpeedupSeries, 0, len(order))
 	for _, gk := range order {
 		g := groups[gk]
-		g.series.Alpha = math.NaN()
-		if g.drafted > 0 {
-			g.series.Alpha = float64(g.accd) / float64(g.drafted)
-		}
-		g.series.CostRatio = 0
-		if len(g.cs) > 0 {
-			g.series.CostRatio = Describe(g.cs).Mean
-		}
+		g.series.Alpha = acceptanceRate(g.byPos, g.steps)
+		g.series.DraftFixed, g.series.CostRatio = fitDraftCost(g.series.K, g.costs)
 		out = append(out, g.series)
 	}
 	return out
@@ -492,7 +566,7 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 		}
 		var curve plotter.XYs
 		for k := 1; k <= maxK; k++ {
-			curve = append(curve, plotter.XY{X: float64(k), Y: Analytic(s.Alpha, s.CostRatio, k)})
+			curve = append(curve, plotter.XY{X: float64(k), Y: Analytic(s.Alpha, s.DraftFixed, s.CostRatio, k)})
 		}
 		line, err := plotter.NewLine(curve)
 		if err != nil {
@@ -501,14 +575,14 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 		line.Color = col
 		line.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
 		p.Add(line)
-		p.Legend.Add(fmt.Sprintf("%s analytic (a=%.2f, c=%.3f)", s.Name, s.Alpha, s.CostRatio), line)
+		p.Legend.Add(fmt.Sprintf("%s analytic (a=%.2f, draft %.3f+%.3fK)", s.Name, s.Alpha, s.DraftFixed, s.CostRatio), line)
 	}
 	one, err := plotter.NewLine(plotter.XYs{{X: 1, Y: 1}, {X: float64(maxK), Y: 1}})
 	if err == nil {
 		one.Color = color.Gray{Y: 150}
 		p.Add(one)
 	}
-	return p, 5 * vg.Inch, "Measured speedup (points, approximate 95% CI) against the analytic expectation (1-a^(K+1))/((1-a)(1+Kc)) from the measured acceptance rate a and draft/target cost ratio c (Leviathan et al., 2023).", ""
+	return p, 5 * vg.Inch, "Measured speedup (points, approximate 95% CI) against Leviathan et al.'s (2023) analytic expectation (1-a^(K+1))/((1-a)(1+c0+Kc)) (dashed), with a the acceptance rate estimated from the acceptance by position and c0+Kc the measured draft time per step in target steps; it counts a verify as one target step, so where verifying K+1 tokens costs more (a CPU), the points fall below it.", ""
 }
 
 // plotAcceptByPosition draws, for every speculative configuration, the acceptance rate at each
