@@ -117,9 +117,20 @@ golden-gguf-tokens: setup
 bench-engine: build
     ./bin/hippo bench engine --rounds 5
 
-# Run experiments/NAME.yaml (e.g. `just sweep quick`, `just sweep thunderbolt-vs-wifi`); results go to results/NAME/<timestamp>/.
+# Run experiments/NAME.yaml (e.g. `just sweep quick`, `just sweep thunderbolt-vs-wifi`, `just sweep spec-real`); results go to results/NAME/<timestamp>/.
 sweep NAME *FLAGS: build
+    # spec-real runs on the dense copy of SmolLM2
+    if [ "{{NAME}}" = spec-real ]; then "{{just_executable()}}" --justfile "{{justfile()}}" smollm2-dense; fi
     ./bin/hippo sweep {{FLAGS}} {{NAME}}
+
+# The dense float32 copy of SmolLM2-135M-Instruct (models/smollm2-135m-dense, dequantized from the GGUF `just setup` installs) that the speculative benchmarks and the spec-real sweep run on: MLX's CPU quantized matmul grows with the tokens of a forward, so a verify step on the Q4 weights would cost K+1 decode steps.
+smollm2-dense: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd "{{root}}"
+    [ -d models/smollm2-135m-dense ] && exit 0
+    [ -d models/smollm2-135m ] || ./bin/hippo convert .cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2-135m
+    "{{python}}" engines/spec/train/dequantize.py models/smollm2-135m models/smollm2-135m-dense
 
 # Serve a model through the OpenAI-compatible API, /metrics and the web chat at http://127.0.0.1:8002 (e.g. just serve --best results/quick/<stamp>).
 serve *ARGS="--model smollm2-135m": build
@@ -146,11 +157,10 @@ bench-pipeline: build
     ./bin/hippo bench pipeline
 
 # pipeline+spec with the DFlash drafter against the plain pipeline on SmolLM2-135M-Instruct (dense copy), 2 stages, thunderbolt and wifi link profiles, held-out chat prompts, K = 7 and 3, with the analytic expectation and the acceptance the targets need. DRAFT picks the drafter (default: models/dflash-smollm2 from just train-dflash, else the shipped one).
-bench-pipespec DRAFT="": build
+bench-pipespec DRAFT="": smollm2-dense
     #!/usr/bin/env bash
     set -euo pipefail
     cd "{{root}}"
-    [ -d models/smollm2-135m-dense ] || { ./bin/hippo convert .cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2-135m; "{{python}}" engines/spec/train/dequantize.py models/smollm2-135m models/smollm2-135m-dense; }
     d="{{DRAFT}}"; [ -n "$d" ] || { d=models/dflash-smollm2; [ -f "$d/model.safetensors" ] || d=engines/spec/testdata/dflash-smollm2; }
     for k in 7 3; do
         ./bin/hippo bench pipeline --mode pipeline+spec --model models/smollm2-135m-dense --drafter dflash --draft "$d" --draft-tokens $k \
@@ -172,11 +182,10 @@ bench-spec: build
     ./bin/hippo bench spec --model "$pair/target" --draft "$pair/draft"
 
 # Speculative vs standalone decoding on SmolLM2-135M-Instruct (dense copy), held-out chat prompts: the trained DFlash drafter at B = 4, 8, 16 and prompt lookup, with the analytic expectation and acceptance by position.
-bench-spec-real: build
+bench-spec-real: smollm2-dense
     #!/usr/bin/env bash
     set -euo pipefail
     cd "{{root}}"
-    [ -d models/smollm2-135m-dense ] || { ./bin/hippo convert .cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2-135m; "{{python}}" engines/spec/train/dequantize.py models/smollm2-135m models/smollm2-135m-dense; }
     d=models/dflash-smollm2; [ -f "$d/model.safetensors" ] || d=engines/spec/testdata/dflash-smollm2
     ./bin/hippo bench spec --model models/smollm2-135m-dense --dflash "$d" --drafter dflash --drafter lookup \
         --block 4 --block 8 --block 16 --max-k 8 --prompts "$d/heldout.json" --num-prompts 4 --chat --max-tokens 64 --rounds 1
@@ -200,15 +209,13 @@ train-pair: setup
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_pair.py --out models/pair
 
 # Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies, fixed seed, 1 draft layer, block 16, 384 replies x 128 tokens cached in models/dflash-data, 12 + 7 + 13 minutes of training (two resumed stages); 60-75 min on the shared 2 cores); writes models/dflash-smollm2 (config.json, model.safetensors, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
-train-dflash: setup build
+train-dflash: setup smollm2-dense
     #!/usr/bin/env bash
     set -euo pipefail
     cd "{{root}}"
     blas=""
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     gguf=.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
-    [ -d models/smollm2-135m ] || ./bin/hippo convert "$gguf" --out models/smollm2-135m
-    [ -d models/smollm2-135m-dense ] || "{{python}}" engines/spec/train/dequantize.py models/smollm2-135m models/smollm2-135m-dense
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2
     # the shipped weights had a second and a third, resumed stage (fresh optimizer and schedule each)
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --resume --minutes 7
