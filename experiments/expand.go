@@ -120,10 +120,12 @@ func mapping(root *yaml.Node, key string) *yaml.Node {
 type combo struct {
 	vals    map[string]val
 	entries []*entry
+	// own is the include entry that agreed with no combination and became this one.
+	own *entry
 }
 
 func (c combo) clone() combo {
-	return combo{vals: maps.Clone(c.vals), entries: slices.Clone(c.entries)}
+	return combo{vals: maps.Clone(c.vals), entries: slices.Clone(c.entries), own: c.own}
 }
 
 // expand builds the configurations the way GitHub Actions builds a job matrix: the cross product
@@ -190,7 +192,7 @@ func (p *parser) expand(dims []dim, defaults map[string]val, excludes, includes 
 		if !matched {
 			// A new configuration gets the include's keys plus every single-valued matrix key:
 			// those act as defaults ("matrix: {model: m}" applies to everything).
-			c := combo{vals: maps.Clone(e.vals), entries: []*entry{e}}
+			c := combo{vals: maps.Clone(e.vals), entries: []*entry{e}, own: e}
 			for _, d := range dims {
 				if _, ok := c.vals[d.key]; !ok && len(d.vals) == 1 {
 					c.vals[d.key] = d.vals[0]
@@ -219,6 +221,7 @@ func (p *parser) expand(dims []dim, defaults map[string]val, excludes, includes 
 			mode = fmt.Sprint(v.v)
 		}
 		p.checkEntries(c.entries)
+		p.checkOwn(c.own, mode, dims)
 		p.checkCombo(mode, m)
 		for k := range m {
 			if modeUses(mode, k) {
@@ -263,6 +266,31 @@ func (p *parser) checkEntries(entries []*entry) {
 				p.errorf(v.n, "mode %s does not use %s (only %s do)", mode, k, strings.Join(modesUsing(k), ", "))
 			}
 		}
+	}
+}
+
+// checkOwn flags an include entry that agreed with no combination of the matrix and so became a
+// configuration of its own, in a mode that ignores some of its settings: {drafter: model, draft:
+// DIR} beside matrix.drafter [dflash, lookup] would otherwise silently become a standalone run.
+func (p *parser) checkOwn(e *entry, mode string, dims []dim) {
+	if e == nil {
+		return
+	}
+	if _, ok := e.vals["mode"]; ok {
+		return // checkEntries judges an entry that names its mode
+	}
+	for _, k := range e.keys {
+		if modeUses(mode, k) {
+			continue
+		}
+		hint := "name its mode (and the settings that mode needs) in the entry"
+		for _, d := range dims {
+			if d.key == k {
+				hint = fmt.Sprintf("add %v to matrix.%s so that the entry merges into those configurations, or %s", e.vals[k].v, k, hint)
+			}
+		}
+		p.errorf(e.vals[k].n, "%s agrees with no configuration of the matrix, so it would run on its own in mode %s, which does not use %s (only %s do): %s",
+			e.label, mode, k, strings.Join(modesUsing(k), ", "), hint)
 	}
 }
 
