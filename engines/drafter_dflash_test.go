@@ -177,19 +177,26 @@ func scratchLogits(t *testing.T, e *Engine, d *DFlashDrafter, history []int, n i
 			return err
 		}
 		d.reset()
-		s := mlx.NewScope()
-		defer s.Close()
-		logits, err := d.logits(history, n)
-		if err != nil {
-			return err
-		}
-		out, err = logits.Float32s()
+		var err error
+		out, err = readLogits(d, history, n)
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// readLogits evaluates and reads d's logits for n drafts after history, on the calling MLX
+// thread.
+func readLogits(d *DFlashDrafter, history []int, n int) ([]float32, error) {
+	s := mlx.NewScope()
+	defer s.Close()
+	logits, err := d.logits(history, n)
+	if err != nil {
+		return nil, err
+	}
+	return logits.Float32s()
 }
 
 // TestDFlashSampling runs the drafter at a temperature: every draft comes with its distribution,
@@ -318,13 +325,8 @@ func TestStageDFlashMatchesEngine(t *testing.T) {
 		t.Helper()
 		var out []float32
 		err := s0.worker.Do(ctx, func() error {
-			s := mlx.NewScope()
-			defer s.Close()
-			logits, err := sd.logits(history, n)
-			if err != nil {
-				return err
-			}
-			out, err = logits.Float32s()
+			var err error
+			out, err = readLogits(sd, history, n)
 			return err
 		})
 		if err != nil {
