@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"text/tabwriter"
 
@@ -39,6 +40,8 @@ type pipeSpecRow struct {
 	accepted, tokens         float64   // over every spec step
 	steps                    int
 	drafted, kept            int
+	byPos                    [][]float64 // acceptance by position of each spec run
+	runSteps                 []int       // verify steps of each spec run
 	plainBytes, specBytes    []float64
 }
 
@@ -78,7 +81,11 @@ func ComparePipelineSpec(ctx context.Context, o PipelineSpecOptions, w io.Writer
 		// Per step the speculative pipeline makes E tokens for one draft and one verify pass;
 		// the plain pipeline makes one token per pass.
 		cost := (d + v) / tp
-		expected := expectedTokens(rate, k) / cost
+		a := AcceptanceRate(row.byPos, row.runSteps)
+		if math.IsNaN(a) {
+			a = 0
+		}
+		expected := ExpectedTokens(a, k) / cost
 		need := func(x float64) string {
 			if n := x*cost - 1; n <= float64(k) {
 				return fmt.Sprintf("%.2f", max(n, 0))
@@ -93,7 +100,7 @@ func ComparePipelineSpec(ctx context.Context, o PipelineSpecOptions, w io.Writer
 	fmt.Fprintf(w, "\n%d stages, drafter %s %s, %d prompts x %d rounds per link after a warm-up; pipeline and pipeline+spec alternate prompt by prompt on the same stages, their order swapped every round; %d tokens per run (at most, with --chat); greedy outputs checked identical.\n",
 		o.Stages, o.Drafter, o.Draft, len(o.Prompts), o.Rounds, o.MaxTokens)
 	fmt.Fprintln(w, "accepted/step: drafts kept per verify step (tokens per step - 1); acceptance: kept / drafted. verify ms: the verify pass's forward on every stage + time on the wire; draft ms: the drafter on the driver (a dflash draft cannot start before its block's features return).")
-	fmt.Fprintln(w, "expected: (1 - a^(K+1)) / (1 - a) tokens per step (per-token acceptance a, measured) over (draft + verify) / plain step. needed for X: accepted drafts per step that would reach X at the measured draft and verify costs (X x (draft + verify) / plain step - 1).")
+	fmt.Fprintln(w, "expected: (1 - a^(K+1)) / (1 - a) tokens per step (a: the per-token acceptance rate, estimated from the acceptance by position) over (draft + verify) / plain step. needed for X: accepted drafts per step that would reach X at the measured draft and verify costs (X x (draft + verify) / plain step - 1).")
 	return nil
 }
 
@@ -151,6 +158,8 @@ func comparePipeSpecLink(ctx context.Context, base Config, link string, o Pipeli
 			if a := sr.Acceptance; a != nil {
 				row.drafted += a.Drafted
 				row.kept += a.Accepted
+				row.byPos = append(row.byPos, a.ByPosition)
+				row.runSteps = append(row.runSteps, len(sr.Steps))
 				k = len(a.ByPosition)
 			}
 		}

@@ -36,24 +36,54 @@ type SpecCompareOptions struct {
 }
 
 // ExpectedSpeedup is Leviathan et al.'s expected speedup of speculative decoding with per-token
-// acceptance rate a, K drafted tokens and a draft step costing c target steps: the expected tokens
-// per step, (1 - a^(K+1)) / (1 - a), over the cost of a step, K*c + 1 (one verify forward is
-// counted as one target step).
+// acceptance rate a (see AcceptanceRate), K drafted tokens and a draft step costing c target
+// steps: the expected tokens per step, (1 - a^(K+1)) / (1 - a), over the cost of a step, K*c + 1
+// (one verify forward is counted as one target step).
 func ExpectedSpeedup(a float64, k int, c float64) float64 {
-	return expectedTokens(a, k) / (float64(k)*c + 1)
+	return ExpectedTokens(a, k) / (float64(k)*c + 1)
 }
 
 // ExpectedBlockSpeedup is the same expectation for a block drafter (DFlash), whose K drafts
 // come from one forward costing c target steps: (1 - a^(K+1)) / (1 - a) over c + 1.
 func ExpectedBlockSpeedup(a float64, k int, c float64) float64 {
-	return expectedTokens(a, k) / (c + 1)
+	return ExpectedTokens(a, k) / (c + 1)
 }
 
-func expectedTokens(a float64, k int) float64 {
+// ExpectedTokens is the expected number of tokens a speculative step emits with k drafts when the
+// target keeps each draft with probability a once it kept the ones before: (1 - a^(k+1)) / (1 - a).
+func ExpectedTokens(a float64, k int) float64 {
 	if a >= 1 {
 		return float64(k + 1)
 	}
 	return (1 - math.Pow(a, float64(k+1))) / (1 - a)
+}
+
+// AcceptanceRate estimates a, Leviathan et al.'s per-token acceptance rate (the chance that the
+// target keeps a draft when it kept every draft before it), from runs' acceptance by position
+// (byPos[j][i]: the share of run j's steps that kept draft i+1) weighted by their verify steps.
+// Each step is a run of trials: the drafts it kept succeeded and, unless it kept them all, one
+// failed, so the maximum-likelihood a is kept drafts over kept drafts plus steps that rejected
+// one: sum(r) / (sum(r) + 1 - r_K) per step. This is not kept / drafted, which counts the drafts
+// after the first rejection as failures too and so reads far lower at large K. (A drafter that
+// proposes fewer than K drafts at some steps, such as lookup, makes it an approximation.) NaN
+// when nothing was drafted.
+func AcceptanceRate(byPos [][]float64, steps []int) float64 {
+	var kept, failed float64
+	for j, r := range byPos {
+		if len(r) == 0 || j >= len(steps) || steps[j] == 0 {
+			continue
+		}
+		var sum float64
+		for _, v := range r {
+			sum += v
+		}
+		kept += float64(steps[j]) * sum
+		failed += float64(steps[j]) * (1 - r[len(r)-1])
+	}
+	if kept+failed == 0 {
+		return math.NaN()
+	}
+	return kept / (kept + failed)
 }
 
 // specRow is one drafter setting measured.
@@ -62,6 +92,7 @@ type specRow struct {
 	alone, spec, acc, tps   []float64
 	draftMS, stepMS         []float64
 	byPos                   [][]float64
+	steps                   []int // verify steps of each run, beside byPos
 	normalised, verifySteps int
 }
 
@@ -183,6 +214,7 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 					row.acc = append(row.acc, r.Acceptance.Rate)
 					row.tps = append(row.tps, 1+r.Acceptance.MeanAccepted)
 					row.byPos = append(row.byPos, r.Acceptance.ByPosition)
+					row.steps = append(row.steps, len(r.Steps))
 					row.stepMS = append(row.stepMS, meanForward(s))
 					for _, st := range r.Steps {
 						row.draftMS = append(row.draftMS, st.DraftMS)
@@ -201,11 +233,11 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 
 func printSpecRows(w io.Writer, name, label string, rows []*specRow, c float64) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "drafter\t%s\tacceptance\taccepted/step\tstandalone tok/s\tspec tok/s\tmeasured speedup\texpected speedup\tdraft ms\tcost c\tnormalised\t\n", label)
+	fmt.Fprintf(tw, "drafter\t%s\tacceptance\ta\taccepted/step\tstandalone tok/s\tspec tok/s\tmeasured speedup\texpected speedup\tdraft ms\tcost c\tnormalised\t\n", label)
 	var pays []string
 	best, bestK := 0.0, 0
 	for _, r := range rows {
-		a := stat.Mean(r.acc, nil)
+		rate, a := stat.Mean(r.acc, nil), AcceptanceRate(r.byPos, r.steps)
 		measured := stat.Mean(r.spec, nil) / stat.Mean(r.alone, nil)
 		cost, exp := c, 0.0
 		shown := r.k
@@ -227,7 +259,7 @@ func printSpecRows(w io.Writer, name, label string, rows []*specRow, c float64) 
 		if measured > 1 {
 			pays = append(pays, strconv.Itoa(shown))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.2f\t%.1f\t%.1f\t%.2fx\t%.2fx\t%.1f\t%.3f\t%.0f%%\t\n", name, shown, a, stat.Mean(r.tps, nil)-1,
+		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%.2f\t%.1f\t%.1f\t%.2fx\t%.2fx\t%.1f\t%.3f\t%.0f%%\t\n", name, shown, rate, a, stat.Mean(r.tps, nil)-1,
 			stat.Mean(r.alone, nil), stat.Mean(r.spec, nil), measured, exp, stat.Mean(r.draftMS, nil), cost, 100*r.normalisedShare())
 	}
 	tw.Flush()

@@ -351,7 +351,7 @@ type SpeedupSeries struct {
 	Verify        []float64
 	// Alpha is Leviathan et al.'s acceptance rate: the chance that the target keeps a draft when
 	// it kept every draft before it, estimated from the acceptance by position of every point
-	// (see acceptanceRate). NaN when nothing was drafted.
+	// (bench.AcceptanceRate). NaN when nothing was drafted.
 	Alpha float64
 	// DraftFixed and CostRatio model the draft time of a step as DraftFixed + CostRatio*K
 	// baseline steps, fitted over the points (see fitDraftCost): an autoregressive draft model
@@ -365,41 +365,7 @@ type SpeedupSeries struct {
 // target step, 1 + c0 + k*c (the verify counted as one target step; c0 is the draft's fixed cost
 // per step, 0 for the paper's draft model).
 func Analytic(a, c0, c float64, k int) float64 {
-	return ExpectedTokens(a, k) / (1 + c0 + float64(k)*c)
-}
-
-// ExpectedTokens is the expected number of tokens a speculative step emits with k drafts, each
-// kept with probability a when the ones before it were: (1 - a^(k+1)) / (1 - a).
-func ExpectedTokens(a float64, k int) float64 {
-	if a >= 1 {
-		return float64(k + 1)
-	}
-	return (1 - math.Pow(a, float64(k+1))) / (1 - a)
-}
-
-// acceptanceRate estimates a, the chance that the target keeps a draft given it kept the earlier
-// ones, from acceptance-by-position curves (byPos[j][i]: the share of steps that kept position
-// i+1) weighted by their step counts. Each step is a run of trials: the drafts it kept succeeded,
-// and one failed unless it kept all. The maximum-likelihood a is kept drafts over kept drafts plus
-// steps that rejected one: sum(r) / (sum(r) + 1 - r_K) per step. (A drafter that sometimes
-// proposes fewer than K drafts, such as lookup, makes this an approximation.)
-func acceptanceRate(byPos [][]float64, steps []int) float64 {
-	var kept, failed float64
-	for j, r := range byPos {
-		if len(r) == 0 || steps[j] == 0 {
-			continue
-		}
-		var sum float64
-		for _, v := range r {
-			sum += v
-		}
-		kept += float64(steps[j]) * sum
-		failed += float64(steps[j]) * (1 - r[len(r)-1])
-	}
-	if kept+failed == 0 {
-		return math.NaN()
-	}
-	return kept / (kept + failed)
+	return bench.ExpectedTokens(a, k) / (1 + c0 + float64(k)*c)
 }
 
 // fitDraftCost fits cost ≈ c0 + c*k (both at least 0) by least squares over the points: with
@@ -496,7 +462,7 @@ func Speedups(sums []Summary) []SpeedupSeries {
 	out := make([]SpeedupSeries, 0, len(order))
 	for _, gk := range order {
 		g := groups[gk]
-		g.series.Alpha = acceptanceRate(g.byPos, g.steps)
+		g.series.Alpha = bench.AcceptanceRate(g.byPos, g.steps)
 		g.series.DraftFixed, g.series.CostRatio = fitDraftCost(g.series.K, g.costs)
 		out = append(out, g.series)
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/hippo-bench/hippo/bench"
 )
 
 // Output file names inside a sweep directory.
@@ -336,7 +338,7 @@ func WriteReport(w io.Writer, recs []Record, sums []Summary, plots Plots) error 
 				an, exp := "–", "–"
 				if !math.IsNaN(s.Alpha) {
 					an = cell(Analytic(s.Alpha, s.DraftFixed, s.CostRatio, k), 2)
-					exp = cell(ExpectedTokens(s.Alpha, k), 2)
+					exp = cell(bench.ExpectedTokens(s.Alpha, k), 2)
 				}
 				p("| %s | %s | %s + %sK | %d | %s (%s) | %s | %s | %s |\n", md(s.Name), cell(s.Alpha, 3), cell(s.DraftFixed, 3), cell(s.CostRatio, 4), k,
 					cell(s.TokensPerStep[i], 2), exp, cell(s.Verify[i], 2), cell(s.Speedup[i], 2), an)
