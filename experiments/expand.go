@@ -375,8 +375,14 @@ func configJSON(c bench.Config) string {
 	return string(b)
 }
 
-// groupKey is what an executor may need a new engine for.
+// groupKey is what an executor may need a new engine for. Standalone and spec configurations of
+// one model share the target's engine (a launch.Loader swaps only the drafter), so they form one
+// group, and the plan alternates them prompt by prompt: a speedup is then a ratio of runs made
+// side by side, not of blocks run minutes apart on a machine whose load drifts.
 func groupKey(c bench.Config) string {
+	if c.Mode == "" || c.Mode == "standalone" || c.Mode == "spec" {
+		c.Mode, c.Drafter, c.Draft = "standalone", "", ""
+	}
 	rv := reflect.ValueOf(c)
 	var b strings.Builder
 	for _, k := range groupKeys {

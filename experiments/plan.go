@@ -13,15 +13,18 @@ type Run struct {
 	Config bench.Config
 	Repeat int
 	Warmup bool
-	// Group numbers consecutive runs that can share a loaded engine: same model, mode, stages,
-	// transport, link, drafter and dtype.
+	// Group numbers consecutive runs that can share a loaded engine: same model, stages,
+	// transport, link and dtype, and the same mode and drafter except that standalone and spec
+	// runs of a model share one (see groupKey).
 	Group int
 }
 
 // Plan returns every run of the sweep in execution order. Runs sharing an engine form a group;
 // a group starts with its warm-up runs (each configuration Warmup times, on the first prompt),
-// then repeat r of every configuration and prompt is run before repeat r+1 of any, so slow drift
-// (thermal, background load) spreads evenly over the configurations being compared.
+// then repeat r of every configuration and prompt is run before repeat r+1 of any, and within a
+// repeat every configuration runs a prompt before any runs the next, so that the configurations
+// being compared (standalone and spec, say) alternate and slow drift (thermal, background load)
+// spreads evenly over them.
 func (s *Sweep) Plan() []Run {
 	var out []Run
 	group := -1
@@ -40,8 +43,8 @@ func (s *Sweep) Plan() []Run {
 			}
 		}
 		for r := range s.Repeats {
-			for _, c := range cfgs {
-				for _, pr := range s.Prompts {
+			for _, pr := range s.Prompts {
+				for _, c := range cfgs {
 					c.Prompt = pr
 					out = append(out, Run{ID: results.RecordID(c, r, false), Config: c, Repeat: r, Group: group})
 				}

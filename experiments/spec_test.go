@@ -136,11 +136,12 @@ matrix:
   stages: 2
   drafter: lookup
 `,
+			// spec shares standalone's engine group, so it runs beside it.
 			want: []bench.Config{
 				{Model: "m", Mode: "standalone"},
+				{Model: "m", Mode: "spec", Drafter: "lookup"},
 				{Model: "m", Mode: "pipeline", Stages: 2, Link: "thunderbolt"},
 				{Model: "m", Mode: "pipeline", Stages: 2, Link: "wifi"},
-				{Model: "m", Mode: "spec", Drafter: "lookup"},
 			},
 		},
 		{
@@ -358,11 +359,11 @@ matrix:
 	}
 	want := []step{
 		{"standalone", 1, "a", 0, true, 0}, {"standalone", 2, "a", 0, true, 0},
-		{"standalone", 1, "a", 0, false, 0}, {"standalone", 1, "b", 0, false, 0}, {"standalone", 2, "a", 0, false, 0}, {"standalone", 2, "b", 0, false, 0},
-		{"standalone", 1, "a", 1, false, 0}, {"standalone", 1, "b", 1, false, 0}, {"standalone", 2, "a", 1, false, 0}, {"standalone", 2, "b", 1, false, 0},
+		{"standalone", 1, "a", 0, false, 0}, {"standalone", 2, "a", 0, false, 0}, {"standalone", 1, "b", 0, false, 0}, {"standalone", 2, "b", 0, false, 0},
+		{"standalone", 1, "a", 1, false, 0}, {"standalone", 2, "a", 1, false, 0}, {"standalone", 1, "b", 1, false, 0}, {"standalone", 2, "b", 1, false, 0},
 		{"pipeline", 1, "a", 0, true, 1}, {"pipeline", 2, "a", 0, true, 1},
-		{"pipeline", 1, "a", 0, false, 1}, {"pipeline", 1, "b", 0, false, 1}, {"pipeline", 2, "a", 0, false, 1}, {"pipeline", 2, "b", 0, false, 1},
-		{"pipeline", 1, "a", 1, false, 1}, {"pipeline", 1, "b", 1, false, 1}, {"pipeline", 2, "a", 1, false, 1}, {"pipeline", 2, "b", 1, false, 1},
+		{"pipeline", 1, "a", 0, false, 1}, {"pipeline", 2, "a", 0, false, 1}, {"pipeline", 1, "b", 0, false, 1}, {"pipeline", 2, "b", 0, false, 1},
+		{"pipeline", 1, "a", 1, false, 1}, {"pipeline", 2, "a", 1, false, 1}, {"pipeline", 1, "b", 1, false, 1}, {"pipeline", 2, "b", 1, false, 1},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Plan() order mismatch (-want +got):\n%s", diff)
@@ -373,6 +374,41 @@ matrix:
 			t.Errorf("duplicate id %s", r.ID)
 		}
 		ids[r.ID] = true
+	}
+}
+
+// TestPlanAlternatesSpec: standalone and spec runs of a model share one engine group, so every
+// prompt runs standalone and then each drafter's configurations before the next prompt.
+func TestPlanAlternatesSpec(t *testing.T) {
+	s, err := Parse("t.yaml", []byte(`
+warmup: 1
+prompts: [a, b]
+matrix:
+  model: m
+  mode: [standalone, spec]
+  drafter: [lookup, model]
+  draft_tokens: [2]
+include:
+  - {drafter: model, draft: d}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range s.Plan() {
+		kind := "run"
+		if r.Warmup {
+			kind = "warm-up"
+		}
+		got = append(got, fmt.Sprintf("%s %s %s %s group %d", kind, r.Config.Mode, r.Config.Drafter, r.Config.Prompt, r.Group))
+	}
+	want := []string{
+		"warm-up standalone  a group 0", "warm-up spec lookup a group 0", "warm-up spec model a group 0",
+		"run standalone  a group 0", "run spec lookup a group 0", "run spec model a group 0",
+		"run standalone  b group 0", "run spec lookup b group 0", "run spec model b group 0",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Plan() order mismatch (-want +got):\n%s", diff)
 	}
 }
 
