@@ -546,8 +546,10 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 	one, err := plotter.NewLine(plotter.XYs{{X: 1, Y: 1}, {X: float64(maxK), Y: 1}})
 	if err == nil {
 		one.Color = color.Gray{Y: 150}
+		one.Width = vg.Points(1.5)
 		p.Add(one)
 	}
+	p.Y.Min = max(p.Y.Min, 0) // a CI reaching below 0 says only that the run was noisy
 	return p, 5 * vg.Inch, "Measured speedup (points, approximate 95% CI) against Leviathan et al.'s (2023) analytic expectation (1-a^(K+1))/((1-a)(1+c0+Kc)) (dashed), with a the acceptance rate estimated from the acceptance by position and c0+Kc the measured draft time per step in target steps; it counts a verify as one target step, so where verifying K+1 tokens costs more (a CPU), the points fall below it.", ""
 }
 
@@ -559,9 +561,8 @@ func plotAcceptByPosition(sums []Summary) (*plot.Plot, vg.Length, string, string
 	p.X.Label.Text = "draft position"
 	p.Y.Label.Text = "share of steps that kept the draft at this position"
 	p.Legend.Top = true
-	p.Y.Min, p.Y.Max = 0, 1
 	p.Add(plotter.NewGrid())
-	n := 0
+	n, top := 0, 0.0
 	for _, s := range sums {
 		if len(s.AcceptByPosition) == 0 {
 			continue
@@ -569,6 +570,7 @@ func plotAcceptByPosition(sums []Summary) (*plot.Plot, vg.Length, string, string
 		var pts plotter.XYs
 		for i, v := range s.AcceptByPosition {
 			pts = append(pts, plotter.XY{X: float64(i + 1), Y: v})
+			top = max(top, v)
 		}
 		line, sc, err := plotter.NewLinePoints(pts)
 		if err != nil {
@@ -583,6 +585,8 @@ func plotAcceptByPosition(sums []Summary) (*plot.Plot, vg.Length, string, string
 	if n == 0 {
 		return nil, 0, "", "no speculative runs with acceptance by position"
 	}
+	// From 0 to a little above the highest share (at most 1), so that low acceptance stays legible.
+	p.Y.Min, p.Y.Max = 0, min(1, max(0.1, 1.15*top))
 	return p, 5 * vg.Inch, "Acceptance rate at each draft position, averaged over runs: a draft at position i counts as kept only when every earlier one was, so the curve falls; its sum is the mean number of drafts kept per step.", ""
 }
 
