@@ -83,6 +83,14 @@ func LoadRange(dir string, compute mlx.DType, r Range) (*Loaded, error) {
 		w.Free()
 		return nil, err
 	}
+	vm, err := ReadVocabMap(dir, c.VocabSize)
+	if err == nil && vm != nil {
+		m, err = mapVocab(m, vm, w)
+	}
+	if err != nil {
+		w.Free()
+		return nil, err
+	}
 	if extra := w.Unused(); len(extra) > 0 {
 		w.Free()
 		return nil, fmt.Errorf("model: %s: %d tensors are not used by %s (first: %q): %w", dir, len(extra), c.ModelType, extra[0], ErrCheckpoint)
