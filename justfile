@@ -221,6 +221,20 @@ train-dflash: setup smollm2-dense
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --resume --minutes 7
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --resume --minutes 13
 
+# Distil the 2-layer autoregressive draft for SmolLM2-135M-Instruct's model drafter (target layers 0-1 + 8,192 of its tokens, KD on the target's top-32 over its own greedy chat replies; fixed seed, a 20-minute training budget; ~35 min on the shared 2 cores once the replies are cached, ~20 more to generate them); writes models/ardraft-smollm2 (config.json, model.safetensors, draft_vocab.json, tokenizer, metrics.json, heldout.json).
+train-ardraft: setup build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd "{{root}}"
+    blas=""
+    for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
+    gguf=.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
+    [ -d models/smollm2-135m ] || ./bin/hippo convert "$gguf" --out models/smollm2-135m
+    [ -d models/smollm2-135m-dense ] || "{{python}}" engines/spec/train/dequantize.py models/smollm2-135m models/smollm2-135m-dense
+    # the target's replies to the first 384 training prompts and the 16 held-out ones (cached, shared with train-dflash)
+    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --train-prompts 384 --data-only
+    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_ardraft.py --gguf "$gguf" --out models/ardraft-smollm2 --heldout-data models/dflash-data/heldout
+
 # SmolLM2 fidelity against mlx-lm with every case in bf16 too (8 prompts x 64 tokens, the 2,100-token prompt); CI runs the bf16 half reduced, since MLX's CPU bf16 quantized matmul runs ~1 tok/s (about 30 minutes on 2 cores).
 fidelity-smollm2: build
     HIPPO_FIDELITY=full go test -count=1 -timeout 90m -run '^TestSmolLM2MatchesMLXLM$' -v ./engines

@@ -95,9 +95,9 @@ func TestShippedSweeps(t *testing.T) {
 		{"sd-vs-pipeline.yaml", 6, 6 * (2*5 + 1)},
 		// standalone + spec x 2 drafters x 8 lengths.
 		{"draft-length.yaml", 17, 17 * (2*3 + 1)},
-		// standalone + spec x 2 drafters (dflash, lookup) x 3 lengths; 6 prompts x 2 repeats + 1
-		// warm-up. A drafter added to it adds 3 configurations.
-		{"spec-real.yaml", 7, 7 * (6*2 + 1)},
+		// standalone + spec x 3 drafters (dflash, lookup, model) x 3 lengths; 6 prompts x 2
+		// repeats + 1 warm-up. A drafter added to it adds 3 configurations.
+		{"spec-real.yaml", 10, 10 * (6*2 + 1)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
