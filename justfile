@@ -181,13 +181,14 @@ bench-spec: build
     [ -d "$pair/target" ] || { echo "no trained pair: run just train-pair"; exit 1; }
     ./bin/hippo bench spec --model "$pair/target" --draft "$pair/draft"
 
-# Speculative vs standalone decoding on SmolLM2-135M-Instruct (dense copy), held-out chat prompts: the trained DFlash drafter at B = 4, 8, 16 and prompt lookup, with the analytic expectation and acceptance by position.
+# Speculative vs standalone decoding on SmolLM2-135M-Instruct (dense copy), held-out chat prompts: the trained DFlash drafter at B = 4, 8, 16, prompt lookup and the distilled 2-layer model drafter at K = 1..8, with the analytic expectation and acceptance by position.
 bench-spec-real: smollm2-dense
     #!/usr/bin/env bash
     set -euo pipefail
     cd "{{root}}"
     d=models/dflash-smollm2; [ -f "$d/model.safetensors" ] || d=engines/spec/testdata/dflash-smollm2
-    ./bin/hippo bench spec --model models/smollm2-135m-dense --dflash "$d" --drafter dflash --drafter lookup \
+    a=models/ardraft-smollm2; [ -f "$a/model.safetensors" ] || a=engines/spec/testdata/ardraft-smollm2
+    ./bin/hippo bench spec --model models/smollm2-135m-dense --dflash "$d" --draft "$a" --drafter dflash --drafter lookup --drafter model \
         --block 4 --block 8 --block 16 --max-k 8 --prompts "$d/heldout.json" --num-prompts 4 --chat --max-tokens 64 --rounds 1
 
 # hippo serve vs mlx_lm.server on a 6-layer, hidden-512 Qwen3-shaped f32 checkpoint (same dtype and BLAS on both sides), OpenAI SDK as client: aggregate tok/s, TTFT and inter-token latency at 1, 4 and 16 streams.
@@ -222,15 +223,13 @@ train-dflash: setup smollm2-dense
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --resume --minutes 13
 
 # Distil the 2-layer autoregressive draft for SmolLM2-135M-Instruct's model drafter (target layers 0-1 + 8,192 of its tokens, KD on the target's top-32 over its own greedy chat replies; fixed seed, a 20-minute training budget; ~35 min on the shared 2 cores once the replies are cached, ~20 more to generate them); writes models/ardraft-smollm2 (config.json, model.safetensors, draft_vocab.json, tokenizer, metrics.json, heldout.json).
-train-ardraft: setup build
+train-ardraft: setup smollm2-dense
     #!/usr/bin/env bash
     set -euo pipefail
     cd "{{root}}"
     blas=""
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     gguf=.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
-    [ -d models/smollm2-135m ] || ./bin/hippo convert "$gguf" --out models/smollm2-135m
-    [ -d models/smollm2-135m-dense ] || "{{python}}" engines/spec/train/dequantize.py models/smollm2-135m models/smollm2-135m-dense
     # the target's replies to the first 384 training prompts and the 16 held-out ones (cached, shared with train-dflash)
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --train-prompts 384 --data-only
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_ardraft.py --gguf "$gguf" --out models/ardraft-smollm2 --heldout-data models/dflash-data/heldout

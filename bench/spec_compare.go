@@ -12,6 +12,7 @@ import (
 	"gonum.org/v1/gonum/stat"
 
 	"github.com/hippo-bench/hippo/engines"
+	"github.com/hippo-bench/hippo/engines/model"
 )
 
 // SpecCompareOptions configures CompareSpec.
@@ -119,6 +120,7 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 		return err
 	}
 	defer e.Close()
+	fmt.Fprintf(w, "target %s: %s, %d layers, vocabulary %d, %v\n", o.Target, e.Config().ModelType, e.Config().NumLayers, e.Config().VocabSize, e.DType())
 	base := Config{Model: o.Target, MaxTokens: o.MaxTokens, IgnoreEOS: !o.Chat, Chat: o.Chat}
 	run := func(p string, d engines.Drafter, k int) (Result, Result, error) {
 		bc := base
@@ -142,6 +144,11 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 			return err
 		}
 		defer dm.Close()
+		rows := ""
+		if dc, err := model.ReadConfig(o.Draft); err == nil && dc.VocabSize != dm.Config().VocabSize {
+			rows = fmt.Sprintf(" (%d rows mapped onto the target's ids by %s)", dc.VocabSize, model.VocabMapFile)
+		}
+		fmt.Fprintf(w, "model draft %s: %s, %d layers, vocabulary %d%s, %v\n", o.Draft, dm.Config().ModelType, dm.Config().NumLayers, dm.Config().VocabSize, rows, dm.DType())
 		var tf, df []float64
 		for _, p := range o.Prompts {
 			bc := base
