@@ -113,6 +113,9 @@ func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 	}{
 		{"draft close to target", []float32{0.35, 0.3, 0.2, 0.1, 0.05}, 0},
 		{"draft far from target", []float32{0.05, 0.05, 0.1, 0.2, 0.6}, 0},
+		// A restricted-vocabulary draft (draft_vocab.json) gives the tokens outside its subset
+		// probability 0: the residual must supply them.
+		{"draft over a subset of the vocabulary", []float32{0.5, 0.3, 0.2, 0, 0}, 0},
 		{"deterministic draft of a likely token", nil, 0},
 		{"deterministic draft of an unlikely token", nil, 4},
 	}
