@@ -19,12 +19,12 @@ const trainedARDraft = "spec/testdata/ardraft-smollm2"
 
 // TestTrainedModelDrafterMatchesStandalone is invariant 3 on the real model with the distilled
 // draft and its restricted vocabulary: SmolLM2-135M-Instruct decodes a held-out chat prompt
-// greedily, standalone and with the model drafter at K = 2 and 5; the tokens must be identical.
+// greedily, standalone and with the model drafter at K = 2 and 4; the tokens must be identical.
 // Sampled, the drafter must propose only tokens of its subset, from distributions over the
 // target's whole vocabulary that are exactly zero outside the subset and sum to one (what keeps
 // the rejection rule exact), and sampled speculative decoding must run to the end.
 func TestTrainedModelDrafterMatchesStandalone(t *testing.T) {
-	const n = 16
+	const n = 12
 	ctx := context.Background()
 	target := smolLM2(t)
 	b, err := os.ReadFile(filepath.Join(trainedARDraft, "heldout.json"))
@@ -66,7 +66,7 @@ func TestTrainedModelDrafterMatchesStandalone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []int{2, 5} {
+	for _, k := range []int{2, 4} {
 		t.Run(fmt.Sprintf("greedy k%d", k), func(t *testing.T) {
 			got, ss, err := e.GenerateSpec(ctx, req, d, k, func(Token) error { return nil })
 			if err != nil {
@@ -114,14 +114,14 @@ func TestTrainedModelDrafterMatchesStandalone(t *testing.T) {
 			}
 		}
 		sr := req
-		sr.Temperature, sr.Seed = 0.8, 3
-		got, ss, err := e.GenerateSpec(ctx, sr, d, 4, func(Token) error { return nil })
+		sr.Temperature, sr.Seed, sr.MaxTokens = 0.8, 3, 6
+		got, ss, err := e.GenerateSpec(ctx, sr, d, 2, func(Token) error { return nil })
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(got.Tokens) != n {
-			t.Errorf("sampled spec made %d tokens; want %d", len(got.Tokens), n)
+		if len(got.Tokens) != sr.MaxTokens {
+			t.Errorf("sampled spec made %d tokens; want %d", len(got.Tokens), sr.MaxTokens)
 		}
-		t.Logf("sampled K=4: %d of %d drafts accepted", ss.Accepted, ss.Drafted)
+		t.Logf("sampled K=2: %d of %d drafts accepted", ss.Accepted, ss.Drafted)
 	})
 }
