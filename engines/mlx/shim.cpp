@@ -180,6 +180,8 @@ int hp_array_read(hp_array a, void* dst, size_t nbytes) {
   })
 }
 
+int hp_array_ready(hp_array a) { return a->a.is_available() ? 1 : 0; }
+
 int hp_eval(const hp_array* arrs, int n) { HP_TRY(mx::eval(to_vec(arrs, n))) }
 
 int hp_async_eval(const hp_array* arrs, int n) { HP_TRY(mx::async_eval(to_vec(arrs, n))) }
