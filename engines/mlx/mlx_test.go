@@ -179,10 +179,10 @@ func TestReadDoesNotWaitForLaterWork(t *testing.T) {
 		if err := AsyncEval(first); err != nil {
 			return err
 		}
-		// About a second of matrix products on a 2-core CPU, enqueued behind first (few enough ops
+		// Half a second of matrix products on an idle 2-core CPU, enqueued behind first (few enough ops
 		// that AsyncEval does not wait for the stream to drain).
-		w := Full(1.0/512, Float32, 512, 512)
-		later := Full(1, Float32, 512, 512)
+		w := Full(1.0/768, Float32, 768, 768)
+		later := Full(1, Float32, 768, 768)
 		for range 40 {
 			later = Matmul(later, w)
 		}
