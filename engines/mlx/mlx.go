@@ -373,6 +373,10 @@ func (a Array) Int32s() ([]int32, error) {
 	return out, nil
 }
 
+// Ready reports whether a's value is computed: false while it is unevaluated, or enqueued by
+// AsyncEval and still running. It never waits.
+func (a Array) Ready() bool { return a.h != nil && C.hp_array_ready(a.h) != 0 }
+
 // Item reads the one element of an int32 or uint32 array of size 1 (any shape): the single host
 // read a decode step needs to learn its token.
 func (a Array) Item() (int, error) {

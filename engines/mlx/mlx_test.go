@@ -167,3 +167,75 @@ func TestViewReinterpretsBytes(t *testing.T) {
 		return nil
 	})
 }
+
+// TestReadDoesNotWaitForLaterWork holds what pipelined decoding relies on: reading an array that
+// is already enqueued waits for that array only, not for work enqueued after it on the same
+// stream (a read that queued an op of its own would return only after the later work).
+func TestReadDoesNotWaitForLaterWork(t *testing.T) {
+	onWorker(t, func() error {
+		s := NewScope()
+		defer s.Close()
+		first := AsType(Argmax(FromFloat32s([]float32{1, 5, 2}, 1, 3), -1, false), Int32)
+		if err := AsyncEval(first); err != nil {
+			return err
+		}
+		// Half a second of matrix products on an idle 2-core CPU, enqueued behind first (few enough ops
+		// that AsyncEval does not wait for the stream to drain).
+		w := Full(1.0/768, Float32, 768, 768)
+		later := Full(1, Float32, 768, 768)
+		for range 40 {
+			later = Matmul(later, w)
+		}
+		if err := AsyncEval(later); err != nil {
+			return err
+		}
+		id, err := first.Item()
+		if err != nil {
+			return err
+		}
+		if id != 1 {
+			t.Errorf("Item() = %d; want 1", id)
+		}
+		if later.Ready() {
+			t.Errorf("the work enqueued after the read array was done when the read returned; want the read to return first")
+		}
+		if err := Eval(later); err != nil {
+			return err
+		}
+		if !later.Ready() {
+			t.Errorf("Ready() = false after Eval; want true")
+		}
+		return nil
+	})
+}
+
+// TestReadNonContiguous covers the reads that still need a copy: views whose elements are not in
+// row-major order once evaluated.
+func TestReadNonContiguous(t *testing.T) {
+	tests := []struct {
+		name string
+		view func(m Array) Array
+		want []float32
+	}{
+		{"transpose", func(m Array) Array { return Transpose(m, 1, 0) }, []float32{1, 4, 2, 5, 3, 6}},
+		{"broadcast", func(Array) Array { return Full(7, Float32, 2, 2) }, []float32{7, 7, 7, 7}},
+		{"column slice", func(m Array) Array { return Slice(m, []int{0, 1}, []int{2, 3}) }, []float32{2, 3, 5, 6}},
+		{"row slice", func(m Array) Array { return Slice(m, []int{1, 0}, []int{2, 3}) }, []float32{4, 5, 6}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			onWorker(t, func() error { // MLX calls stay on the worker's thread
+				s := NewScope()
+				defer s.Close()
+				got, err := tc.view(FromFloat32s([]float32{1, 2, 3, 4, 5, 6}, 2, 3)).Float32s()
+				if err != nil {
+					return err
+				}
+				if !slices.Equal(got, tc.want) {
+					t.Errorf("Float32s() = %v; want %v", got, tc.want)
+				}
+				return nil
+			})
+		})
+	}
+}

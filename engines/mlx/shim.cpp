@@ -161,8 +161,17 @@ size_t hp_array_nbytes(hp_array a) { return a->a.nbytes(); }
 
 int hp_array_read(hp_array a, void* dst, size_t nbytes) {
   HP_TRY({
-    mx::array c = mx::contiguous(a->a);
+    // Wait for a itself, as mlx's item() does: an array already enqueued (async_eval) is only
+    // waited on. Wrapping it in contiguous() first would put a new op at the back of the stream's
+    // queue, behind anything enqueued since (in pipelined decoding, the whole next step), so the
+    // read would return one step late and leave the device idle while the host builds the step
+    // after. Only an array that is not row-contiguous once evaluated gets copied.
+    mx::array c = a->a;
     c.eval();
+    if (!c.flags().row_contiguous || c.data_size() != c.size()) {
+      c = mx::contiguous(c);
+      c.eval();
+    }
     if (c.nbytes() != nbytes) {
       throw std::invalid_argument("array has " + std::to_string(c.nbytes()) + " bytes, destination " +
                                   std::to_string(nbytes));
@@ -170,6 +179,8 @@ int hp_array_read(hp_array a, void* dst, size_t nbytes) {
     if (nbytes > 0) std::memcpy(dst, c.data<void>(), nbytes);
   })
 }
+
+int hp_array_ready(hp_array a) { return a->a.is_available() ? 1 : 0; }
 
 int hp_eval(const hp_array* arrs, int n) { HP_TRY(mx::eval(to_vec(arrs, n))) }
 

@@ -60,8 +60,12 @@ int hp_array_ndim(hp_array a);
 int hp_array_shape(hp_array a, int* shape);  // writes ndim entries
 int hp_array_dtype(hp_array a);
 size_t hp_array_nbytes(hp_array a);
-// hp_array_read evaluates a, makes it contiguous and copies its bytes to dst (nbytes must match).
+// hp_array_read evaluates a (waiting for it if already enqueued), copies it to row-major order if
+// it is not, and copies its bytes to dst (nbytes must match).
 int hp_array_read(hp_array a, void* dst, size_t nbytes);
+// hp_array_ready reports whether a's value is computed (1) or not yet (0: unevaluated, or
+// enqueued and still running). It never waits.
+int hp_array_ready(hp_array a);
 
 int hp_eval(const hp_array* arrs, int n);
 int hp_async_eval(const hp_array* arrs, int n);
