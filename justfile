@@ -230,9 +230,9 @@ train-ardraft: setup smollm2-dense
     blas=""
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     gguf=.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
-    # the target's replies to the first 384 training prompts and the 16 held-out ones (cached, shared with train-dflash)
-    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --train-prompts 384 --data-only
-    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_ardraft.py --gguf "$gguf" --out models/ardraft-smollm2 --heldout-data models/dflash-data/heldout
+    # the target's replies to the first 768 training prompts and the 16 held-out ones (cached, shared with train-dflash)
+    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --train-prompts 768 --data-only
+    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_ardraft.py --gguf "$gguf" --out models/ardraft-smollm2 --heldout-data models/dflash-data/heldout --train-prompts 768
 
 # SmolLM2 fidelity against mlx-lm with every case in bf16 too (8 prompts x 64 tokens, the 2,100-token prompt); CI runs the bf16 half reduced, since MLX's CPU bf16 quantized matmul runs ~1 tok/s (about 30 minutes on 2 cores).
 fidelity-smollm2: build
