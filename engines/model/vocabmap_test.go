@@ -27,13 +27,12 @@ func writeVocabMap(t *testing.T, dir string, m any) {
 	}
 }
 
-// TestVocabMapped checks a draft with a restricted vocabulary against the same weights loaded
-// without the map: a target id in the subset embeds as its row and scores as its row's logit, a
-// target id outside it embeds as the fallback row and scores -inf.
-func TestVocabMapped(t *testing.T) {
-	const rows, target = 16, 100
+// synthSixteenTokens writes a one-layer tiny-qwen3 with a 16-token vocabulary and returns the
+// worker that wrote it (closed when the test ends) and its directory.
+func synthSixteenTokens(t *testing.T) (*mlx.Worker, string) {
+	t.Helper()
 	w := mlx.NewWorker()
-	defer w.Close()
+	t.Cleanup(w.Close)
 	plain := t.TempDir()
 	err := w.Do(context.Background(), func() error {
 		_, err := synth.Write(synth.Options{Preset: "tiny-qwen3", Out: plain, Seed: 7, DType: "f32", Layers: 1,
@@ -43,6 +42,15 @@ func TestVocabMapped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return w, plain
+}
+
+// TestVocabMapped checks a draft with a restricted vocabulary against the same weights loaded
+// without the map: a target id in the subset embeds as its row and scores as its row's logit, a
+// target id outside it embeds as the fallback row and scores -inf.
+func TestVocabMapped(t *testing.T) {
+	const rows, target = 16, 100
+	w, plain := synthSixteenTokens(t)
 	mapped := t.TempDir()
 	for _, f := range []string{"config.json", "model.safetensors"} {
 		if err := os.Symlink(filepath.Join(plain, f), filepath.Join(mapped, f)); err != nil {
@@ -57,7 +65,7 @@ func TestVocabMapped(t *testing.T) {
 	ids[rows-1] = -1
 	writeVocabMap(t, mapped, model.VocabMap{TargetVocabSize: target, IDs: ids, Fallback: rows - 1})
 
-	err = w.Do(context.Background(), func() error {
+	err := w.Do(context.Background(), func() error {
 		p, err := model.Load(plain, mlx.Float32)
 		if err != nil {
 			return err
@@ -142,17 +150,7 @@ func TestVocabMapRefused(t *testing.T) {
 		{"fallback out of range", model.VocabMap{TargetVocabSize: 100, IDs: ok, Fallback: rows}, "fallback row 16 is outside"},
 		{"no target size", model.VocabMap{IDs: ok}, "target_vocab_size 0"},
 	}
-	w := mlx.NewWorker()
-	defer w.Close()
-	plain := t.TempDir()
-	err := w.Do(context.Background(), func() error {
-		_, err := synth.Write(synth.Options{Preset: "tiny-qwen3", Out: plain, Seed: 7, DType: "f32", Layers: 1,
-			Set: []string{"vocab_size=16"}})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, plain := synthSixteenTokens(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -92,6 +92,19 @@ def load_cached(model, tok, prompts, max_tokens, taps, batch, cache_dir, key, ge
     return seqs, feats, plen
 
 
+def teacher_hidden(layers, feats, seqs, idx):
+    """The target's hidden states after `layers` for the sequences idx, batched and zero-padded
+    to the longest, from their cached layer-27 outputs (causal, so padding never leaks back)."""
+    T = max(len(seqs[i]) for i in idx)
+    x = np.zeros((len(idx), T, feats[idx[0]].shape[1]), np.float16)
+    for r, i in enumerate(idx):
+        x[r, :len(seqs[i])] = feats[i]
+    h = mx.array(x).astype(mx.float32)
+    for layer in layers:
+        h = layer(h, "causal", None)
+    return h
+
+
 def expected_counts(target, feats, seqs, plen, every=8, batch=16):
     """The target's expected count of every token over the training replies: its next-token
     probabilities summed over every `every`-th reply position (times `every`), from the cached
@@ -100,13 +113,7 @@ def expected_counts(target, feats, seqs, plen, every=8, batch=16):
     mass = mx.zeros((target.args.vocab_size,))
     for s in range(0, len(seqs), batch):
         idx = list(range(s, min(s + batch, len(seqs))))
-        T = max(len(seqs[i]) for i in idx)
-        x = np.zeros((len(idx), T, feats[idx[0]].shape[1]), np.float16)
-        for r, i in enumerate(idx):
-            x[r, :len(seqs[i])] = feats[i]
-        h = mx.array(x).astype(mx.float32)
-        for layer in layers:
-            h = layer(h, "causal", None)
+        h = teacher_hidden(layers, feats, seqs, idx)
         sel = [(r, t) for r, i in enumerate(idx) for t in range(plen[i] - 1, len(seqs[i]) - 1, every)]
         hs = h[mx.array([r for r, _ in sel]), mx.array([t for _, t in sel])]
         p = mx.softmax(target.model.embed_tokens.as_linear(target.model.norm(hs)), -1)
@@ -135,13 +142,7 @@ def teacher_topk(target, feats, seqs, plen, rows, k, batch=16):
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for s in range(0, len(order), batch):
         idx = order[s:s + batch]
-        T = max(len(seqs[i]) for i in idx)
-        x = np.zeros((len(idx), T, feats[idx[0]].shape[1]), np.float16)
-        for r, i in enumerate(idx):
-            x[r, :len(seqs[i])] = feats[i]
-        h = mx.array(x).astype(mx.float32)
-        for layer in layers:
-            h = layer(h, "causal", None)
+        h = teacher_hidden(layers, feats, seqs, idx)
         lp = nn.log_softmax(target.model.norm(h) @ head_w.T, -1)
         top = mx.argpartition(-lp, k - 1, -1)[..., :k]
         tp = mx.take_along_axis(lp, top, -1)
