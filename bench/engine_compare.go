@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/hippo-bench/hippo/engines"
 	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/model"
 )
 
 // CompareOptions configures CompareEngines.
@@ -34,11 +37,17 @@ type CompareOptions struct {
 	// Native adds a row per model with each side in its out-of-the-box dtype on this machine:
 	// Hippo's default compute dtype, and mlx-lm's (the checkpoint's own, it converts nothing).
 	Native bool
+	// Layouts are Hippo's weight layouts to compare (model.ResolveLayout's values; default
+	// "auto"), a row each; mlx-lm always keeps the stored layout.
+	Layouts []string
 }
 
 // ComparisonRow is one line of the engine comparison.
 type ComparisonRow struct {
 	Model, HippoDType, PeerDType string
+	// HippoLayout is how Hippo held its dense weights: "stored" ([out, in], as mlx-lm) or
+	// "transposed" ([in, out]).
+	HippoLayout string
 	// Decode tok/s per round, both counted as mlx-lm's generation_tps: tokens generated (the
 	// first included) over the time from the first token's arrival to the last's.
 	Hippo, Peer []float64
@@ -105,12 +114,25 @@ func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]Compa
 	if len(o.DTypes) == 0 {
 		o.DTypes = []string{"f32"}
 	}
+	if len(o.Layouts) == 0 {
+		o.Layouts = []string{"auto"}
+	}
 	if o.Rounds < 1 || o.MaxTokens < 2 {
 		return nil, fmt.Errorf("bench engine: %d rounds of %d tokens: need at least 1 round of 2 tokens (decode tok/s starts at the first token)", o.Rounds, o.MaxTokens)
 	}
 	dev, err := engines.Device()
 	if err != nil {
 		return nil, err
+	}
+	var layouts []string
+	for _, l := range o.Layouts {
+		r, err := model.ResolveLayout(l, dev.GPU)
+		if err != nil {
+			return nil, fmt.Errorf("bench engine: %w", err)
+		}
+		if !slices.Contains(layouts, r) {
+			layouts = append(layouts, r)
+		}
 	}
 	peer, err := StartPeer(o.Root)
 	if err != nil {
@@ -133,10 +155,10 @@ func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]Compa
 	if o.StopAtEOS {
 		eos = "both sides stop at EOS"
 	}
-	fmt.Fprintf(w, "hippo: MLX %s on %s, pipelined decode (step t+1 enqueued before token t is read)\n", mlx.Version(), dev)
-	fmt.Fprintf(w, "mlx-lm %s: MLX %s on %s, stream_generate (greedy, default sampler)\n", info.MLXLM, info.MLX, info.Device)
+	fmt.Fprintf(w, "hippo: MLX %s on %s, pipelined decode (step t+1 enqueued before token t is read); dense weights %s (see the layout column)\n", mlx.Version(), dev, strings.Join(layouts, " and "))
+	fmt.Fprintf(w, "mlx-lm %s: MLX %s on %s, stream_generate (greedy, default sampler); dense weights stored: x times a transposed view of [out, in]\n", info.MLXLM, info.MLX, info.Device)
 	fmt.Fprintf(w, "both: same checkpoint, prompt ids and compute dtype; %d tokens per round, %s; tok/s = tokens / (last token - first token), mlx-lm's generation_tps\n", o.MaxTokens, eos)
-	fmt.Fprintf(w, "memory read bandwidth (MLX float32 matrix-vector product over 512 MiB, best of 5): %.1f GB/s\n", bw/1e9)
+	fmt.Fprintf(w, "memory read bandwidth (MLX float32 vector-matrix product over a 512 MiB [in, out] matrix, best of 5): %.1f GB/s\n", bw/1e9)
 	if lib := OpenBLAS(); lib != "" && !dev.GPU {
 		// Hippo links OpenBLAS ahead of libmlx on Linux; the peer gets it preloaded.
 		fmt.Fprintf(w, "BLAS: OpenBLAS on both sides (%s preloaded into mlx-lm)\n", lib)
@@ -153,17 +175,19 @@ func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]Compa
 			pairs = append(pairs, pair{engines.DefaultDType(), ""})
 		}
 		for _, p := range pairs {
-			row, err := compareOne(ctx, peer, m, p.ours, p.theirs, o, w)
-			if err != nil {
-				return rows, err
+			for _, l := range layouts {
+				row, err := compareOne(ctx, peer, m, p.ours, p.theirs, l, o, w)
+				if err != nil {
+					return rows, err
+				}
+				rows = append(rows, row)
+				// A line per row as it completes, so a run cut short still reports what it measured.
+				fmt.Fprintf(w, "%s %s %s: hippo %.1f tok/s, mlx-lm %.1f tok/s (median round ratio %.3fx)\n", filepath.Base(m), p.ours, l, stat.Mean(row.Hippo, nil), stat.Mean(row.Peer, nil), row.Ratio())
 			}
-			rows = append(rows, row)
-			// A line per row as it completes, so a run cut short still reports what it measured.
-			fmt.Fprintf(w, "%s %s: hippo %.1f tok/s, mlx-lm %.1f tok/s (median round ratio %.3fx)\n", filepath.Base(m), p.ours, stat.Mean(row.Hippo, nil), stat.Mean(row.Peer, nil), row.Ratio())
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "model\thippo dtype\tmlx-lm dtype\tprompt\ttokens (hippo/mlx-lm)\thippo tok/s\tmlx-lm tok/s\tratio (median of rounds)\tround ratios\tMB/token\troofline tok/s\thippo % of roofline\t")
+	fmt.Fprintln(tw, "model\thippo dtype\tmlx-lm dtype\thippo weights\tprompt\ttokens (hippo/mlx-lm)\thippo tok/s\tmlx-lm tok/s\tratio (median of rounds)\tround ratios\tMB/token\troofline tok/s\thippo % of roofline\t")
 	for _, r := range rows {
 		hm, hs := stat.MeanStdDev(r.Hippo, nil)
 		pm, ps := stat.MeanStdDev(r.Peer, nil)
@@ -173,8 +197,8 @@ func CompareEngines(ctx context.Context, o CompareOptions, w io.Writer) ([]Compa
 			peerDT = "checkpoint"
 		}
 		lo, hi := r.RatioRange()
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s/%s\t%.1f ± %.1f\t%.1f ± %.1f\t%.3fx\t%.2f-%.2fx\t%.1f\t%.1f\t%.0f%%\t\n",
-			filepath.Base(r.Model), r.HippoDType, peerDT, r.PromptTokens, spread(r.HippoTokens), spread(r.PeerTokens), hm, hs, pm, ps, r.Ratio(), lo, hi, float64(r.BytesPerToken)/1e6, roof, 100*hm/roof)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s/%s\t%.1f ± %.1f\t%.1f ± %.1f\t%.3fx\t%.2f-%.2fx\t%.1f\t%.1f\t%.0f%%\t\n",
+			filepath.Base(r.Model), r.HippoDType, peerDT, r.HippoLayout, r.PromptTokens, spread(r.HippoTokens), spread(r.PeerTokens), hm, hs, pm, ps, r.Ratio(), lo, hi, float64(r.BytesPerToken)/1e6, roof, 100*hm/roof)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\n%d rounds per row after a warm-up round per side, alternating which side runs first; ± is the standard deviation; ratio is the median over rounds of hippo/mlx-lm within a round (the two sides run back to back), round ratios their range.\n", o.Rounds)
@@ -193,9 +217,17 @@ func spread(n []int) string {
 	return fmt.Sprintf("%d-%d", lo, hi)
 }
 
-func compareOne(ctx context.Context, peer *Peer, dir, ours, theirs string, o CompareOptions, w io.Writer) (ComparisonRow, error) {
-	row := ComparisonRow{Model: dir, HippoDType: ours, PeerDType: theirs}
+func compareOne(ctx context.Context, peer *Peer, dir, ours, theirs, layout string, o CompareOptions, w io.Writer) (ComparisonRow, error) {
+	row := ComparisonRow{Model: dir, HippoDType: ours, PeerDType: theirs, HippoLayout: layout}
+	// The loader reads the layout from the environment when it opens the checkpoint.
+	prev, had := os.LookupEnv(model.LayoutEnv)
+	os.Setenv(model.LayoutEnv, layout)
 	e, err := engines.Open(ctx, engines.Options{Model: dir, DType: ours})
+	if had {
+		os.Setenv(model.LayoutEnv, prev)
+	} else {
+		os.Unsetenv(model.LayoutEnv)
+	}
 	if err != nil {
 		return row, err
 	}
@@ -284,9 +316,10 @@ func measureBandwidth(ctx context.Context) (float64, error) {
 		s := mlx.NewScope()
 		defer s.Close()
 		const cols = 4096
-		// x [1, cols] times W^T with W [rows, cols], as a Linear layer runs in decode.
-		m := mlx.Transpose(mlx.Full(1, mlx.Float32, n/cols, cols), 1, 0)
-		v := mlx.Full(1, mlx.Float32, 1, cols)
+		// x [1, rows] times W [rows, cols]: the layout in which MLX's CPU BLAS reads the matrix
+		// once without repacking it (model.WeightLayout), so the fastest a decode step can go.
+		m := mlx.Full(1, mlx.Float32, n/cols, cols)
+		v := mlx.Full(1, mlx.Float32, 1, n/cols)
 		if err := mlx.Eval(m, v); err != nil {
 			return err
 		}

@@ -17,7 +17,7 @@ func benchCommand() *cli.Command {
 		Subcommands: []*cli.Command{{
 			Name:      "engine",
 			Usage:     "Hippo vs mlx-lm decode tok/s, alternating on the same checkpoints",
-			UsageText: "hippo bench engine [--model DIR|synth:PRESET|smollm2-135m|FILE.gguf ...] [--dtype f32 ...] [--rounds N] [--max-tokens N] [--stop-at-eos] [--native]",
+			UsageText: "hippo bench engine [--model DIR|synth:PRESET|smollm2-135m|FILE.gguf ...] [--dtype f32 ...] [--rounds N] [--max-tokens N] [--stop-at-eos] [--native] [--layout auto|stored|transposed ...]",
 			Flags: []cli.Flag{
 				&cli.StringSliceFlag{Name: "model", Value: cli.NewStringSlice("synth:tiny-qwen3", "synth:qwen3-0.6b", "synth:deep-narrow"), Usage: "checkpoints to compare"},
 				&cli.StringSliceFlag{Name: "dtype", Value: cli.NewStringSlice("f32"), Usage: "compute dtypes, the same on both sides"},
@@ -26,6 +26,7 @@ func benchCommand() *cli.Command {
 				&cli.StringFlag{Name: "prompt", Value: "Write a short story about a lighthouse keeper who collects storms.", Usage: "prompt"},
 				&cli.BoolFlag{Name: "stop-at-eos", Usage: "both sides stop at an end-of-sequence token (default: neither does, every round generates --max-tokens)"},
 				&cli.BoolFlag{Name: "native", Usage: "add a row per model with each side in its out-of-the-box dtype (hippo's device default, mlx-lm's checkpoint dtype)"},
+				&cli.StringSliceFlag{Name: "layout", Value: cli.NewStringSlice("auto"), Usage: "hippo's dense weight layouts, a row each: auto (transposed on the CPU backend, stored on a GPU), stored ([out, in] as in the checkpoint, as mlx-lm holds them) or transposed ([in, out])"},
 			},
 			Action: func(c *cli.Context) error {
 				var dirs []string
@@ -39,7 +40,7 @@ func benchCommand() *cli.Command {
 				_, err := bench.CompareEngines(c.Context, bench.CompareOptions{
 					Models: dirs, DTypes: c.StringSlice("dtype"), Rounds: c.Int("rounds"),
 					MaxTokens: c.Int("max-tokens"), Prompt: c.String("prompt"), Root: home(),
-					Native: c.Bool("native"), StopAtEOS: c.Bool("stop-at-eos"),
+					Native: c.Bool("native"), StopAtEOS: c.Bool("stop-at-eos"), Layouts: c.StringSlice("layout"),
 				}, os.Stdout)
 				return err
 			},
