@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 
 	"gonum.org/v1/gonum/stat"
+	"gonum.org/v1/gonum/stat/distuv"
 
 	"github.com/hippo-bench/hippo/engines"
 	"github.com/hippo-bench/hippo/engines/model"
@@ -233,16 +234,16 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 		}
 		printSpecRows(w, name, label, rows, c)
 	}
-	fmt.Fprintf(w, "\n%d rounds x %d prompts per row, standalone and speculative alternating prompt by prompt; %s; greedy; every speculative output checked equal to standalone's.\n",
+	fmt.Fprintf(w, "\n%d rounds x %d prompts per row, standalone and speculative alternating prompt by prompt; %s; greedy; every speculative output checked equal to standalone's.\n"+
+		"±95%%: half-width of the 95%% t-interval of the per-prompt-and-round speedups; a speedup within it, or printed as 1.00x, breaks even.\n",
 		o.Rounds, len(o.Prompts), map[bool]string{true: fmt.Sprintf("chat template, up to %d tokens", o.MaxTokens), false: fmt.Sprintf("%d tokens each", o.MaxTokens)}[o.Chat])
 	return nil
 }
 
 func printSpecRows(w io.Writer, name, label string, rows []*specRow, c float64) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "drafter\t%s\tacceptance\ta\taccepted/step\tstandalone tok/s\tspec tok/s\tmeasured speedup\texpected speedup\tdraft ms\tcost c\tnormalised\t\n", label)
-	var pays []string
-	best, bestK := 0.0, 0
+	fmt.Fprintf(tw, "drafter\t%s\tacceptance\ta\taccepted/step\tstandalone tok/s\tspec tok/s\tmeasured speedup\t±95%%\texpected speedup\tdraft ms\tcost c\tnormalised\t\n", label)
+	var pts []specPoint
 	for _, r := range rows {
 		rate, a := stat.Mean(r.acc, nil), AcceptanceRate(r.byPos, r.steps)
 		measured := stat.Mean(r.spec, nil) / stat.Mean(r.alone, nil)
@@ -260,14 +261,10 @@ func printSpecRows(w io.Writer, name, label string, rows []*specRow, c float64) 
 		default:
 			exp = ExpectedSpeedup(a, r.k, c)
 		}
-		if measured > best {
-			best, bestK = measured, shown
-		}
-		if measured > 1 {
-			pays = append(pays, strconv.Itoa(shown))
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%.2f\t%.1f\t%.1f\t%.2fx\t%.2fx\t%.1f\t%.3f\t%.0f%%\t\n", name, shown, rate, a, stat.Mean(r.tps, nil)-1,
-			stat.Mean(r.alone, nil), stat.Mean(r.spec, nil), measured, exp, stat.Mean(r.draftMS, nil), cost, 100*r.normalisedShare())
+		noise := speedupNoise(r.alone, r.spec)
+		pts = append(pts, specPoint{shown: shown, speedup: measured, noise: noise})
+		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%.2f\t%.1f\t%.1f\t%.2fx\t%.2f\t%.2fx\t%.1f\t%.3f\t%.0f%%\t\n", name, shown, rate, a, stat.Mean(r.tps, nil)-1,
+			stat.Mean(r.alone, nil), stat.Mean(r.spec, nil), measured, noise, exp, stat.Mean(r.draftMS, nil), cost, 100*r.normalisedShare())
 	}
 	tw.Flush()
 	for _, r := range rows {
@@ -283,15 +280,111 @@ func printSpecRows(w io.Writer, name, label string, rows []*specRow, c float64) 
 		}
 		fmt.Fprintln(w)
 	}
-	switch {
-	case len(pays) == 0:
-		fmt.Fprintf(w, "%s: no %s beat standalone decoding (best %.2fx at %s=%d)\n", name, label, best, label, bestK)
-	case len(pays) == len(rows):
-		fmt.Fprintf(w, "%s: best %.2fx at %s=%d; faster than standalone at every %s measured\n", name, best, label, bestK, label)
-	default:
-		fmt.Fprintf(w, "%s: best %.2fx at %s=%d; faster than standalone at %s=%s only\n", name, best, label, bestK, label, strings.Join(pays, ","))
-	}
+	fmt.Fprintln(w, specVerdict(name, label, pts))
 	fmt.Fprintln(w)
+}
+
+// specPoint is one measured row of a drafter: its draft length as printed, the measured speedup
+// over standalone decoding and the half-width of the noise band around it.
+type specPoint struct {
+	shown          int
+	speedup, noise float64
+}
+
+// printedResolution is the half-width of the band that prints as 1.00x: a speedup there breaks
+// even whatever the measured spread.
+const printedResolution = 0.005
+
+// class is +1 when p is faster than standalone beyond its noise band (or the printed resolution,
+// whichever is wider), -1 when slower beyond it, and 0 when it breaks even.
+func (p specPoint) class() int {
+	band := math.Max(p.noise, printedResolution)
+	switch {
+	case p.speedup > 1+band:
+		return 1
+	case p.speedup < 1-band:
+		return -1
+	}
+	return 0
+}
+
+// speedupNoise is the half-width of the 95% Student-t interval of the mean speedup of paired
+// runs (spec[i] / alone[i], each pair one prompt in one round, run side by side): the spread the
+// measurement itself shows. Zero with fewer than two pairs, where nothing measures the spread.
+func speedupNoise(alone, spec []float64) float64 {
+	var ratios []float64
+	for i := range min(len(alone), len(spec)) {
+		if r := spec[i] / alone[i]; alone[i] > 0 && !math.IsInf(r, 0) && !math.IsNaN(r) {
+			ratios = append(ratios, r)
+		}
+	}
+	n := float64(len(ratios))
+	if n < 2 {
+		return 0
+	}
+	t := distuv.StudentsT{Mu: 0, Sigma: 1, Nu: n - 1}.Quantile(0.975)
+	return t * stat.StdDev(ratios, nil) / math.Sqrt(n)
+}
+
+// specVerdict summarises a drafter's rows in one line: the best speedup, and at which draft
+// lengths speculation pays off, breaks even (within the noise band or printed as 1.00x) or is
+// slower. Draft lengths are listed, never summarised as "up to K", since the classes need not
+// be contiguous; only runs of three or more consecutive lengths are written as ranges.
+func specVerdict(name, label string, pts []specPoint) string {
+	if len(pts) == 0 {
+		return fmt.Sprintf("%s: nothing measured", name)
+	}
+	best := pts[0]
+	var pays, even, slower []int
+	for _, p := range pts {
+		if p.speedup > best.speedup {
+			best = p
+		}
+		switch p.class() {
+		case 1:
+			pays = append(pays, p.shown)
+		case 0:
+			even = append(even, p.shown)
+		default:
+			slower = append(slower, p.shown)
+		}
+	}
+	var parts []string
+	switch {
+	case len(pays) == len(pts):
+		parts = append(parts, fmt.Sprintf("best %.2fx at %s=%d", best.speedup, label, best.shown), fmt.Sprintf("pays off at every %s measured", label))
+	case len(pays) > 0:
+		parts = append(parts, fmt.Sprintf("best %.2fx at %s=%d", best.speedup, label, best.shown), fmt.Sprintf("pays off at %s=%s", label, listLengths(pays)))
+	default:
+		parts = append(parts, fmt.Sprintf("pays off at no %s measured (best %.2fx at %s=%d)", label, best.speedup, label, best.shown))
+	}
+	if len(even) > 0 {
+		parts = append(parts, fmt.Sprintf("breaks even at %s=%s", label, listLengths(even)))
+	}
+	if len(slower) > 0 {
+		parts = append(parts, fmt.Sprintf("slower at %s=%s", label, listLengths(slower)))
+	}
+	return name + ": " + strings.Join(parts, "; ")
+}
+
+// listLengths writes ks (ascending) as a comma list, runs of three or more consecutive values
+// as a range: 1,2,3,5,7,8 reads "1-3,5,7,8".
+func listLengths(ks []int) string {
+	var out []string
+	for i := 0; i < len(ks); {
+		j := i
+		for j+1 < len(ks) && ks[j+1] == ks[j]+1 {
+			j++
+		}
+		if j-i >= 2 {
+			out = append(out, fmt.Sprintf("%d-%d", ks[i], ks[j]))
+			i = j + 1
+			continue
+		}
+		out = append(out, strconv.Itoa(ks[i]))
+		i++
+	}
+	return strings.Join(out, ",")
 }
 
 func contains(xs []string, x string) bool {

@@ -56,3 +56,87 @@ func TestExpectedTokens(t *testing.T) {
 		}
 	}
 }
+
+// TestSpecVerdict: the summary line calls a speedup within its noise band, or one printed as
+// 1.00x, break-even, and lists the draft lengths of each class even where they interleave.
+func TestSpecVerdict(t *testing.T) {
+	pts := func(speedups ...float64) []specPoint {
+		var ps []specPoint
+		for i, s := range speedups {
+			ps = append(ps, specPoint{shown: i + 1, speedup: s})
+		}
+		return ps
+	}
+	tests := []struct {
+		name  string
+		label string
+		pts   []specPoint
+		want  string
+	}{
+		{"1.00x is break-even, not faster", "K", pts(1.004),
+			"model: pays off at no K measured (best 1.00x at K=1); breaks even at K=1"},
+		{"just above the printed resolution pays", "K", pts(1.006),
+			"model: best 1.01x at K=1; pays off at every K measured"},
+		{"within the noise band", "K", []specPoint{{shown: 1, speedup: 1.05, noise: 0.08}, {shown: 2, speedup: 0.93, noise: 0.08}},
+			"model: pays off at no K measured (best 1.05x at K=1); breaks even at K=1,2"},
+		{"beyond the noise band", "K", []specPoint{{shown: 1, speedup: 1.10, noise: 0.08}, {shown: 2, speedup: 0.90, noise: 0.08}},
+			"model: best 1.10x at K=1; pays off at K=1; slower at K=2"},
+		{"every K pays", "K", pts(1.2, 1.3, 1.1),
+			"model: best 1.30x at K=2; pays off at every K measured"},
+		{"non-contiguous", "K", pts(1.2, 1.0, 1.15, 0.8, 0.7, 0.6, 1.02),
+			"model: best 1.20x at K=1; pays off at K=1,3,7; breaks even at K=2; slower at K=4-6"},
+		{"none pays", "K", pts(0.95, 0.9, 0.8),
+			"model: pays off at no K measured (best 0.95x at K=1); slower at K=1-3"},
+		{"blocks", "B", []specPoint{{shown: 4, speedup: 1.4}, {shown: 8, speedup: 1.0}, {shown: 16, speedup: 0.7}},
+			"model: best 1.40x at B=4; pays off at B=4; breaks even at B=8; slower at B=16"},
+		{"nothing", "K", nil, "model: nothing measured"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := specVerdict("model", tt.label, tt.pts); got != tt.want {
+				t.Errorf("specVerdict(%+v) = %q; want %q", tt.pts, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestListLengths(t *testing.T) {
+	tests := []struct {
+		ks   []int
+		want string
+	}{
+		{[]int{1}, "1"},
+		{[]int{1, 2}, "1,2"},
+		{[]int{1, 2, 3, 5, 7, 8}, "1-3,5,7,8"},
+		{[]int{4, 8, 16}, "4,8,16"},
+		{[]int{2, 3, 4, 5, 6, 7, 8}, "2-8"},
+	}
+	for _, tt := range tests {
+		if got := listLengths(tt.ks); got != tt.want {
+			t.Errorf("listLengths(%v) = %q; want %q", tt.ks, got, tt.want)
+		}
+	}
+}
+
+func TestSpeedupNoise(t *testing.T) {
+	tests := []struct {
+		name        string
+		alone, spec []float64
+		want        float64
+	}{
+		{"one pair measures no spread", []float64{10}, []float64{12}, 0},
+		{"equal ratios", []float64{10, 20, 40}, []float64{12, 24, 48}, 0},
+		// Ratios 1.1 and 0.9: sd 0.1414, n 2, t(0.975, 1) 12.706: 12.706 * 0.1414 / 1.4142.
+		{"two pairs", []float64{10, 10}, []float64{11, 9}, 1.2706},
+		// Ratios 1.2, 1.0, 1.1, 0.9 (sd 0.1291), t(0.975, 3) 3.1824: 3.1824 * 0.1291 / 2.
+		{"four pairs", []float64{10, 10, 10, 10}, []float64{12, 10, 11, 9}, 0.2054},
+		{"a zero standalone rate is skipped", []float64{0, 10, 10}, []float64{5, 11, 9}, 1.2706},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := speedupNoise(tt.alone, tt.spec); math.Abs(got-tt.want) > 1e-3 {
+				t.Errorf("speedupNoise(%v, %v) = %.4f; want %.4f", tt.alone, tt.spec, got, tt.want)
+			}
+		})
+	}
+}

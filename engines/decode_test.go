@@ -3,6 +3,8 @@ package engines
 import (
 	"context"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -167,5 +169,115 @@ func TestModelDrafterOneReadPerDraft(t *testing.T) {
 			t.Fatalf("round %d: drafted %v with %+v host synchronisations; want %v with one read", round, got, syncs, wantTok)
 		}
 		history = append(history, got...)
+	}
+}
+
+// TestModelDrafterSampledOnDevice checks sampled drafting on the device: k drafts cost one
+// evaluation and one read of their ids, the distributions stay on the device as [k, vocab], and
+// each row is the draft model's own distribution at that position (softmax of the log-
+// probabilities that scoring the drafted text step by step gives, at the temperature), so that
+// the rejection rule compares the target with what each draft was really drawn from. Then
+// self-drafting at a temperature, with the proposals handed from the draft's worker to the
+// target's, keeps nearly every draft, and a seed repeats its tokens.
+func TestModelDrafterSampledOnDevice(t *testing.T) {
+	const k, temp = 4, 0.8
+	dir := synthesize(t, synth.Options{Preset: "tiny-qwen3", Seed: 3})
+	ctx := context.Background()
+	open := func() *Engine {
+		e, err := Open(ctx, Options{Model: dir, DType: "f32"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		return e
+	}
+	de := open()
+	history, err := de.Prompt("The harbour at dawn", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := NewModelDrafter(de)
+	if err := d.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := mlx.SyncCount()
+	toks, q, err := d.draftOnDevice(ctx, history, k, temp, rand.New(rand.NewPCG(7, 8)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if syncs := mlx.SyncCount().Sub(before); syncs != (mlx.Syncs{Evals: 1, Reads: 1}) {
+		t.Errorf("sampled draft of %d made %+v host synchronisations; want one evaluation and one read", k, syncs)
+	}
+	v := de.Config().VocabSize
+	var got []float32
+	err = de.worker.Do(ctx, func() error {
+		defer q.Free()
+		if wantFed := append(slices.Clone(history), toks[:k-1]...); !slices.Equal(de.fed, wantFed) {
+			return fmt.Errorf("draft caches fed %v; want %v", de.fed, wantFed)
+		}
+		if shape := q.Shape(); !slices.Equal(shape, []int{k, v}) {
+			return fmt.Errorf("distributions of shape %v; want [%d %d]", shape, k, v)
+		}
+		var err error
+		got, err = q.Float32s()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The reference: score the drafted text afresh on the host path and turn each position's
+	// log-probabilities into probabilities at the temperature.
+	var ref [][]float32
+	err = de.worker.Do(ctx, func() error {
+		for _, c := range de.caches {
+			c.Reset()
+		}
+		de.fed = de.fed[:0]
+		_, lps, _, err := de.scoreAll(append(slices.Clone(history), toks[:k-1]...), true)
+		for j := range k {
+			ref = append(ref, probs(lps[len(history)-1+j], temp))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j := range k {
+		row := got[j*v : (j+1)*v]
+		var worst float64
+		var sum float64
+		for i := range row {
+			worst = max(worst, math.Abs(float64(row[i]-ref[j][i])))
+			sum += float64(row[i])
+		}
+		if worst > 1e-5 || math.Abs(sum-1) > 1e-3 || row[toks[j]] <= 0 {
+			t.Errorf("draft %d (id %d, q %g): distribution sums to %v and differs from the scored one by up to %g; want 1 and 1e-5, with q > 0",
+				j, toks[j], row[toks[j]], sum, worst)
+		}
+	}
+
+	target, self := open(), open()
+	ids, err := target.Prompt(countingPrompt, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A low temperature sharpens the random model's nearly flat distributions, so that a
+	// proposal compared at the wrong position would be rejected often.
+	req := Request{Tokens: ids, MaxTokens: 24, Temperature: 0.05, Seed: 9, IgnoreEOS: true}
+	var runs [2][]int
+	for i := range runs {
+		st, ss, err := target.GenerateSpec(ctx, req, NewModelDrafter(self), k, func(Token) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Tokens) != req.MaxTokens || ss.Drafted == 0 || float64(ss.Accepted) < 0.9*float64(ss.Drafted) {
+			t.Fatalf("self-drafting at temperature %v: %d tokens, %d of %d drafts kept; want %d tokens and at least 90%% kept",
+				req.Temperature, len(st.Tokens), ss.Accepted, ss.Drafted, req.MaxTokens)
+		}
+		runs[i] = st.Tokens
+		t.Logf("run %d: %d of %d drafts kept", i, ss.Accepted, ss.Drafted)
+	}
+	if !slices.Equal(runs[0], runs[1]) {
+		t.Errorf("seed %d gave %v, then %v; want the same tokens", req.Seed, runs[0], runs[1])
 	}
 }

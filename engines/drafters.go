@@ -14,7 +14,10 @@ type ModelDrafter struct {
 	draft *Engine
 }
 
-var _ Drafter = (*ModelDrafter)(nil)
+var (
+	_ Drafter       = (*ModelDrafter)(nil)
+	_ deviceDrafter = (*ModelDrafter)(nil)
+)
 
 // NewModelDrafter drafts with e (the caller keeps ownership of e).
 func NewModelDrafter(e *Engine) *ModelDrafter { return &ModelDrafter{draft: e} }
@@ -32,25 +35,37 @@ func (m *ModelDrafter) Reset(ctx context.Context) error {
 }
 
 // Draft implements Drafter: k autoregressive steps of the draft model (greedy, or sampled at the
-// temperature with the distributions returned).
+// temperature with the distributions returned). Sampled drafts are drawn on the device, as
+// draftOnDevice does, and their distributions then read back at once.
 func (m *ModelDrafter) Draft(ctx context.Context, history []int, k int, temperature float64, rng *rand.Rand) ([]int, [][]float32, error) {
 	e := m.draft
 	var out []int
 	var dists [][]float32
 	err := e.worker.Do(ctx, func() error {
-		pending := e.sync(history)
-		if len(pending) == 0 { // everything fed: re-run the last token to get its logits
-			for _, c := range e.caches {
-				c.Trim(1)
-			}
-			e.fed = e.fed[:len(e.fed)-1]
-			pending = history[len(history)-1:]
-		}
+		pending := m.pending(history)
 		if temperature == 0 && e.taps == nil {
 			var err error
 			out, err = e.draftGreedy(pending, k)
 			return err
 		}
+		if temperature > 0 && e.taps == nil {
+			toks, q, err := e.draftSampled(pending, k, temperature, rng.Uint64())
+			if err != nil || !q.Valid() { // invalid: nothing drafted (k < 1)
+				return err
+			}
+			defer q.Free()
+			flat, err := q.Float32s()
+			if err != nil {
+				return fmt.Errorf("engines: draft: %w", err)
+			}
+			v := q.Dim(1)
+			for i := range toks {
+				dists = append(dists, flat[i*v:(i+1)*v:(i+1)*v])
+			}
+			out = toks
+			return nil
+		}
+		// A draft engine that records taps (it is also a DFlash target) feeds known ids step by step.
 		in := pending
 		for len(out) < k {
 			argmax, lps, _, err := e.scoreAll(in, temperature > 0)
@@ -75,6 +90,107 @@ func (m *ModelDrafter) Draft(ctx context.Context, history []int, k int, temperat
 		return nil
 	})
 	return out, dists, err
+}
+
+// draftOnDevice implements deviceDrafter: Draft at a temperature above 0 whose distributions stay
+// on the device, so a draft step reads back k token ids and never a vocabulary-sized row.
+func (m *ModelDrafter) draftOnDevice(ctx context.Context, history []int, k int, temperature float64, rng *rand.Rand) ([]int, mlx.Array, error) {
+	e := m.draft
+	if e.taps != nil { // see Draft: the device path cannot record taps of ids it has not read
+		toks, dists, err := m.Draft(ctx, history, k, temperature, rng)
+		if err != nil {
+			return nil, mlx.Array{}, err
+		}
+		var q mlx.Array
+		err = e.worker.Do(ctx, func() error {
+			v := 0
+			if len(dists) > 0 {
+				v = len(dists[0])
+			}
+			q, err = proposal{dists: dists}.array(len(toks), v)
+			mlx.Detach(q)
+			return err
+		})
+		return toks, q, err
+	}
+	var out []int
+	var q mlx.Array
+	err := e.worker.Do(ctx, func() error {
+		var err error
+		out, q, err = e.draftSampled(m.pending(history), k, temperature, rng.Uint64())
+		return err
+	})
+	return out, q, err
+}
+
+// pending syncs the draft's caches to history and returns the tokens to feed; when everything is
+// fed already, the last token is trimmed and fed again to get its logits. Must run on the draft
+// engine's thread.
+func (m *ModelDrafter) pending(history []int) []int {
+	e := m.draft
+	pending := e.sync(history)
+	if len(pending) == 0 {
+		for _, c := range e.caches {
+			c.Trim(1)
+		}
+		e.fed = e.fed[:len(e.fed)-1]
+		pending = history[len(history)-1:]
+	}
+	return pending
+}
+
+// draftSampled is draftGreedy at a temperature: each step draws its token on the device from
+// q = softmax(logits / temperature), with keys split from seed, and feeds it to the next step
+// without a host read. It returns the k drafts, read back at once, and their distributions q as
+// an evaluated float32 array [k, vocab] that the caller owns and frees. q is evaluated before
+// it is returned, so that another worker (the target verifying the drafts) may read it in its
+// turn. The caches end up as draftGreedy leaves them.
+func (e *Engine) draftSampled(pending []int, k int, temperature float64, seed uint64) ([]int, mlx.Array, error) {
+	if k < 1 {
+		return nil, mlx.Array{}, nil
+	}
+	ids, err := tokenIDs(pending, e.model.Config().VocabSize)
+	if err != nil {
+		return nil, mlx.Array{}, err
+	}
+	s := mlx.NewScope()
+	defer s.Close()
+	key := mlx.RandomKey(seed)
+	x, n := mlx.FromInt32s(ids, 1, len(ids)), len(ids)
+	toks := make([]mlx.Array, 0, k)
+	qs := make([]mlx.Array, 0, k)
+	for len(toks) < k {
+		logits, err := e.logits(x, n, nil)
+		if err != nil {
+			return nil, mlx.Array{}, err
+		}
+		scaled := mlx.MulScalar(mlx.AsType(logits, mlx.Float32), 1/temperature)
+		logits.Free()
+		var sub mlx.Array
+		key, sub = mlx.RandomSplit(key)
+		tok := mlx.AsType(mlx.Categorical(scaled, -1, sub), mlx.Int32) // [1], drawn from q
+		qs = append(qs, mlx.Softmax(scaled, -1, true))
+		toks = append(toks, tok)
+		if err := mlx.AsyncEval(tok); err != nil {
+			return nil, mlx.Array{}, err
+		}
+		x, n = mlx.Reshape(tok, 1, 1), 1
+	}
+	all, q := mlx.Concat(0, toks...), mlx.Concat(0, qs...)
+	if err := mlx.Eval(all, q); err != nil {
+		return nil, mlx.Array{}, fmt.Errorf("engines: draft: %w", err)
+	}
+	got, err := all.Int32s()
+	if err != nil {
+		return nil, mlx.Array{}, fmt.Errorf("engines: draft: %w", err)
+	}
+	out := make([]int, len(got))
+	for i, v := range got {
+		out[i] = int(v)
+	}
+	e.fed = append(append(e.fed, pending...), out[:k-1]...)
+	mlx.Detach(q)
+	return out, q, nil
 }
 
 // draftGreedy feeds pending and then k-1 of its own greedy choices, each step consuming the

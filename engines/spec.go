@@ -107,10 +107,10 @@ func (e *Engine) scoreAll(tokens []int, wantProbs bool) (argmax []int, logProbs 
 }
 
 // scoreSampled feeds tokens to the model and applies the rejection rule on the device to the
-// drafts, which follow position base (see sampleVerify): it returns the kept drafts and the
-// target's own next token, reading back only token ids and acceptance flags. The key comes from
-// smp's chain. Must run on the engine's thread.
-func (e *Engine) scoreSampled(tokens []int, base int, drafts []int, dists [][]float32, temperature float64, smp *sampler) ([]int, error) {
+// drafts, which follow position base (see sampleVerify), proposed from prop: it returns the kept
+// drafts and the target's own next token, reading back only token ids and acceptance flags. The
+// key comes from smp's chain. Must run on the engine's thread.
+func (e *Engine) scoreSampled(tokens []int, base int, drafts []int, prop proposal, temperature float64, smp *sampler) ([]int, error) {
 	ids, err := tokenIDs(tokens, e.model.Config().VocabSize)
 	if err != nil {
 		return nil, err
@@ -128,7 +128,11 @@ func (e *Engine) scoreSampled(tokens []int, base int, drafts []int, dists [][]fl
 	mlx.Detach(next)
 	smp.key.Free()
 	smp.key = next
-	out, err := sampleVerify(logits, drafts, dists, temperature, sub)
+	q, err := prop.array(len(drafts), logits.Dim(1))
+	if err != nil {
+		return nil, err
+	}
+	out, err := sampleVerify(logits, drafts, q, temperature, sub)
 	if err != nil {
 		return nil, err
 	}
@@ -221,21 +225,32 @@ func (e *Engine) GenerateSpec(ctx context.Context, r Request, d Drafter, k int, 
 		}
 		kk := min(k, r.MaxTokens-len(st.Tokens))
 		t0 := time.Now()
-		drafts, dists, err := d.Draft(ctx, history, kk, r.Temperature, rng)
+		// A device drafter's sampled proposal stays on the device until the verify step frees it.
+		var drafts []int
+		var prop proposal
+		var err error
+		if dd, ok := d.(deviceDrafter); ok && r.Temperature > 0 {
+			drafts, prop.q, err = dd.draftOnDevice(ctx, history, kk, r.Temperature, rng)
+		} else {
+			drafts, prop.dists, err = d.Draft(ctx, history, kk, r.Temperature, rng)
+		}
 		if err != nil {
 			return st, ss, fmt.Errorf("draft: %w", err)
 		}
 		draftTime := time.Since(t0)
 		var accepted []int
 		t1 := time.Now()
+		verified := false
 		err = e.worker.Do(ctx, func() error {
+			verified = true
+			defer prop.q.Free()
 			pending := e.sync(history[:len(history)-1])
 			in := append(append(pending, history[len(history)-1]), drafts...)
 			// Position j of the verify output predicts the token after in[j]; the drafts start
 			// after the last history token, at offset len(pending).
 			base := len(pending)
 			if r.Temperature > 0 {
-				accepted, err = e.scoreSampled(in, base, drafts, dists, r.Temperature, smp)
+				accepted, err = e.scoreSampled(in, base, drafts, prop, r.Temperature, smp)
 				return err
 			}
 			argmax, _, normalised, err := e.scoreAll(in, false)
@@ -248,6 +263,9 @@ func (e *Engine) GenerateSpec(ctx context.Context, r Request, d Drafter, k int, 
 			accepted = verify(drafts, argmax[base:])
 			return nil
 		})
+		if !verified && prop.q.Valid() { // the context ended before the verify step ran
+			e.worker.Do(context.Background(), func() error { prop.q.Free(); return nil })
+		}
 		if err != nil {
 			return st, ss, err
 		}

@@ -150,7 +150,11 @@ func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 					mlx.Detach(next)
 					key.Free()
 					key = next
-					out, err := sampleVerify(logits, []int{d}, dists, 1, sub)
+					var out []int
+					q, err := proposal{dists: dists}.array(1, len(target))
+					if err == nil {
+						out, err = sampleVerify(logits, []int{d}, q, 1, sub)
+					}
 					if cerr := s.Close(); err == nil {
 						err = cerr
 					}

@@ -428,8 +428,11 @@ func (s *Stage) VerifySampled(ctx context.Context, in Activation, drafts []int, 
 		}
 		last := mlx.Slice(h, []int{0, n - outputs, 0}, []int{1, n, h.Dim(2)})
 		logits := mlx.Reshape(s.model.Head(last), outputs, -1)
-		var err error
-		res.Tokens, err = sampleVerify(logits, drafts, dists, temperature, mlx.RandomKey(seed))
+		q, err := proposal{dists: dists}.array(len(drafts), logits.Dim(1))
+		if err != nil {
+			return err
+		}
+		res.Tokens, err = sampleVerify(logits, drafts, q, temperature, mlx.RandomKey(seed))
 		return err
 	})
 }

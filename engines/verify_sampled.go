@@ -1,28 +1,70 @@
 package engines
 
 import (
+	"context"
 	"fmt"
+	"math/rand/v2"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
 )
 
+// deviceDrafter is a Drafter whose sampled proposals can stay on the device: draftOnDevice is
+// Draft at a temperature above 0 with the distributions returned as one evaluated float32 array
+// [len(tokens), vocab] instead of host rows (invalid when no token was drafted). The caller owns
+// the array and frees it on an MLX worker; it may use it on another worker than the drafter's,
+// since it is evaluated and workers take turns.
+type deviceDrafter interface {
+	draftOnDevice(ctx context.Context, history []int, k int, temperature float64, rng *rand.Rand) ([]int, mlx.Array, error)
+}
+
+// proposal is what a drafter proposed its sampled drafts from: host rows (Drafter.Draft), a
+// device array (deviceDrafter), or neither for a deterministic drafter.
+type proposal struct {
+	dists [][]float32
+	q     mlx.Array
+}
+
+// array returns the proposal of k drafts as a float32 array [k, v] for sampleVerify: q itself,
+// the host rows copied to the device (in the open scope), or an invalid array for a
+// deterministic drafter. Must run on an MLX worker.
+func (p proposal) array(k, v int) (mlx.Array, error) {
+	if p.q.Valid() || p.dists == nil {
+		return p.q, nil
+	}
+	if len(p.dists) != k {
+		return mlx.Array{}, fmt.Errorf("engines: sample verify: %d draft distributions for %d drafts", len(p.dists), k)
+	}
+	if k == 0 {
+		return mlx.Array{}, nil
+	}
+	flat := make([]float32, 0, len(p.dists)*v)
+	for i, row := range p.dists {
+		if len(row) != v {
+			return mlx.Array{}, fmt.Errorf("engines: sample verify: draft distribution %d has %d entries; the target's vocabulary has %d", i, len(row), v)
+		}
+		flat = append(flat, row...)
+	}
+	return mlx.FromFloat32s(flat, len(p.dists), v), nil
+}
+
 // sampleVerify is the rejection rule of speculative sampling (Leviathan et al.; Chen et al.) on
 // the device: logits [K+1, vocab] are the target's at the K drafted positions and the one after
-// them; dists the drafter's distributions of its K tokens (nil: a deterministic drafter, one-hot).
+// them; q [K, vocab] the drafter's distributions of its K tokens (invalid: a deterministic
+// drafter, one-hot; see proposal.array).
 // Draft j is kept while u_j < p_j(d_j) / q_j(d_j); the first rejected position draws from the
 // residual max(0, p_j - q_j) normalised, and when every draft is kept the last position draws from
 // p_K. All K+1 possible replacement tokens are drawn at once on the device, so the host reads back
 // only K acceptance flags and K+1 token ids, never a [K+1, vocab] block. key is consumed (split
 // by the caller). Must run on the engine's thread inside a scope.
-func sampleVerify(logits mlx.Array, drafts []int, dists [][]float32, temperature float64, key mlx.Array) ([]int, error) {
+func sampleVerify(logits mlx.Array, drafts []int, q mlx.Array, temperature float64, key mlx.Array) ([]int, error) {
 	k := len(drafts)
 	if logits.Dim(0) != k+1 {
 		return nil, fmt.Errorf("engines: sample verify: %d logit rows for %d drafts; want %d", logits.Dim(0), k, k+1)
 	}
-	if dists != nil && len(dists) != k {
-		return nil, fmt.Errorf("engines: sample verify: %d draft distributions for %d drafts", len(dists), k)
-	}
 	v := logits.Dim(1)
+	if q.Valid() && k > 0 && (q.Ndim() != 2 || q.Dim(0) != k || q.Dim(1) != v) {
+		return nil, fmt.Errorf("engines: sample verify: draft distributions of shape %v for %d drafts; want [%d %d] (the target's vocabulary)", q.Shape(), k, k, v)
+	}
 	p := mlx.Softmax(mlx.MulScalar(mlx.AsType(logits, mlx.Float32), 1/temperature), -1, true)
 	uKey, cKey := mlx.RandomSplit(key)
 	if k == 0 {
@@ -42,17 +84,7 @@ func sampleVerify(logits mlx.Array, drafts []int, dists [][]float32, temperature
 	}
 	d := mlx.FromInt32s(ids, k, 1)
 	pk := mlx.Slice(p, []int{0, 0}, []int{k, v})
-	var q mlx.Array
-	if dists != nil {
-		flat := make([]float32, 0, k*v)
-		for i, row := range dists {
-			if len(row) != v {
-				return nil, fmt.Errorf("engines: sample verify: draft distribution %d has %d entries; the target's vocabulary has %d", i, len(row), v)
-			}
-			flat = append(flat, row...)
-		}
-		q = mlx.FromFloat32s(flat, k, v)
-	} else {
+	if !q.Valid() {
 		q = mlx.AsType(mlx.Equal(mlx.Arange(0, float64(v), 1, mlx.Int32), d), mlx.Float32) // one-hot [k, v]
 	}
 	pd := mlx.TakeAlongAxis(pk, d, -1) // [k, 1]

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 
@@ -27,10 +25,7 @@ func modeModels(dir string) []ModelConfig {
 // startModes serves modeModels through serve.Run, local pipeline stages started from bin/hippo.
 func startModes(t *testing.T) (base string, models []ModelConfig) {
 	t.Helper()
-	exe := filepath.Join(testenv.Root(t), "bin", "hippo")
-	if _, err := os.Stat(exe); err != nil {
-		t.Fatalf("%s is missing: run `just build` (just test does); pipeline stages run it", exe)
-	}
+	exe := testenv.Hippo(t)
 	models = modeModels(synthesize(t, "tiny-qwen3"))
 	return startServeWith(t, Config{Models: models}, RunOptions{Exe: exe}), models
 }

@@ -19,7 +19,7 @@ func benchCommand() *cli.Command {
 			Usage:     "Hippo vs mlx-lm decode tok/s, alternating on the same checkpoints",
 			UsageText: "hippo bench engine [--model DIR|synth:PRESET|smollm2-135m|FILE.gguf ...] [--dtype f32 ...] [--rounds N] [--max-tokens N] [--stop-at-eos] [--native] [--layout auto|stored|transposed ...]",
 			Flags: []cli.Flag{
-				&cli.StringSliceFlag{Name: "model", Value: cli.NewStringSlice("synth:tiny-qwen3", "synth:qwen3-0.6b", "synth:deep-narrow"), Usage: "checkpoints to compare"},
+				wholeListFlag("model", "checkpoints to compare (repeat the flag; a value is one path, commas included)", "synth:tiny-qwen3", "synth:qwen3-0.6b", "synth:deep-narrow"),
 				&cli.StringSliceFlag{Name: "dtype", Value: cli.NewStringSlice("f32"), Usage: "compute dtypes, the same on both sides"},
 				&cli.IntFlag{Name: "rounds", Value: 5, Usage: "measured rounds per row"},
 				&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens generated per round"},
@@ -30,7 +30,7 @@ func benchCommand() *cli.Command {
 			},
 			Action: func(c *cli.Context) error {
 				var dirs []string
-				for _, m := range c.StringSlice("model") {
+				for _, m := range wholeValues(c, "model") {
 					d, err := resolveModel(c.Context, m)
 					if err != nil {
 						return err
@@ -83,32 +83,18 @@ func benchCommand() *cli.Command {
 				&cli.IntFlag{Name: "rounds", Value: 2, Usage: "measured rounds per row"},
 				&cli.BoolFlag{Name: "warmup", Value: true, Usage: "one untimed standalone+spec run per drafter first"},
 				&cli.IntFlag{Name: "max-tokens", Value: 64, Usage: "tokens per run (at most, with --chat)"},
-				&cli.StringSliceFlag{Name: "prompt", Value: cli.NewStringSlice("func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {\n", "// Package sort provides primitives for sorting slices", "for i := 0; i < len(b); i++ {\n"), Usage: "prompts"},
+				wholeListFlag("prompt", "prompts (repeat the flag; a value is one prompt, commas included)", "func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {\n", "// Package sort provides primitives for sorting slices", "for i := 0; i < len(b); i++ {\n"),
 				&cli.StringFlag{Name: "prompts", Usage: "JSON file with a list of prompt strings (replaces --prompt; e.g. models/dflash-smollm2/heldout.json)"},
 				&cli.IntFlag{Name: "num-prompts", Usage: "use only the first N prompts of --prompts (0: all)"},
 				&cli.BoolFlag{Name: "chat", Usage: "wrap prompts in the target's chat template and stop at end of turn"},
 				&cli.StringFlag{Name: "dtype", Usage: "compute dtype"},
 			},
 			Action: func(c *cli.Context) error {
-				prompts := c.StringSlice("prompt")
-				if f := c.String("prompts"); f != "" {
-					b, err := os.ReadFile(f)
-					if err != nil {
-						return fmt.Errorf("bench spec: --prompts: %w", err)
-					}
-					prompts = nil
-					if err := json.Unmarshal(b, &prompts); err != nil {
-						return fmt.Errorf("bench spec: --prompts %s: want a JSON list of strings: %w", f, err)
-					}
+				o, err := specOptions(c)
+				if err != nil {
+					return err
 				}
-				if n := c.Int("num-prompts"); n > 0 && n < len(prompts) {
-					prompts = prompts[:n]
-				}
-				return bench.CompareSpec(c.Context, bench.SpecCompareOptions{
-					Target: c.String("model"), Draft: c.String("draft"), DFlash: c.String("dflash"), Drafters: c.StringSlice("drafter"),
-					MaxK: c.Int("max-k"), Blocks: c.IntSlice("block"), Rounds: c.Int("rounds"), Warmup: c.Bool("warmup"),
-					MaxTokens: c.Int("max-tokens"), Prompts: prompts, Chat: c.Bool("chat"), DType: c.String("dtype"),
-				}, os.Stdout)
+				return bench.CompareSpec(c.Context, o, os.Stdout)
 			},
 		}, {
 			Name:  "pipeline",
@@ -185,4 +171,27 @@ func modelAndExe(c *cli.Context) (dir, exe string, err error) {
 	}
 	exe, err = os.Executable()
 	return dir, exe, err
+}
+
+// specOptions reads the flags of hippo bench spec.
+func specOptions(c *cli.Context) (bench.SpecCompareOptions, error) {
+	prompts := wholeValues(c, "prompt")
+	if f := c.String("prompts"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return bench.SpecCompareOptions{}, fmt.Errorf("bench spec: --prompts: %w", err)
+		}
+		prompts = nil
+		if err := json.Unmarshal(b, &prompts); err != nil {
+			return bench.SpecCompareOptions{}, fmt.Errorf("bench spec: --prompts %s: want a JSON list of strings: %w", f, err)
+		}
+	}
+	if n := c.Int("num-prompts"); n > 0 && n < len(prompts) {
+		prompts = prompts[:n]
+	}
+	return bench.SpecCompareOptions{
+		Target: c.String("model"), Draft: c.String("draft"), DFlash: c.String("dflash"), Drafters: c.StringSlice("drafter"),
+		MaxK: c.Int("max-k"), Blocks: c.IntSlice("block"), Rounds: c.Int("rounds"), Warmup: c.Bool("warmup"),
+		MaxTokens: c.Int("max-tokens"), Prompts: prompts, Chat: c.Bool("chat"), DType: c.String("dtype"),
+	}, nil
 }

@@ -34,7 +34,7 @@ func serveCommand() *cli.Command {
 			"hippo serve --best results/<sweep>/<stamp>   (the fastest servable configuration of a sweep)\n" +
 			"hippo serve --config hippo.yaml              (several models; flags override the file)",
 		Flags: append([]cli.Flag{
-			&cli.StringSliceFlag{Name: "model", Usage: "checkpoint directory, synth:PRESET, smollm2-135m or FILE.gguf (repeat to serve several)"},
+			wholeListFlag("model", "checkpoint directory, synth:PRESET, smollm2-135m or FILE.gguf (repeat to serve several; a value is one path, commas included)"),
 			&cli.StringFlag{Name: "best", Usage: "serve the configuration with the best mean decode tok/s in this sweep output directory"},
 			&cli.StringFlag{Name: "config", Usage: "hippo.yaml with listen, api_keys, max_batch, max_queue, timeout, write_timeout, max_body, ram and models"},
 			&cli.StringFlag{Name: "dtype", Usage: "compute dtype: f32, bf16 or f16 (default: bf16 on a GPU, f32 on the CPU backend)"},
@@ -131,7 +131,7 @@ func serveConfig(c *cli.Context, log *slog.Logger) (serve.Config, error) {
 		}
 		cfg.RAM = serve.ByteSize(n)
 	}
-	models := c.StringSlice("model")
+	models := wholeValues(c, "model")
 	best := c.String("best")
 	switch {
 	case best != "" && len(models) > 0:

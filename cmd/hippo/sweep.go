@@ -50,7 +50,7 @@ func sweepCommand() *cli.Command {
 			"(SWEEP may then be omitted: DIR/sweep.yaml is used). Ctrl-C stops after the current run;\n" +
 			"press it again to abort that run too.",
 		Flags: []cli.Flag{
-			&cli.GenericFlag{Name: "set", Value: &overrides{}, Usage: "override a key of the sweep file, e.g. --set max_tokens=16 --set repeats=1 --set link=[wifi,thunderbolt] (repeat for several keys)"},
+			wholeListFlag("set", "override a key of the sweep file, e.g. --set max_tokens=16 --set repeats=1 --set link=[wifi,thunderbolt] (repeat for several keys)"),
 			&cli.StringFlag{Name: "out", Usage: "output directory (default results/<name>/<timestamp>)"},
 			&cli.StringFlag{Name: "resume", Usage: "continue the sweep in `DIR`: skip runs that succeeded there, re-run failed and missing ones"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress bar or per-run lines"},
@@ -62,14 +62,6 @@ func sweepCommand() *cli.Command {
 		Action: runSweep,
 	}
 }
-
-// overrides collects the --set flags whole. A string slice flag would split each value at its
-// commas, breaking YAML lists such as link=[wifi,thunderbolt].
-type overrides struct{ list []string }
-
-func (o *overrides) Set(v string) error { o.list = append(o.list, v); return nil }
-
-func (o *overrides) String() string { return strings.Join(o.list, " ") }
 
 // sweepPath resolves the SWEEP argument: an existing file, else experiments/NAME.yaml in the
 // Hippo checkout.
@@ -94,7 +86,7 @@ func runSweep(c *cli.Context) error {
 	default:
 		return errors.New("which sweep? give a file or a name (hippo sweep quick), or --resume DIR")
 	}
-	s, err := experiments.Load(path, c.Generic("set").(*overrides).list...)
+	s, err := experiments.Load(path, wholeValues(c, "set")...)
 	if err != nil {
 		var verr *experiments.ValidationError
 		if errors.As(err, &verr) {

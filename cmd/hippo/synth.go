@@ -26,7 +26,7 @@ func synthCommand() *cli.Command {
 			&cli.StringFlag{Name: "dtype", Value: "bf16", Usage: "storage dtype: bf16, f16 or f32"},
 			&cli.IntFlag{Name: "bits", Usage: "quantize linear layers to 4 or 8 bits (MLX affine, as mlx-lm convert)"},
 			&cli.IntFlag{Name: "group-size", Value: 64, Usage: "quantization group size"},
-			&cli.StringSliceFlag{Name: "set", Usage: "override a config.json field (key=value, value as JSON)"},
+			wholeListFlag("set", "override a config.json field (key=value, value as JSON, e.g. target_layer_ids=[1,3]; repeat for several)"),
 		},
 		Action: func(c *cli.Context) error {
 			if c.String("arch") == "dflash" {
@@ -46,7 +46,7 @@ func synthCommand() *cli.Command {
 			o := synth.Options{
 				Preset: p.Name, Seed: c.Uint64("seed"), Tokenizer: tok, Out: c.String("out"),
 				Layers: c.Int("layers"), DType: c.String("dtype"), Bits: c.Int("bits"),
-				GroupSize: c.Int("group-size"), Set: c.StringSlice("set"),
+				GroupSize: c.Int("group-size"), Set: wholeValues(c, "set"),
 			}
 			w := mlx.NewWorker()
 			defer w.Close()

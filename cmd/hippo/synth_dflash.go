@@ -20,7 +20,7 @@ func synthDFlash(c *cli.Context) error {
 		Options: synth.Options{
 			Preset: p.Name, Seed: c.Uint64("seed"), Out: c.String("out"), Layers: c.Int("layers"),
 			DType: c.String("dtype"), Bits: c.Int("bits"), GroupSize: c.Int("group-size"),
-			Set: c.StringSlice("set"),
+			Set: wholeValues(c, "set"),
 		},
 		Target: c.String("target"),
 	}
