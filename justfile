@@ -113,9 +113,9 @@ golden-gguf-tokens: setup
     "$venv/bin/python" engines/gguf/testdata/llamacpp_tokens.py .cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf \
       engines/gguf/testdata/tokenizer_corpus.json.gz engines/gguf/testdata/smollm2_llamacpp_tokens.json.gz
 
-# hippo vs mlx-lm decode tok/s, alternating on the same checkpoints, with ratios and the memory-bandwidth roofline.
+# hippo vs mlx-lm decode tok/s, alternating on the same checkpoints, with ratios and the memory-bandwidth roofline; a row with hippo holding the weights as stored (as mlx-lm does) and one with its default layout (transposed on the CPU backend).
 bench-engine: build
-    ./bin/hippo bench engine --rounds 5
+    ./bin/hippo bench engine --rounds 5 --layout stored --layout auto
 
 # Run experiments/NAME.yaml (e.g. `just sweep quick`, `just sweep thunderbolt-vs-wifi`, `just sweep spec-real`); results go to results/NAME/<timestamp>/.
 sweep NAME *FLAGS: build
