@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"unsafe"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/safetensors"
@@ -117,7 +120,14 @@ var stDTypes = map[safetensors.DType]mlx.DType{
 
 // raw loads tensor n as stored, checking its shape when want is given; floats become the
 // compute dtype. The array is evaluated before returning so the conversion happens once.
-func (w *Weights) raw(n string, want ...int) (mlx.Array, error) {
+func (w *Weights) raw(n string, want ...int) (mlx.Array, error) { return w.load(n, false, want...) }
+
+// rawTransposed is raw for a 2-D tensor [rows, cols], returned as [cols, rows].
+func (w *Weights) rawTransposed(n string, rows, cols int) (mlx.Array, error) {
+	return w.load(n, true, rows, cols)
+}
+
+func (w *Weights) load(n string, transpose bool, want ...int) (mlx.Array, error) {
 	full := w.name(n)
 	info, ok := w.set.Info(full)
 	if !ok {
@@ -134,8 +144,15 @@ func (w *Weights) raw(n string, want ...int) (mlx.Array, error) {
 	if err != nil {
 		return mlx.Array{}, fmt.Errorf("model: %w", err)
 	}
+	shape := info.Shape
+	if transpose {
+		// Transposed here, in tiles, rather than by MLX, whose strided copy of a transpose
+		// misses the cache on almost every element (seconds for a large embedding).
+		data = transpose2D(data, shape[0], shape[1], dt.Size())
+		shape = []int{shape[1], shape[0]}
+	}
 	s := mlx.NewScope()
-	a := mlx.FromBytes(data, dt, info.Shape...)
+	a := mlx.FromBytes(data, dt, shape...)
 	if dt == mlx.Float32 || dt == mlx.Float16 || dt == mlx.BFloat16 {
 		a = mlx.AsType(a, w.compute)
 	}
@@ -186,27 +203,22 @@ func (w *Weights) linear(prefix string, out, in int, bias, inMajor bool) (*Linea
 			return nil, err
 		}
 	} else {
-		if l.w, err = w.raw(prefix+".weight", out, in); err != nil {
-			return nil, err
-		}
-		// The transposed view (or copy) is made once here rather than on every call.
-		s := mlx.NewScope()
-		l.wT = mlx.Transpose(l.w, 1, 0)
 		if inMajor {
-			l.wT = mlx.Contiguous(l.wT)
-		}
-		s.Keep(l.wT)
-		if err := s.Close(); err != nil {
-			return nil, err
-		}
-		w.owned = append(w.owned, l.wT)
-		if inMajor {
-			// Materialise the copy, then let the [out, in] original go.
-			if err := mlx.Eval(l.wT); err != nil {
-				return nil, fmt.Errorf("model: transpose %s: %w", prefix, err)
+			if l.wT, err = w.rawTransposed(prefix+".weight", out, in); err != nil {
+				return nil, err
 			}
-			w.release(l.w)
-			l.w = mlx.Array{}
+		} else {
+			if l.w, err = w.raw(prefix+".weight", out, in); err != nil {
+				return nil, err
+			}
+			// The transposed view is made once here rather than on every call.
+			s := mlx.NewScope()
+			l.wT = mlx.Transpose(l.w, 1, 0)
+			s.Keep(l.wT)
+			if err := s.Close(); err != nil {
+				return nil, err
+			}
+			w.owned = append(w.owned, l.wT)
 		}
 	}
 	if bias {
@@ -268,17 +280,6 @@ func (w *Weights) inRange(n string) bool {
 // Bytes is the size of the loaded arrays in the compute dtype.
 func (w *Weights) Bytes() int64 { return w.bytes }
 
-// release frees a, an array this Weights owns, before Free.
-func (w *Weights) release(a mlx.Array) {
-	for i, o := range w.owned {
-		if o == a {
-			w.owned = slices.Delete(w.owned, i, i+1)
-			break
-		}
-	}
-	a.Free()
-}
-
 // Free releases every loaded array and unmaps the files.
 func (w *Weights) Free() {
 	for _, a := range w.owned {
@@ -334,3 +335,63 @@ func (e *Embedding) Forward(ids mlx.Array) mlx.Array {
 
 // AsLinear computes logits x E^T.
 func (e *Embedding) AsLinear(x mlx.Array) mlx.Array { return e.Linear.Forward(x) }
+
+// transpose2D returns the row-major [cols, rows] transpose of src, a row-major [rows, cols]
+// matrix of size-byte elements.
+func transpose2D(src []byte, rows, cols, size int) []byte {
+	dst := make([]byte, len(src))
+	switch size {
+	case 1:
+		transposeTiles(src, dst, rows, cols)
+	case 2:
+		transposeTiles(elems[[2]byte](src), elems[[2]byte](dst), rows, cols)
+	case 4:
+		transposeTiles(elems[[4]byte](src), elems[[4]byte](dst), rows, cols)
+	case 8:
+		transposeTiles(elems[[8]byte](src), elems[[8]byte](dst), rows, cols)
+	default:
+		panic(fmt.Sprintf("model: transpose of %d-byte elements", size))
+	}
+	return dst
+}
+
+// elems views b as elements of type E, a byte array, which has no alignment to respect.
+func elems[E any](b []byte) []E {
+	var e E
+	if len(b) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*E)(unsafe.Pointer(&b[0])), len(b)/int(unsafe.Sizeof(e)))
+}
+
+// transposeTiles writes the transpose of src [rows, cols] into dst [cols, rows]. It copies 64 x 64
+// tiles, so that reads and writes both stay within a few cache lines, on as many goroutines as
+// there are CPUs.
+func transposeTiles[E any](src, dst []E, rows, cols int) {
+	const tile = 64
+	var wg sync.WaitGroup
+	next := make(chan int, (rows+tile-1)/tile)
+	for r := 0; r < rows; r += tile {
+		next <- r
+	}
+	close(next)
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r0 := range next {
+				r1 := min(r0+tile, rows)
+				for c0 := 0; c0 < cols; c0 += tile {
+					c1 := min(c0+tile, cols)
+					for r := r0; r < r1; r++ {
+						row := src[r*cols : r*cols+c1]
+						for c := c0; c < c1; c++ {
+							dst[c*rows+r] = row[c]
+						}
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
