@@ -23,7 +23,9 @@ Stages (deterministic for a fixed --seed and library versions):
      position, weighted exp(-(k-1)/gamma) (earlier positions decide more of the accepted length).
      The draft layers start as copies of the target's last layers (no q/k norm in llama: those
      start at ones), fc starts by passing the deepest tap through. AdamW, warmup + cosine, a fixed
-     wall-clock budget (--minutes) with checkpoints.
+     wall-clock budget (--minutes) with checkpoints. The cosine runs over --max-steps
+     (--schedule steps; a short budget stops it part way) or over the budget itself (--schedule
+     clock, so the learning rate always anneals).
   5. evaluation on the held-out prompts: greedy speculative decoding simulated on the target's own
      continuation (what greedy verification accepts): mean accepted drafts per block and the
      acceptance by block position, written to metrics.json and config.json's "hippo" section.
@@ -531,6 +533,9 @@ def main():
     ap.add_argument("--gamma", type=float, default=5.0, help="position weight decay")
     ap.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget")
     ap.add_argument("--max-steps", type=int, default=4000)
+    ap.add_argument("--schedule", choices=["steps", "clock"], default="steps",
+                    help="steps: warmup, then cosine over --max-steps (cut short by --minutes); "
+                    "clock: warmup, then cosine over the --minutes budget, so training always anneals")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between checkpoints + held-out checks")
     ap.add_argument("--check-only", action="store_true", help="load the target, print a greedy reply, exit")
     ap.add_argument("--eval-only", action="store_true")
@@ -615,10 +620,20 @@ def main():
             return (ce * wt).sum() / wt.sum(), acc
 
         lg = nn.value_and_grad(draft, loss_fn)
-        sched = optim.join_schedules(
-            [optim.linear_schedule(1e-6, args.lr, 30),
-             optim.cosine_decay(args.lr, args.max_steps, args.lr * 0.05)], [30])
-        opt = optim.AdamW(learning_rate=sched, weight_decay=0.01)
+        if args.schedule == "steps":
+            sched = optim.join_schedules(
+                [optim.linear_schedule(1e-6, args.lr, 30),
+                 optim.cosine_decay(args.lr, args.max_steps, args.lr * 0.05)], [30])
+            opt = optim.AdamW(learning_rate=sched, weight_decay=0.01)
+        else:
+            opt = optim.AdamW(learning_rate=args.lr, weight_decay=0.01)
+
+        def lr_at(frac):
+            """--schedule clock: warmup over the first 3% of the budget, then cosine to 5%."""
+            if frac < 0.03:
+                return args.lr * max(frac / 0.03, 0.02)
+            f = min((frac - 0.03) / 0.97, 1.0)
+            return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
         state = [draft.state, opt.state]
 
         @partial_compile(state)
@@ -636,12 +651,15 @@ def main():
         ema = None
         while s < args.max_steps and time.time() - t < budget:
             batch = make_batch(rng, train, B, args.anchors, Tmax, embed, args.mask_id)
+            if args.schedule == "clock":
+                opt.learning_rate = mx.array(lr_at((time.time() - t) / budget), mx.float32)
             l, acc = step(*batch)
             mx.eval(state, l, acc)
             s += 1
             ema = (float(l), float(acc)) if ema is None else (0.95 * ema[0] + 0.05 * float(l), 0.95 * ema[1] + 0.05 * float(acc))
             if s % 10 == 0:
-                log(f"step {s} loss {ema[0]:.3f} token-acc {ema[1]:.3f} ({(time.time() - t) / s:.2f}s/step)")
+                log(f"step {s} loss {ema[0]:.3f} token-acc {ema[1]:.3f} lr {float(opt.learning_rate):.2e} "
+                    f"({(time.time() - t) / s:.2f}s/step)")
             if s % args.eval_every == 0:
                 save(draft, cfg, args.out, {"steps": steps0 + s})
                 te = time.time()
@@ -653,7 +671,8 @@ def main():
                     + " ".join(f"{x:.2f}" for x in bp[:8]) + f" ({time.time() - te:.0f}s)")
                 t += time.time() - te  # evaluation does not count against the training budget
         info = {"steps": steps0 + s, "train_seconds": round(time.time() - t), "lr": args.lr,
-                "gamma": args.gamma, "batch": args.batch, "anchors": args.anchors, "curve": curve}
+                "gamma": args.gamma, "batch": args.batch, "anchors": args.anchors,
+                "schedule": args.schedule, "curve": curve}
         save(draft, cfg, args.out, info)
         log(f"trained {s} steps in {time.time() - t:.0f}s")
     t = time.time()
