@@ -209,7 +209,7 @@ train-pair: setup
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_pair.py --out models/pair
 
-# Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies, fixed seed, 1 draft layer, block 16, 384 replies x 128 tokens cached in models/dflash-data, 12 + 7 + 13 minutes of training (two resumed stages); 60-75 min on the shared 2 cores); writes models/dflash-smollm2 (config.json, model.safetensors, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
+# Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies, fixed seed, 1 draft layer, block 16, 768 replies x 128 tokens = 88,342 reply tokens cached in models/dflash-data (generating them takes about an hour on the shared 2 cores when the cache is empty), 25 minutes of training, then a resumed 22-minute stage whose learning rate anneals over its budget; about 55 min once the replies are cached); writes models/dflash-smollm2 (config.json, model.safetensors, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
 train-dflash: setup smollm2-dense
     #!/usr/bin/env bash
     set -euo pipefail
@@ -217,10 +217,9 @@ train-dflash: setup smollm2-dense
     blas=""
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     gguf=.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
-    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2
-    # the shipped weights had a second and a third, resumed stage (fresh optimizer and schedule each)
-    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --resume --minutes 7
-    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --resume --minutes 13
+    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --train-prompts 768 --minutes 25
+    # the shipped weights had a second, resumed stage (fresh optimizer; cosine over its own budget)
+    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --train-prompts 768 --resume --schedule clock --minutes 22 --eval-every 200
 
 # Distil the 2-layer autoregressive draft for SmolLM2-135M-Instruct's model drafter (target layers 0-1 + 8,192 of its tokens, KD on the target's top-32 over its own greedy chat replies; fixed seed, a 20-minute training budget; ~35 min on the shared 2 cores once the replies are cached, ~20 more to generate them); writes models/ardraft-smollm2 (config.json, model.safetensors, draft_vocab.json, tokenizer, metrics.json, heldout.json).
 train-ardraft: setup smollm2-dense
