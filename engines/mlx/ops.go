@@ -181,10 +181,6 @@ func AsType(a Array, dt DType) Array {
 	return result("astype", C.hp_astype(&h, a.h, C.int(dt)), h)
 }
 
-// Contiguous is a laid out row-major in memory of its own: a copy when a is a strided view (a
-// transpose), a itself otherwise.
-func Contiguous(a Array) Array { return unary("contiguous", C.HP_CONTIGUOUS, a) }
-
 // View reinterprets a's bytes as dtype dt, without converting them: the last axis scales by the
 // ratio of the element sizes (a [1, 2, 64] bf16 array viewed as Uint8 is [1, 2, 128]). MLX copies
 // only when a is not contiguous.

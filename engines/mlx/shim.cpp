@@ -206,7 +206,6 @@ int hp_unary(hp_array* out, int op, hp_array in) {
       case HP_LOGICAL_NOT: *out = wrap(mx::logical_not(a)); break;
       case HP_COPY: *out = wrap(mx::copy(a)); break;
       case HP_LOG1P: *out = wrap(mx::log1p(a)); break;
-      case HP_CONTIGUOUS: *out = wrap(mx::contiguous(a)); break;
       default: throw std::invalid_argument("unknown unary op " + std::to_string(op));
     }
   })
