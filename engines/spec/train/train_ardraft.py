@@ -347,16 +347,9 @@ def main():
         return loss, acc
 
     lg = nn.value_and_grad(draft, loss_fn)
-    # The schedule follows the wall-clock budget (linear warmup over the first 3%, then cosine
-    # to 5%), so a slower machine takes fewer steps but still anneals.
+    # The schedule follows the wall-clock budget (td.clock_lr: linear warmup over the first 3%,
+    # then cosine to 5%), so a slower machine takes fewer steps but still anneals.
     opt = optim.AdamW(learning_rate=args.lr, weight_decay=0.01)
-
-    def lr_at(frac):
-        if frac < 0.03:
-            return args.lr * max(frac / 0.03, 0.02)
-        f = min((frac - 0.03) / 0.97, 1.0)
-        return args.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * f)))
-
     state = [draft.state, opt.state]
 
     @lambda f: mx.compile(f, inputs=state, outputs=state)
@@ -376,7 +369,7 @@ def main():
             order = list(range(len(tr[0])))
             rng.shuffle(order)
         idx, order = order[:args.batch], order[args.batch:]
-        opt.learning_rate = mx.array(lr_at((time.time() - t) / budget), mx.float32)
+        opt.learning_rate = mx.array(td.clock_lr(args.lr, (time.time() - t) / budget), mx.float32)
         l, acc = step(*batches(train, idx, Tmax, fallback))
         mx.eval(state, l, acc)
         s += 1

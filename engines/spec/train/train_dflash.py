@@ -513,6 +513,15 @@ def simulate(draft, target_head, embed, data, B, mask_id, Tmax):
     return float(np.mean(acc_lens)), (by_pos / max(blocks, 1)).tolist(), blocks
 
 
+def clock_lr(lr, frac):
+    """The learning rate at fraction frac of a wall-clock budget: linear warmup over the first 3%,
+    then a cosine down to 5% of lr (--schedule clock here; train_ardraft.py's only schedule)."""
+    if frac < 0.03:
+        return lr * max(frac / 0.03, 0.02)
+    f = min((frac - 0.03) / 0.97, 1.0)
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", default=".cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -628,12 +637,6 @@ def main():
         else:
             opt = optim.AdamW(learning_rate=args.lr, weight_decay=0.01)
 
-        def lr_at(frac):
-            """--schedule clock: warmup over the first 3% of the budget, then cosine to 5%."""
-            if frac < 0.03:
-                return args.lr * max(frac / 0.03, 0.02)
-            f = min((frac - 0.03) / 0.97, 1.0)
-            return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
         state = [draft.state, opt.state]
 
         @partial_compile(state)
@@ -652,7 +655,7 @@ def main():
         while s < args.max_steps and time.time() - t < budget:
             batch = make_batch(rng, train, B, args.anchors, Tmax, embed, args.mask_id)
             if args.schedule == "clock":
-                opt.learning_rate = mx.array(lr_at((time.time() - t) / budget), mx.float32)
+                opt.learning_rate = mx.array(clock_lr(args.lr, (time.time() - t) / budget), mx.float32)
             l, acc = step(*batch)
             mx.eval(state, l, acc)
             s += 1
