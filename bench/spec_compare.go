@@ -312,12 +312,7 @@ func (p specPoint) class() int {
 // runs (spec[i] / alone[i], each pair one prompt in one round, run side by side): the spread the
 // measurement itself shows. Zero with fewer than two pairs, where nothing measures the spread.
 func speedupNoise(alone, spec []float64) float64 {
-	var ratios []float64
-	for i := range min(len(alone), len(spec)) {
-		if r := spec[i] / alone[i]; alone[i] > 0 && !math.IsInf(r, 0) && !math.IsNaN(r) {
-			ratios = append(ratios, r)
-		}
-	}
+	ratios := PairedRatios(spec, alone)
 	n := float64(len(ratios))
 	if n < 2 {
 		return 0
