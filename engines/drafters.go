@@ -146,6 +146,42 @@ func (m *ModelDrafter) pending(history []int) []int {
 // it is returned, so that another worker (the target verifying the drafts) may read it in its
 // turn. The caches end up as draftGreedy leaves them.
 func (e *Engine) draftSampled(pending []int, k int, temperature float64, seed uint64) ([]int, mlx.Array, error) {
+	key := mlx.RandomKey(seed)
+	return e.draftChain(pending, k, func(logits mlx.Array) (mlx.Array, mlx.Array) {
+		scaled := mlx.MulScalar(mlx.AsType(logits, mlx.Float32), 1/temperature)
+		var sub mlx.Array
+		key, sub = mlx.RandomSplit(key)
+		tok := mlx.AsType(mlx.Categorical(scaled, -1, sub), mlx.Int32) // [1], drawn from q
+		return tok, mlx.Softmax(scaled, -1, true)
+	})
+}
+
+// draftGreedy feeds pending and then k-1 of its own greedy choices, each step consuming the
+// previous step's token on the device, and reads the k tokens back at once: one host read per
+// draft instead of an evaluation and a read per token. The caches end up holding pending and
+// the first k-1 drafts, as the step-by-step loop leaves them.
+func (e *Engine) draftGreedy(pending []int, k int) ([]int, error) {
+	smp := newSampler(0, 0, 0)
+	var picked []mlx.Array // the sampler's tokens are not the scope's: free them here
+	defer func() {
+		for _, t := range picked {
+			t.Free()
+		}
+	}()
+	out, _, err := e.draftChain(pending, k, func(logits mlx.Array) (mlx.Array, mlx.Array) {
+		t := smp.next(logits)
+		picked = append(picked, t)
+		return t, mlx.Array{}
+	})
+	return out, err
+}
+
+// draftChain runs the k draft steps of draftGreedy and draftSampled: it feeds pending, then each
+// step's own token, chosen on the device by choose from that step's logits. choose may also
+// return the distribution the token was drawn from; those are stacked into q [k, vocab],
+// evaluated with the tokens and detached for the caller to free (invalid when choose returns
+// none). The k tokens are read back at once.
+func (e *Engine) draftChain(pending []int, k int, choose func(logits mlx.Array) (tok, q mlx.Array)) ([]int, mlx.Array, error) {
 	if k < 1 {
 		return nil, mlx.Array{}, nil
 	}
@@ -155,30 +191,32 @@ func (e *Engine) draftSampled(pending []int, k int, temperature float64, seed ui
 	}
 	s := mlx.NewScope()
 	defer s.Close()
-	key := mlx.RandomKey(seed)
 	x, n := mlx.FromInt32s(ids, 1, len(ids)), len(ids)
 	toks := make([]mlx.Array, 0, k)
-	qs := make([]mlx.Array, 0, k)
+	var qs []mlx.Array
 	for len(toks) < k {
 		logits, err := e.logits(x, n, nil)
 		if err != nil {
 			return nil, mlx.Array{}, err
 		}
-		scaled := mlx.MulScalar(mlx.AsType(logits, mlx.Float32), 1/temperature)
+		tok, q := choose(logits)
 		logits.Free()
-		var sub mlx.Array
-		key, sub = mlx.RandomSplit(key)
-		tok := mlx.AsType(mlx.Categorical(scaled, -1, sub), mlx.Int32) // [1], drawn from q
-		qs = append(qs, mlx.Softmax(scaled, -1, true))
 		toks = append(toks, tok)
+		if q.Valid() {
+			qs = append(qs, q)
+		}
 		if err := mlx.AsyncEval(tok); err != nil {
 			return nil, mlx.Array{}, err
 		}
 		x, n = mlx.Reshape(tok, 1, 1), 1
 	}
-	all, q := mlx.Concat(0, toks...), mlx.Concat(0, qs...)
-	if err := mlx.Eval(all, q); err != nil {
-		return nil, mlx.Array{}, fmt.Errorf("engines: draft: %w", err)
+	all := mlx.Concat(0, toks...)
+	var q mlx.Array
+	if len(qs) > 0 {
+		q = mlx.Concat(0, qs...)
+		if err := mlx.Eval(all, q); err != nil {
+			return nil, mlx.Array{}, fmt.Errorf("engines: draft: %w", err)
+		}
 	}
 	got, err := all.Int32s()
 	if err != nil {
@@ -189,55 +227,10 @@ func (e *Engine) draftSampled(pending []int, k int, temperature float64, seed ui
 		out[i] = int(v)
 	}
 	e.fed = append(append(e.fed, pending...), out[:k-1]...)
-	mlx.Detach(q)
+	if q.Valid() {
+		mlx.Detach(q)
+	}
 	return out, q, nil
-}
-
-// draftGreedy feeds pending and then k-1 of its own greedy choices, each step consuming the
-// previous step's token on the device, and reads the k tokens back at once: one host read per
-// draft instead of an evaluation and a read per token. The caches end up holding pending and
-// the first k-1 drafts, as the step-by-step loop leaves them.
-func (e *Engine) draftGreedy(pending []int, k int) ([]int, error) {
-	if k < 1 {
-		return nil, nil
-	}
-	ids, err := tokenIDs(pending, e.model.Config().VocabSize)
-	if err != nil {
-		return nil, err
-	}
-	s := mlx.NewScope()
-	defer s.Close()
-	smp := newSampler(0, 0, 0)
-	x, n := mlx.FromInt32s(ids, 1, len(ids)), len(ids)
-	toks := make([]mlx.Array, 0, k)
-	defer func() {
-		for _, t := range toks {
-			t.Free()
-		}
-	}()
-	for len(toks) < k {
-		logits, err := e.logits(x, n, nil)
-		if err != nil {
-			return nil, err
-		}
-		tok := smp.next(logits)
-		logits.Free()
-		toks = append(toks, tok)
-		if err := mlx.AsyncEval(tok); err != nil {
-			return nil, err
-		}
-		x, n = mlx.Reshape(tok, 1, 1), 1
-	}
-	got, err := mlx.Concat(0, toks...).Int32s()
-	if err != nil {
-		return nil, fmt.Errorf("engines: draft: %w", err)
-	}
-	out := make([]int, len(got))
-	for i, v := range got {
-		out[i] = int(v)
-	}
-	e.fed = append(append(e.fed, pending...), out[:k-1]...)
-	return out, nil
 }
 
 // LookupDrafter drafts without weights by prompt lookup: it finds the most recent earlier
