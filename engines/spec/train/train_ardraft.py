@@ -92,19 +92,6 @@ def load_cached(model, tok, prompts, max_tokens, taps, batch, cache_dir, key, ge
     return seqs, feats, plen
 
 
-def teacher_hidden(layers, feats, seqs, idx):
-    """The target's hidden states after `layers` for the sequences idx, batched and zero-padded
-    to the longest, from their cached layer-27 outputs (causal, so padding never leaks back)."""
-    T = max(len(seqs[i]) for i in idx)
-    x = np.zeros((len(idx), T, feats[idx[0]].shape[1]), np.float16)
-    for r, i in enumerate(idx):
-        x[r, :len(seqs[i])] = feats[i]
-    h = mx.array(x).astype(mx.float32)
-    for layer in layers:
-        h = layer(h, "causal", None)
-    return h
-
-
 def expected_counts(target, feats, seqs, plen, every=8, batch=16):
     """The target's expected count of every token over the training replies: its next-token
     probabilities summed over every `every`-th reply position (times `every`), from the cached
@@ -113,7 +100,7 @@ def expected_counts(target, feats, seqs, plen, every=8, batch=16):
     mass = mx.zeros((target.args.vocab_size,))
     for s in range(0, len(seqs), batch):
         idx = list(range(s, min(s + batch, len(seqs))))
-        h = teacher_hidden(layers, feats, seqs, idx)
+        h = td.teacher_hidden(layers, feats, seqs, idx)
         sel = [(r, t) for r, i in enumerate(idx) for t in range(plen[i] - 1, len(seqs[i]) - 1, every)]
         hs = h[mx.array([r for r, _ in sel]), mx.array([t for _, t in sel])]
         p = mx.softmax(target.model.embed_tokens.as_linear(target.model.norm(hs)), -1)
@@ -131,30 +118,6 @@ def draft_vocab(train_seqs, train_plen, n, mass):
     score = cnt + mass
     order = np.lexsort((np.arange(len(mass)), -score))
     return sorted(int(t) for t in order[:n - 1]), cnt
-
-
-def teacher_topk(target, feats, seqs, plen, rows, k, batch=16):
-    """Per sequence: top-k draft ids and probabilities of the target's next-token distribution
-    (restricted to the draft rows) at positions plen-1 .. T-2, from the cached layer-27 output."""
-    layers = target.model.layers[TEACHER_TAP + 1:]
-    head_w = target.model.embed_tokens.weight[mx.array(rows)]  # [N-1, H]
-    out = [None] * len(seqs)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for s in range(0, len(order), batch):
-        idx = order[s:s + batch]
-        h = teacher_hidden(layers, feats, seqs, idx)
-        lp = nn.log_softmax(target.model.norm(h) @ head_w.T, -1)
-        top = mx.argpartition(-lp, k - 1, -1)[..., :k]
-        tp = mx.take_along_axis(lp, top, -1)
-        o = mx.argsort(-tp, -1)  # likeliest first
-        top, tp = mx.take_along_axis(top, o, -1), mx.take_along_axis(tp, o, -1)
-        mx.eval(top, tp)
-        top, tp = np.array(top), np.array(tp)
-        for r, i in enumerate(idx):
-            a, b = plen[i] - 1, len(seqs[i]) - 1
-            p = np.exp(tp[r, a:b])
-            out[i] = (top[r, a:b].astype(np.int32), (p / p.sum(-1, keepdims=True)).astype(np.float32))
-    return out
 
 
 def make_draft(target, rows, init_layers, fallback_init):
@@ -309,8 +272,8 @@ def main():
     fb_init = E[mx.array(np.nonzero(rest)[0])].mean(0)
 
     t = time.time()
-    teach_tr = teacher_topk(target, tr[1], tr[0], tr[2], rows, args.topk)
-    teach_ho = teacher_topk(target, ho[1], ho[0], ho[2], rows, args.topk)
+    teach_tr = td.teacher_topk(target, TEACHER_TAP, tr[1], tr[0], tr[2], rows, args.topk)
+    teach_ho = td.teacher_topk(target, TEACHER_TAP, ho[1], ho[0], ho[2], rows, args.topk)
     # how often the (float16-tap) teacher's top-1 is the target's greedy token
     hit = np.concatenate([tp[0][:, 0] == tmap[np.array(s[p:])] for (tp, s, p) in zip(teach_ho, ho[0], ho[2])])
     log(f"teacher top-{args.topk} computed in {time.time() - t:.0f}s; its top-1 = the greedy reply token on {hit.mean():.4f} of held-out positions")

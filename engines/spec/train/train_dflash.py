@@ -309,6 +309,44 @@ def build_data(model, tok, prompts, max_tokens, taps, batch, cache_dir, key):
     return seqs, feats, [len(p) for p in pids]
 
 
+def teacher_hidden(layers, feats, seqs, idx):
+    """The target's hidden states after `layers` for the sequences idx, batched and zero-padded
+    to the longest, from their cached outputs of one tapped layer (causal, so padding never leaks back)."""
+    T = max(len(seqs[i]) for i in idx)
+    x = np.zeros((len(idx), T, feats[idx[0]].shape[1]), np.float16)
+    for r, i in enumerate(idx):
+        x[r, :len(seqs[i])] = feats[i]
+    h = mx.array(x).astype(mx.float32)
+    for layer in layers:
+        h = layer(h, "causal", None)
+    return h
+
+
+def teacher_topk(target, tap, feats, seqs, plen, rows, k, batch=16):
+    """Per sequence: top-k draft ids and probabilities of the target's next-token distribution
+    (restricted to the rows `rows`) at positions plen-1 .. T-2, from the cached output of layer
+    `tap` (feats holds only that tap) run through the target's remaining layers, norm and head."""
+    layers = target.model.layers[tap + 1:]
+    head_w = target.model.embed_tokens.weight[mx.array(rows)]  # [len(rows), H]
+    out = [None] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for s in range(0, len(order), batch):
+        idx = order[s:s + batch]
+        h = teacher_hidden(layers, feats, seqs, idx)
+        lp = nn.log_softmax(target.model.norm(h) @ head_w.T, -1)
+        top = mx.argpartition(-lp, k - 1, -1)[..., :k]
+        tp = mx.take_along_axis(lp, top, -1)
+        o = mx.argsort(-tp, -1)  # likeliest first
+        top, tp = mx.take_along_axis(top, o, -1), mx.take_along_axis(tp, o, -1)
+        mx.eval(top, tp)
+        top, tp = np.array(top), np.array(tp)
+        for r, i in enumerate(idx):
+            a, b = plen[i] - 1, len(seqs[i]) - 1
+            p = np.exp(tp[r, a:b])
+            out[i] = (top[r, a:b].astype(np.int32), (p / p.sum(-1, keepdims=True)).astype(np.float32))
+    return out
+
+
 # ---------------------------------------------------------------- draft
 
 def rope(x, pos, theta):
@@ -418,8 +456,11 @@ def init_from_target(draft, target, taps):
 # ---------------------------------------------------------------- batches
 
 def make_batch(rng, data, B, nb, Tmax, embed, mask_id, train=True, anchors=None):
-    """Sequences with nb anchors each. Returns the draft's inputs and targets (+ weights)."""
-    seqs, feats, plen = data
+    """Sequences with nb anchors each. Returns the draft's inputs and targets (+ weights); with a
+    teacher in data (a 4th element, teacher_topk's per-sequence top-k rows), also its top-k ids and
+    probabilities [N, nb, B-1, k] for each block position's token (zero where invalid)."""
+    seqs, feats, plen = data[:3]
+    teacher = data[3] if len(data) > 3 else None
     N = len(anchors) if anchors is not None else None
     picks = anchors
     if picks is None:
@@ -439,6 +480,10 @@ def make_batch(rng, data, B, nb, Tmax, embed, mask_id, train=True, anchors=None)
     bpos = np.zeros((Nq, nb, B), np.int32)
     maskc = np.full((Nq, nb, B, Tmax), -1e9, np.float32)
     maskb = np.full((Nq, nb, B, nb, B), -1e9, np.float32)
+    if teacher is not None:
+        kt = teacher[0][0].shape[1]
+        tid = np.zeros((Nq, nb, B - 1, kt), np.int32)
+        tpr = np.zeros((Nq, nb, B - 1, kt), np.float32)
     for r, (i, an) in enumerate(picks):
         s, T = seqs[i], len(seqs[i])
         F[r, :min(T, Tmax)] = feats[i][:Tmax]
@@ -452,13 +497,20 @@ def make_batch(rng, data, B, nb, Tmax, embed, mask_id, train=True, anchors=None)
                 if a + k < T:
                     tgt[r, j, k - 1] = s[a + k]
                     valid[r, j, k - 1] = 1
+                    if teacher is not None:
+                        # the target's distribution of token a+k, given the reply up to a+k-1
+                        tid[r, j, k - 1] = teacher[i][0][a + k - plen[i]]
+                        tpr[r, j, k - 1] = teacher[i][1][a + k - plen[i]]
             maskc[r, j, :, :min(a, Tmax)] = 0
             maskb[r, j, :, j, :] = 0
     mask = np.concatenate([maskc.reshape(Nq, nb * B, Tmax), maskb.reshape(Nq, nb * B, nb * B)], -1)
     block = embed(mx.array(ids.reshape(Nq, nb * B)))
-    return (block, mx.array(bpos.reshape(Nq, nb * B)), mx.array(F).astype(mx.float32),
-            mx.broadcast_to(mx.arange(Tmax)[None], (Nq, Tmax)), mx.array(mask)[:, None],
-            mx.array(tgt.reshape(Nq, nb, B - 1)), mx.array(valid.reshape(Nq, nb, B - 1)))
+    out = (block, mx.array(bpos.reshape(Nq, nb * B)), mx.array(F).astype(mx.float32),
+           mx.broadcast_to(mx.arange(Tmax)[None], (Nq, Tmax)), mx.array(mask)[:, None],
+           mx.array(tgt.reshape(Nq, nb, B - 1)), mx.array(valid.reshape(Nq, nb, B - 1)))
+    if teacher is not None:
+        out += (mx.array(tid), mx.array(tpr))
+    return out
 
 
 BATCH_SEQS = 4
@@ -540,6 +592,9 @@ def main():
     ap.add_argument("--batch", type=int, default=4, help="sequences per step")
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--gamma", type=float, default=5.0, help="position weight decay")
+    ap.add_argument("--kd", type=float, default=0.0,
+                    help="weight of distillation from the target's top-k distribution (0: its greedy token only)")
+    ap.add_argument("--topk", type=int, default=32, help="teacher ids kept per position for --kd")
     ap.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget")
     ap.add_argument("--max-steps", type=int, default=4000)
     ap.add_argument("--schedule", choices=["steps", "clock"], default="steps",
@@ -611,19 +666,35 @@ def main():
         # vocabulary: the head is most of a step's cost on CPU, and the drafts only need to win
         # among tokens the target actually emits here (the full head is used at evaluation).
         used = sorted({int(x) for i, sq in enumerate(train[0]) for x in sq[train[2][i]:]})
-        remap = np.zeros(target.args.vocab_size, np.int32)
-        remap[used] = np.arange(len(used))
+        remap_np = np.zeros(target.args.vocab_size, np.int32)
+        remap_np[used] = np.arange(len(used))
         head_w = embed.weight[mx.array(used)]
-        remap = mx.array(remap)
+        remap = mx.array(remap_np)
         log(f"training head over {len(used)} of {target.args.vocab_size} tokens")
+        if args.kd > 0:
+            # the teacher: the target's next-token distribution at every reply position, from the
+            # cached deepest tap through the target's last layers, over the training head's rows
+            te = time.time()
+            j, H = taps.index(max(taps)), target.args.hidden_size
+            deep = [f[:, j * H:(j + 1) * H] for f in train[1]]
+            teach = teacher_topk(target, max(taps), deep, train[0], train[2], used, args.topk)
+            del deep
+            hit = np.mean([float((t[0][:, 0] == remap_np[np.array(s[p:])]).mean())
+                           for t, s, p in zip(teach, train[0], train[2])])
+            log(f"teacher top-{args.topk} computed in {time.time() - te:.0f}s; its top-1 is the reply's "
+                f"token at {hit:.4f} of training positions")
+            train = train + (teach,)
 
-        def loss_fn(m, block, bpos, F, cpos, mask, tgt, valid):
+        def loss_fn(m, block, bpos, F, cpos, mask, tgt, valid, tid=None, tpr=None):
             h = m(block, bpos, F, cpos, mask)
             N = h.shape[0]
             h = h.reshape(N, args.anchors, B, -1)[:, :, 1:]
             logits = h @ head_w.T
             tgt = remap[tgt]
             ce = nn.losses.cross_entropy(logits, tgt, reduction="none")
+            if tid is not None:
+                soft = -(tpr * mx.take_along_axis(nn.log_softmax(logits, -1), tid, -1)).sum(-1)
+                ce = (1 - args.kd) * ce + args.kd * soft
             wt = valid * w
             acc = ((mx.argmax(logits, -1) == tgt) * valid).sum() / valid.sum()
             return (ce * wt).sum() / wt.sum(), acc
@@ -674,7 +745,8 @@ def main():
                     + " ".join(f"{x:.2f}" for x in bp[:8]) + f" ({time.time() - te:.0f}s)")
                 t += time.time() - te  # evaluation does not count against the training budget
         info = {"steps": steps0 + s, "train_seconds": round(time.time() - t), "lr": args.lr,
-                "gamma": args.gamma, "batch": args.batch, "anchors": args.anchors,
+                "gamma": args.gamma, "kd": args.kd, "topk": args.topk, "batch": args.batch,
+                "anchors": args.anchors,
                 "schedule": args.schedule, "curve": curve}
         save(draft, cfg, args.out, info)
         log(f"trained {s} steps in {time.time() - t:.0f}s")
