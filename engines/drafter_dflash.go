@@ -241,6 +241,63 @@ func (d *DFlashDrafter) draftOnDevice(ctx context.Context, history []int, k int,
 	return out, q, nil
 }
 
+// DraftTop is Draft at a temperature above 0 for a verifier on another device (a pipeline's last
+// stage), which needs the proposals on the wire: each draft's distribution is truncated on the
+// device to its topK most likely tokens and renormalised, the draft is drawn from that truncated
+// distribution, and only the drafts and the truncated distributions (k x topK entries, tokens of
+// probability 0 left out) are read back, never k vocabulary-sized rows. The rejection rule stays
+// exact when it verifies each draft against the distribution returned with it. One evaluation
+// and three reads a block.
+func (d *DFlashDrafter) DraftTop(ctx context.Context, history []int, k, topK int, temperature float64, rng *rand.Rand) ([]int, [][]TokenProb, error) {
+	if !(temperature > 0) || topK < 1 {
+		return nil, nil, fmt.Errorf("dflash: truncated draft at temperature %v with top-k %d: want a temperature above 0 and top-k of at least 1", temperature, topK)
+	}
+	n := min(k, d.BlockSize()-1)
+	if n < 1 || len(history) < 2 { // see Draft
+		return nil, nil, nil
+	}
+	seed := rng.Uint64()
+	var out []int
+	var top [][]TokenProb
+	err := d.worker.Do(ctx, func() error {
+		s := mlx.NewScope()
+		defer s.Close()
+		var tok, ids, p mlx.Array
+		_, err := d.logits(history, n, func(logits mlx.Array) []mlx.Array {
+			tok, ids, p = drawTop(logits, temperature, topK, mlx.RandomKey(seed))
+			return []mlx.Array{tok, ids, p}
+		})
+		if err != nil {
+			return err
+		}
+		if out, err = intsOf(tok); err != nil {
+			return err
+		}
+		cand, err := intsOf(ids)
+		if err != nil {
+			return err
+		}
+		probs, err := p.Float32s()
+		if err != nil {
+			return err
+		}
+		w := len(cand) / n
+		top = make([][]TokenProb, n)
+		for i := range top {
+			for j := i * w; j < (i+1)*w; j++ {
+				if probs[j] > 0 {
+					top[i] = append(top[i], TokenProb{ID: cand[j], P: probs[j]})
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("dflash: %w", err)
+	}
+	return out, top, nil
+}
+
 // intsOf reads an evaluated int32 array back as ints.
 func intsOf(a mlx.Array) ([]int, error) {
 	ids, err := a.Int32s()

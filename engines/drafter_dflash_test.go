@@ -1,6 +1,7 @@
 package engines
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -253,8 +254,9 @@ func TestDFlashSampling(t *testing.T) {
 // cost one evaluation (the draft forward, the caches and the draws together) and one read of
 // their ids, the distributions stay on the device as [k, vocab], and each row is the softmax at
 // the temperature of the draft's logits at that position, computed on the host; Draft, the host
-// path, returns the same rows. In GenerateSpec, which takes the device path, a seed repeats its
-// tokens, and every verify step reads back no more than the device path allows.
+// path, returns the same rows; DraftTop (for a pipeline) the top-k of those rows, renormalised,
+// in one evaluation and three reads. In GenerateSpec, which takes the device path, a seed
+// repeats its tokens, and every verify step reads back no more than the device path allows.
 func TestDFlashSampledOnDevice(t *testing.T) {
 	const temp = 0.8
 	target, draft := tinyDFlashPair(t)
@@ -326,6 +328,40 @@ func TestDFlashSampledOnDevice(t *testing.T) {
 			t.Errorf("draft %d: Draft's distribution differs from the host's softmax by %g; want at most 1e-5", j, diff)
 		}
 	}
+	// DraftTop, for a verifier across a pipeline: each draft comes with the topK most likely
+	// tokens of its distribution, renormalised, and is one of them.
+	for _, topK := range []int{5, v} {
+		before := mlx.SyncCount()
+		toks, top, err := d.DraftTop(ctx, history, k, topK, temp, rand.New(rand.NewPCG(7, 8)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if syncs := mlx.SyncCount().Sub(before); syncs != (mlx.Syncs{Evals: 1, Reads: 3}) {
+			t.Errorf("top-%d draft of %d made %+v host synchronisations; want one evaluation and three reads", topK, k, syncs)
+		}
+		if len(toks) != k || len(top) != k {
+			t.Fatalf("top-%d draft: %d tokens and %d distributions; want %d each", topK, len(toks), len(top), k)
+		}
+		for j := range k {
+			full := probs(logits[j*v:(j+1)*v], temp)
+			want := topProbs(full, topK)
+			got := map[int]float32{}
+			for _, e := range top[j] {
+				got[e.ID] = e.P
+			}
+			var diff float64
+			for id, p := range want {
+				diff = math.Max(diff, math.Abs(float64(got[id]-p)))
+			}
+			if len(got) != len(want) || diff > 1e-5 || got[toks[j]] <= 0 {
+				t.Errorf("top-%d draft %d (id %d): %d tokens, probabilities off the host's by up to %g, draft probability %g; want %d tokens, 1e-5 and above 0",
+					topK, j, toks[j], len(got), diff, got[toks[j]], len(want))
+			}
+		}
+	}
+	if _, _, err := d.DraftTop(ctx, history, k, 0, temp, rand.New(rand.NewPCG(7, 8))); err == nil {
+		t.Errorf("DraftTop with top-k 0 succeeded; want an error")
+	}
 	if err := e.worker.Do(ctx, func() error { e.setTaps(nil); return nil }); err != nil {
 		t.Fatal(err)
 	}
@@ -353,6 +389,27 @@ func TestDFlashSampledOnDevice(t *testing.T) {
 	if !slices.Equal(runs[0], runs[1]) {
 		t.Errorf("the same seed sampled %v, then %v; want the same tokens", runs[0], runs[1])
 	}
+}
+
+// topProbs is p truncated to its topK most likely tokens and renormalised, by token id (tokens
+// of probability 0 left out).
+func topProbs(p []float32, topK int) map[int]float32 {
+	order := make([]int, len(p))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(p[b], p[a]) })
+	var sum float64
+	for _, id := range order[:topK] {
+		sum += float64(p[id])
+	}
+	out := map[int]float32{}
+	for _, id := range order[:topK] {
+		if p[id] > 0 {
+			out[id] = float32(float64(p[id]) / sum)
+		}
+	}
+	return out
 }
 
 type probeDrafter struct {

@@ -57,6 +57,28 @@ func drawRows(logits mlx.Array, temperature float64, key mlx.Array) (tok, q mlx.
 	return tok, mlx.Softmax(scaled, -1, true)
 }
 
+// TokenProb is one entry of a sparse distribution: a token id and its probability.
+type TokenProb struct {
+	ID int
+	P  float32
+}
+
+// drawTop is drawRows with each row's distribution truncated to its topK most likely tokens and
+// renormalised: ids [n, topK] int32 are those tokens (in no particular order), p [n, topK] float32
+// their probabilities in the truncated distribution, and tok [n] int32 the token drawn from it,
+// with key (consumed). The vocabulary is partitioned around the topK-th largest (argpartition,
+// linear), never sorted. Nothing is evaluated; the arrays belong to the open scope.
+func drawTop(logits mlx.Array, temperature float64, topK int, key mlx.Array) (tok, ids, p mlx.Array) {
+	n := logits.Dim(0)
+	topK = min(topK, logits.Dim(1))
+	scaled := mlx.MulScalar(mlx.AsType(logits, mlx.Float32), 1/temperature)
+	ids = mlx.AsType(mlx.Slice(mlx.Argpartition(mlx.Neg(scaled), topK-1, -1), []int{0, 0}, []int{n, topK}), mlx.Int32)
+	top := mlx.TakeAlongAxis(scaled, ids, -1)
+	pick := mlx.Reshape(mlx.AsType(mlx.Categorical(top, -1, key), mlx.Int32), n, 1)
+	tok = mlx.Reshape(mlx.TakeAlongAxis(ids, pick, -1), n)
+	return tok, ids, mlx.Softmax(top, -1, true)
+}
+
 // hostRows reads a device proposal q [k, vocab] back as k host rows, for Drafter.Draft's callers
 // that need them on the host (the rows share one buffer). Must run on an MLX worker.
 func hostRows(q mlx.Array) ([][]float32, error) {
