@@ -211,7 +211,7 @@ func TestPipelineSpecMatchesStandalone(t *testing.T) {
 // drafter: every stage returns the tapped layers it runs, the driver drafts beside stage 0, and the
 // output equals standalone greedy decoding token for token, over 2 stages (layer 1 local, layer 2
 // remote) and 3. The drafts depend only on the features, so the acceptance statistics equal those
-// of the standalone spec mode with the same draft.
+// of the standalone spec mode with the same draft. Over 2 stages it also samples (see below).
 func TestPipelineSpecDFlashMatchesStandalone(t *testing.T) {
 	exe := testenv.Hippo(t)
 	dir := synthesize(t, "tiny-qwen3", 0)
@@ -270,6 +270,26 @@ func TestPipelineSpecDFlashMatchesStandalone(t *testing.T) {
 				t.Errorf("pipeline+spec acceptance %+v; standalone spec %+v (the same drafts)", g, s)
 			}
 			t.Logf("acceptance %+v over %d steps", *got.Acceptance, len(got.Steps))
+			if stages != 2 {
+				return
+			}
+			// Sampled, the drafter truncates its proposals on its device (DraftTop) and the last
+			// stage checks them on the wire; the same seed repeats its tokens.
+			cc.Temperature, cc.Seed = 0.8, 5
+			var runs [2][]int
+			for i := range runs {
+				got, err := p.Run(ctx, dir, cc, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(got.Tokens) != cc.MaxTokens || got.Acceptance == nil || got.Acceptance.Drafted == 0 {
+					t.Fatalf("sampled pipeline+spec dflash: %d tokens, acceptance %v; want %d tokens and some drafts", len(got.Tokens), got.Acceptance, cc.MaxTokens)
+				}
+				runs[i] = got.Tokens
+			}
+			if !slices.Equal(runs[0], runs[1]) {
+				t.Errorf("sampled pipeline+spec dflash with one seed made %v, then %v; want the same tokens", runs[0], runs[1])
+			}
 		})
 	}
 }

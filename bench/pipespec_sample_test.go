@@ -44,6 +44,37 @@ func (f fixedDrafter) Draft(_ context.Context, _ []int, k int, temperature float
 	return []int{len(f.q) - 1}, [][]float32{f.q}, nil
 }
 
+// truncatingDrafter is fixedDrafter with q that truncates q itself, as a DFlash drafter does on
+// its device for a pipeline (DraftTop): it draws its token from q's topK likeliest tokens,
+// renormalised, and returns that sparse distribution, which the driver sends as it is.
+type truncatingDrafter struct{ fixedDrafter }
+
+func (f truncatingDrafter) DraftTop(_ context.Context, _ []int, k, topK int, _ float64, rng *rand.Rand) ([]int, [][]engines.TokenProb, error) {
+	order := make([]int, len(f.q))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(i, j int) bool { return f.q[order[i]] > f.q[order[j]] })
+	var row []engines.TokenProb
+	var sum float64
+	for _, id := range order[:topK] {
+		if f.q[id] > 0 {
+			row = append(row, engines.TokenProb{ID: id, P: f.q[id]})
+			sum += float64(f.q[id])
+		}
+	}
+	for i := range row {
+		row[i].P = float32(float64(row[i].P) / sum)
+	}
+	u := rng.Float64()
+	for _, e := range row {
+		if u -= float64(e.P); u < 0 {
+			return []int{e.ID}, [][]engines.TokenProb{row}, nil
+		}
+	}
+	return []int{row[len(row)-1].ID}, [][]engines.TokenProb{row}, nil
+}
+
 // chiSquare is Pearson's statistic of counts (n draws) against the probabilities want, with the
 // bins expected below 5 draws pooled into one; it returns the statistic and its degrees of freedom.
 func chiSquare(counts []float64, want []float64, n float64) (float64, int) {
@@ -69,11 +100,12 @@ func chiSquare(counts []float64, want []float64, n float64) (float64, int) {
 // sampled pipeline+spec (2 stages, the last one applying the rule on its device) must make tokens
 // distributed as the target's own samples. The target is tiny-qwen3 with a 64-token vocabulary,
 // at temperature 0.35 (peaked enough that the conditional tests get draws). The requests take
-// turns among three drafters: one drafts a token from a fixed distribution q unlike the target's
+// turns among four drafters: one drafts a token from a fixed distribution q unlike the target's
 // (half its mass on the four likeliest second tokens after the likeliest first token, half on
 // four of the least likely), sent with the draft; one is the same but lets the driver truncate q
-// to 4 tokens and redraw (Driver.ProposalTopK); one drafts the least likely of them
-// deterministically (one-hot, nothing sent). So drafts are kept and rejected (the residual draw)
+// to 4 tokens and redraw (Driver.ProposalTopK); one truncates q to 4 tokens itself and sends
+// that sparse distribution (DraftTop, as a DFlash drafter does on its device); one drafts the
+// least likely of them deterministically (one-hot, nothing sent). So drafts are kept and rejected (the residual draw)
 // on every path, and on each the second token must follow the target. Over 1000 seeded
 // requests of two tokens, the first token (drawn by the last stage from the whole distribution)
 // and the second given each of the three likeliest first tokens are compared with the exact
@@ -138,7 +170,8 @@ func TestPipelineSpecSamplingKeepsTargetDistribution(t *testing.T) {
 	for _, id := range append(order[:4:4], order[vocab-4:]...) {
 		q[id] = 0.125
 	}
-	drafters := []engines.Drafter{fixedDrafter{q: q}, fixedDrafter{q: q, independent: true}, fixedDrafter{det: order[vocab-1]}}
+	drafters := []engines.Drafter{fixedDrafter{q: q}, fixedDrafter{q: q, independent: true},
+		truncatingDrafter{fixedDrafter{q: q, independent: true}}, fixedDrafter{det: order[vocab-1]}}
 
 	plan, err := launch.Plan(launch.Config{Mode: launch.PipelineSpec, Model: dir, Stages: 2, Drafter: "lookup"})
 	if err != nil {

@@ -31,7 +31,10 @@ type DFlashDrafter struct {
 	fed []int
 }
 
-var _ FeatureDrafter = (*DFlashDrafter)(nil)
+var (
+	_ FeatureDrafter = (*DFlashDrafter)(nil)
+	_ deviceDrafter  = (*DFlashDrafter)(nil)
+)
 
 // NewDFlashDrafter loads the DFlash draft checkpoint in dir for target, in the target's compute
 // dtype, after checking that it was made for a target of this shape.
@@ -158,64 +161,162 @@ func (d *DFlashDrafter) Close() {
 // shortened to k: the draft was trained on blocks of B, and its attention over the block is
 // non-causal, so a shorter block would change the drafts; only the lm_head, the costly part, is
 // limited to the k positions used. z-lab's reference instead shrinks the block near max_tokens.
+// Sampled drafts are drawn on the device, as draftOnDevice does, and their distributions then
+// read back at once.
 func (d *DFlashDrafter) Draft(ctx context.Context, history []int, k int, temperature float64, rng *rand.Rand) ([]int, [][]float32, error) {
+	if temperature > 0 {
+		out, q, err := d.draftOnDevice(ctx, history, k, temperature, rng)
+		if err != nil || !q.Valid() { // invalid: nothing drafted
+			return nil, nil, err
+		}
+		var dists [][]float32
+		err = d.worker.Do(context.Background(), func() error { // q is freed even if ctx ends now
+			defer q.Free()
+			var err error
+			dists, err = hostRows(q)
+			return err
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("dflash: %w", err)
+		}
+		return out, dists, nil
+	}
 	n := min(k, d.BlockSize()-1)
 	if n < 1 || len(history) < 2 { // no context: the prompt's hidden states come with the first token
 		return nil, nil, nil
 	}
 	var out []int
-	var dists [][]float32
 	err := d.worker.Do(ctx, func() error {
 		s := mlx.NewScope()
 		defer s.Close()
-		logits, err := d.logits(history, n)
+		var am mlx.Array
+		_, err := d.logits(history, n, func(logits mlx.Array) []mlx.Array {
+			am = mlx.AsType(mlx.Argmax(logits, -1, false), mlx.Int32)
+			return []mlx.Array{am}
+		})
 		if err != nil {
 			return err
 		}
-		if temperature == 0 {
-			am := mlx.AsType(mlx.Argmax(logits, -1, false), mlx.Int32)
-			if err := mlx.Eval(am); err != nil {
-				return err
-			}
-			ids, err := am.Int32s()
-			if err != nil {
-				return err
-			}
-			for _, id := range ids {
-				out = append(out, int(id))
-			}
-			return nil
-		}
-		lp := mlx.Sub(logits, mlx.LogSumExp(logits, true, -1))
-		flat, err := mlx.AsType(lp, mlx.Float32).Float32s()
+		out, err = intsOf(am)
+		return err
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("dflash: %w", err)
+	}
+	return out, nil, nil
+}
+
+// draftOnDevice implements deviceDrafter: Draft at a temperature above 0 whose distributions stay
+// on the device. The block's min(k, B-1) drafts are drawn at once from softmax(logits /
+// temperature) of their positions, with a device key seeded from rng, and evaluated with the
+// draft's caches: a draft step costs one evaluation and one read of the drafted ids.
+func (d *DFlashDrafter) draftOnDevice(ctx context.Context, history []int, k int, temperature float64, rng *rand.Rand) ([]int, mlx.Array, error) {
+	n := min(k, d.BlockSize()-1)
+	if n < 1 || len(history) < 2 { // see Draft
+		return nil, mlx.Array{}, nil
+	}
+	seed := rng.Uint64()
+	var out []int
+	var q mlx.Array
+	err := d.worker.Do(ctx, func() error {
+		s := mlx.NewScope()
+		defer s.Close()
+		var tok mlx.Array
+		_, err := d.logits(history, n, func(logits mlx.Array) []mlx.Array {
+			tok, q = drawRows(logits, temperature, mlx.RandomKey(seed))
+			return []mlx.Array{tok, q}
+		})
 		if err != nil {
 			return err
 		}
-		v := len(flat) / n
-		for i := range n {
-			p := probs(flat[i*v:(i+1)*v], temperature)
-			w := make([]float64, len(p))
-			var sum float64
-			for j, x := range p {
-				w[j] = float64(x)
-				sum += w[j]
+		if out, err = intsOf(tok); err != nil {
+			return err
+		}
+		mlx.Detach(q) // evaluated: the caller may use it on another worker
+		return nil
+	})
+	if err != nil {
+		return nil, mlx.Array{}, fmt.Errorf("dflash: %w", err)
+	}
+	return out, q, nil
+}
+
+// DraftTop is Draft at a temperature above 0 for a verifier on another device (a pipeline's last
+// stage), which needs the proposals on the wire: each draft's distribution is truncated on the
+// device to its topK most likely tokens and renormalised, the draft is drawn from that truncated
+// distribution, and only the drafts and the truncated distributions (k x topK entries, tokens of
+// probability 0 left out) are read back, never k vocabulary-sized rows. The rejection rule stays
+// exact when it verifies each draft against the distribution returned with it. One evaluation
+// and three reads a block.
+func (d *DFlashDrafter) DraftTop(ctx context.Context, history []int, k, topK int, temperature float64, rng *rand.Rand) ([]int, [][]TokenProb, error) {
+	if !(temperature > 0) || topK < 1 {
+		return nil, nil, fmt.Errorf("dflash: truncated draft at temperature %v with top-k %d: want a temperature above 0 and top-k of at least 1", temperature, topK)
+	}
+	n := min(k, d.BlockSize()-1)
+	if n < 1 || len(history) < 2 { // see Draft
+		return nil, nil, nil
+	}
+	seed := rng.Uint64()
+	var out []int
+	var top [][]TokenProb
+	err := d.worker.Do(ctx, func() error {
+		s := mlx.NewScope()
+		defer s.Close()
+		var tok, ids, p mlx.Array
+		_, err := d.logits(history, n, func(logits mlx.Array) []mlx.Array {
+			tok, ids, p = drawTop(logits, temperature, topK, mlx.RandomKey(seed))
+			return []mlx.Array{tok, ids, p}
+		})
+		if err != nil {
+			return err
+		}
+		if out, err = intsOf(tok); err != nil {
+			return err
+		}
+		cand, err := intsOf(ids)
+		if err != nil {
+			return err
+		}
+		probs, err := p.Float32s()
+		if err != nil {
+			return err
+		}
+		w := len(cand) / n
+		top = make([][]TokenProb, n)
+		for i := range top {
+			for j := i * w; j < (i+1)*w; j++ {
+				if probs[j] > 0 {
+					top[i] = append(top[i], TokenProb{ID: cand[j], P: probs[j]})
+				}
 			}
-			out = append(out, draw(w, sum, rng))
-			dists = append(dists, p)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("dflash: %w", err)
 	}
-	return out, dists, nil
+	return out, top, nil
 }
 
-// logits runs the draft for history and returns the evaluated logits of the first n drafted
-// positions, [n, vocab], in the open scope. The context is every position before the last token of
-// history (the anchor); the caches take the part they do not hold yet. Must run on the target's
-// thread.
-func (d *DFlashDrafter) logits(history []int, n int) (mlx.Array, error) {
+// intsOf reads an evaluated int32 array back as ints.
+func intsOf(a mlx.Array) ([]int, error) {
+	ids, err := a.Int32s()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int, len(ids))
+	for i, id := range ids {
+		out[i] = int(id)
+	}
+	return out, nil
+}
+
+// logits runs the draft for history and returns the logits of the first n drafted positions,
+// [n, vocab], in the open scope. The context is every position before the last token of history
+// (the anchor); the caches take the part they do not hold yet. What outputs derives from the
+// logits is evaluated with the caches in one evaluation (the logits themselves when outputs is
+// nil), so that a draft step synchronises with the device once. Must run on the target's thread.
+func (d *DFlashDrafter) logits(history []int, n int, outputs func(logits mlx.Array) []mlx.Array) (mlx.Array, error) {
 	t := d.features()
 	if t == nil {
 		return mlx.Array{}, fmt.Errorf("the target is not recording hidden states: a DFlash drafter runs only inside its target's Engine.GenerateSpec, or a pipeline driver's")
@@ -250,6 +351,9 @@ func (d *DFlashDrafter) logits(history []int, n int) (mlx.Array, error) {
 	h = mlx.Slice(h, []int{0, 1, 0}, []int{1, 1 + n, h.Dim(2)})
 	logits := mlx.Reshape(d.head.Unembed(h), n, -1)
 	state := []mlx.Array{logits}
+	if outputs != nil {
+		state = outputs(logits)
+	}
 	for _, c := range d.caches {
 		state = append(state, c.State()...)
 	}

@@ -1,10 +1,12 @@
 package engines
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
@@ -73,7 +75,7 @@ func (r *recordingDFlash) Draft(ctx context.Context, history []int, k int, _ flo
 	err := r.worker.Do(ctx, func() error {
 		s := mlx.NewScope()
 		defer s.Close()
-		logits, err := r.logits(history, n)
+		logits, err := r.logits(history, n, nil)
 		if err != nil {
 			return err
 		}
@@ -192,7 +194,7 @@ func scratchLogits(t *testing.T, e *Engine, d *DFlashDrafter, history []int, n i
 func readLogits(d *DFlashDrafter, history []int, n int) ([]float32, error) {
 	s := mlx.NewScope()
 	defer s.Close()
-	logits, err := d.logits(history, n)
+	logits, err := d.logits(history, n, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -246,6 +248,168 @@ func TestDFlashSampling(t *testing.T) {
 	if _, _, err := other.GenerateSpec(ctx, Request{Tokens: ids, MaxTokens: 4}, d, 4, func(Token) error { return nil }); err == nil {
 		t.Errorf("GenerateSpec on another engine accepted the drafter; want an error")
 	}
+}
+
+// TestDFlashSampledOnDevice checks the DFlash drafter's sampled block on the device: its drafts
+// cost one evaluation (the draft forward, the caches and the draws together) and one read of
+// their ids, the distributions stay on the device as [k, vocab], and each row is the softmax at
+// the temperature of the draft's logits at that position, computed on the host; Draft, the host
+// path, returns the same rows; DraftTop (for a pipeline) the top-k of those rows, renormalised,
+// in one evaluation and three reads. In GenerateSpec, which takes the device path, a seed
+// repeats its tokens, and every verify step reads back no more than the device path allows.
+func TestDFlashSampledOnDevice(t *testing.T) {
+	const temp = 0.8
+	target, draft := tinyDFlashPair(t)
+	ctx := context.Background()
+	e, d := openDFlash(t, target, draft)
+	k := min(4, d.BlockSize()-1)
+	ids, err := e.Prompt(countingPrompt, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	history := append(slices.Clone(ids), 7)
+	// Record the target's hidden states of the context, as GenerateSpec's prefill does.
+	err = e.worker.Do(ctx, func() error {
+		e.setTaps(d.m.TargetLayers())
+		_, _, _, err := e.scoreAll(history[:len(history)-1], false)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := mlx.SyncCount()
+	toks, q, err := d.draftOnDevice(ctx, history, k, temp, rand.New(rand.NewPCG(7, 8)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if syncs := mlx.SyncCount().Sub(before); syncs != (mlx.Syncs{Evals: 1, Reads: 1}) {
+		t.Errorf("sampled draft of %d made %+v host synchronisations; want one evaluation and one read", k, syncs)
+	}
+	v := e.Config().VocabSize
+	var got, logits []float32
+	err = e.worker.Do(ctx, func() error {
+		defer q.Free()
+		if shape := q.Shape(); !slices.Equal(shape, []int{k, v}) {
+			return fmt.Errorf("distributions of shape %v; want [%d %d]", shape, k, v)
+		}
+		var err error
+		if got, err = q.Float32s(); err != nil {
+			return err
+		}
+		// The reference: the same history drafted again, its logits read back as they are.
+		logits, err = readLogits(d, history, k)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, hostDists, err := d.Draft(ctx, history, k, temp, rand.New(rand.NewPCG(7, 8)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(toks) != k || len(hostDists) != k {
+		t.Fatalf("drafted %d tokens on the device and %d distributions on the host; want %d each", len(toks), len(hostDists), k)
+	}
+	for j := range k {
+		want := probs(logits[j*v:(j+1)*v], temp)
+		row := got[j*v : (j+1)*v]
+		var sum float64
+		for _, p := range row {
+			sum += float64(p)
+		}
+		if diff := maxAbsDiff(row, want); diff > 1e-5 || math.Abs(sum-1) > 1e-3 || row[toks[j]] <= 0 {
+			t.Errorf("draft %d (id %d, q %g): device distribution sums to %v and differs from the host's softmax by %g; want 1 and at most 1e-5, with q > 0",
+				j, toks[j], row[toks[j]], sum, diff)
+		}
+		if diff := maxAbsDiff(hostDists[j], want); diff > 1e-5 {
+			t.Errorf("draft %d: Draft's distribution differs from the host's softmax by %g; want at most 1e-5", j, diff)
+		}
+	}
+	// DraftTop, for a verifier across a pipeline: each draft comes with the topK most likely
+	// tokens of its distribution, renormalised, and is one of them.
+	for _, topK := range []int{5, v} {
+		before := mlx.SyncCount()
+		toks, top, err := d.DraftTop(ctx, history, k, topK, temp, rand.New(rand.NewPCG(7, 8)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if syncs := mlx.SyncCount().Sub(before); syncs != (mlx.Syncs{Evals: 1, Reads: 3}) {
+			t.Errorf("top-%d draft of %d made %+v host synchronisations; want one evaluation and three reads", topK, k, syncs)
+		}
+		if len(toks) != k || len(top) != k {
+			t.Fatalf("top-%d draft: %d tokens and %d distributions; want %d each", topK, len(toks), len(top), k)
+		}
+		for j := range k {
+			full := probs(logits[j*v:(j+1)*v], temp)
+			want := topProbs(full, topK)
+			got := map[int]float32{}
+			for _, e := range top[j] {
+				got[e.ID] = e.P
+			}
+			var diff float64
+			for id, p := range want {
+				diff = math.Max(diff, math.Abs(float64(got[id]-p)))
+			}
+			if len(got) != len(want) || diff > 1e-5 || got[toks[j]] <= 0 {
+				t.Errorf("top-%d draft %d (id %d): %d tokens, probabilities off the host's by up to %g, draft probability %g; want %d tokens, 1e-5 and above 0",
+					topK, j, toks[j], len(got), diff, got[toks[j]], len(want))
+			}
+		}
+	}
+	if _, _, err := d.DraftTop(ctx, history, k, 0, temp, rand.New(rand.NewPCG(7, 8))); err == nil {
+		t.Errorf("DraftTop with top-k 0 succeeded; want an error")
+	}
+	if err := e.worker.Do(ctx, func() error { e.setTaps(nil); return nil }); err != nil {
+		t.Fatal(err)
+	}
+
+	req := Request{Tokens: ids, MaxTokens: 16, Temperature: temp, Seed: 5, IgnoreEOS: true}
+	var runs [2][]int
+	for i := range runs {
+		before := mlx.SyncCount()
+		st, ss, err := e.GenerateSpec(ctx, req, d, k, func(Token) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		syncs := mlx.SyncCount().Sub(before)
+		if len(st.Tokens) != req.MaxTokens || ss.Drafted == 0 {
+			t.Fatalf("sampled DFlash speculation: %d tokens, %d drafted; want %d tokens and some drafts", len(st.Tokens), ss.Drafted, req.MaxTokens)
+		}
+		// Each draft reads its ids; each verify its flags and tokens; the prefill its token.
+		steps := int64(len(st.Steps))
+		if syncs.Reads > 3*steps+1 {
+			t.Errorf("%d steps read the device %d times; want at most %d (no distribution read back)", steps, syncs.Reads, 3*steps+1)
+		}
+		runs[i] = st.Tokens
+		t.Logf("run %d: %d of %d drafts kept in %d steps, %+v synchronisations", i, ss.Accepted, ss.Drafted, steps, syncs)
+	}
+	if !slices.Equal(runs[0], runs[1]) {
+		t.Errorf("the same seed sampled %v, then %v; want the same tokens", runs[0], runs[1])
+	}
+}
+
+// topProbs is p truncated to its topK most likely tokens and renormalised, by token id (tokens
+// of probability 0 left out).
+func topProbs(p []float32, topK int) map[int]float32 {
+	order := make([]int, len(p))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(p[b], p[a]) })
+	var sum float64
+	for _, id := range order[:topK] {
+		sum += float64(p[id])
+	}
+	out := map[int]float32{}
+	for _, id := range order[:topK] {
+		if p[id] > 0 {
+			out[id] = float32(float64(p[id]) / sum)
+		}
+	}
+	return out
 }
 
 type probeDrafter struct {

@@ -54,13 +54,8 @@ func (m *ModelDrafter) Draft(ctx context.Context, history []int, k int, temperat
 				return err
 			}
 			defer q.Free()
-			flat, err := q.Float32s()
-			if err != nil {
+			if dists, err = hostRows(q); err != nil {
 				return fmt.Errorf("engines: draft: %w", err)
-			}
-			v := q.Dim(1)
-			for i := range toks {
-				dists = append(dists, flat[i*v:(i+1)*v:(i+1)*v])
 			}
 			out = toks
 			return nil
@@ -146,13 +141,14 @@ func (m *ModelDrafter) pending(history []int) []int {
 // it is returned, so that another worker (the target verifying the drafts) may read it in its
 // turn. The caches end up as draftGreedy leaves them.
 func (e *Engine) draftSampled(pending []int, k int, temperature float64, seed uint64) ([]int, mlx.Array, error) {
-	key := mlx.RandomKey(seed)
+	var key mlx.Array
 	return e.draftChain(pending, k, func(logits mlx.Array) (mlx.Array, mlx.Array) {
-		scaled := mlx.MulScalar(mlx.AsType(logits, mlx.Float32), 1/temperature)
+		if !key.Valid() { // made inside draftChain's scope, which frees it
+			key = mlx.RandomKey(seed)
+		}
 		var sub mlx.Array
 		key, sub = mlx.RandomSplit(key)
-		tok := mlx.AsType(mlx.Categorical(scaled, -1, sub), mlx.Int32) // [1], drawn from q
-		return tok, mlx.Softmax(scaled, -1, true)
+		return drawRows(logits, temperature, sub) // a token [1] drawn from q [1, vocab]
 	})
 }
 

@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
+
+	"gonum.org/v1/gonum/floats"
+	"gonum.org/v1/gonum/stat"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/synth"
@@ -94,7 +98,10 @@ func TestSpeculativeMatchesStandalone(t *testing.T) {
 // TestRejectionSamplingKeepsTargetDistribution checks the device-side rejection rule
 // (sampleVerify, what GenerateSpec runs at a temperature): whatever the drafter proposes, the
 // first emitted token is distributed as the target's own. A chi-square test over seeded draws on
-// a 5-token vocabulary (critical value 18.47 for 4 degrees of freedom at p = 0.001).
+// a 5-token vocabulary (critical value 18.47 for 4 degrees of freedom at p = 0.001). The device
+// cases propose as the device drafters do (drawRows: DFlash's block, the model drafter's steps):
+// a block of two drafts drawn on the device at the temperature, whose proposal never leaves it;
+// there the second token, when the first draft is kept, must follow the target's distribution too.
 func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 	const draws = 6000
 	logp := func(p ...float64) []float32 {
@@ -105,34 +112,76 @@ func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 		return out
 	}
 	target := logp(0.4, 0.25, 0.2, 0.1, 0.05)
-	want := probs(target, 1)
 	cases := []struct {
 		name  string
 		draft []float32 // the draft model's distribution; nil = a deterministic drafter
 		fixed int       // the token a deterministic drafter proposes
+		// device: a block of two drafts drawn on the device from draft at temp (drawRows).
+		device bool
+		temp   float64 // 0 means 1
 	}{
-		{"draft close to target", []float32{0.35, 0.3, 0.2, 0.1, 0.05}, 0},
-		{"draft far from target", []float32{0.05, 0.05, 0.1, 0.2, 0.6}, 0},
+		{name: "draft close to target", draft: []float32{0.35, 0.3, 0.2, 0.1, 0.05}},
+		{name: "draft far from target", draft: []float32{0.05, 0.05, 0.1, 0.2, 0.6}},
 		// A restricted-vocabulary draft (draft_vocab.json) gives the tokens outside its subset
 		// probability 0: the residual must supply them.
-		{"draft over a subset of the vocabulary", []float32{0.5, 0.3, 0.2, 0, 0}, 0},
-		{"deterministic draft of a likely token", nil, 0},
-		{"deterministic draft of an unlikely token", nil, 4},
+		{name: "draft over a subset of the vocabulary", draft: []float32{0.5, 0.3, 0.2, 0, 0}},
+		{name: "deterministic draft of a likely token", fixed: 0},
+		{name: "deterministic draft of an unlikely token", fixed: 4},
+		{name: "device block close to target", draft: []float32{0.35, 0.3, 0.2, 0.1, 0.05}, device: true, temp: 0.7},
+		{name: "device block over a subset of the vocabulary", draft: []float32{0.5, 0.3, 0.2, 0, 0}, device: true, temp: 1.3},
 	}
 	w := mlx.NewWorker()
 	defer w.Close()
 	for ci, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			temp := tc.temp
+			if temp == 0 {
+				temp = 1
+			}
+			want := probs(target, temp)
 			rng := rand.New(rand.NewPCG(1, 2))
 			counts := make([]float64, len(target))
+			seconds := make([]float64, len(target)) // the second token, after a kept first draft
 			err := w.Do(context.Background(), func() error {
 				key := mlx.RandomKey(uint64(ci))
 				mlx.Detach(key)
 				defer func() { key.Free() }()
-				logits := mlx.FromFloat32s(append(append([]float32(nil), target...), target...), 2, len(target))
+				logits := mlx.FromFloat32s(slices.Concat(target, target, target), 3, len(target))
 				mlx.Detach(logits)
 				defer logits.Free()
+				var draftLogits mlx.Array // the device drafter's block: two positions of draft
+				if tc.device {
+					lq := logp(f64s(tc.draft)...)
+					draftLogits = mlx.FromFloat32s(slices.Concat(lq, lq), 2, len(lq))
+					mlx.Detach(draftLogits)
+					defer draftLogits.Free()
+				}
 				for i := 0; i < draws; i++ {
+					if tc.device {
+						s := mlx.NewScope()
+						next, sub := mlx.RandomSplit(key)
+						mlx.Detach(next)
+						key.Free()
+						key = next
+						dKey, vKey := mlx.RandomSplit(sub)
+						tok, q := drawRows(draftLogits, temp, dKey)
+						ids, err := tok.Int32s()
+						var out []int
+						if err == nil {
+							out, err = sampleVerify(logits, []int{int(ids[0]), int(ids[1])}, q, temp, vKey)
+						}
+						if cerr := s.Close(); err == nil {
+							err = cerr
+						}
+						if err != nil {
+							return err
+						}
+						counts[out[0]]++
+						if len(out) > 1 {
+							seconds[out[1]]++
+						}
+						continue
+					}
 					d := tc.fixed
 					var dists [][]float32
 					if tc.draft != nil {
@@ -153,7 +202,7 @@ func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 					var out []int
 					q, err := proposal{dists: dists}.array(1, len(target))
 					if err == nil {
-						out, err = sampleVerify(logits, []int{d}, q, 1, sub)
+						out, err = sampleVerify(mlx.Slice(logits, []int{0, 0}, []int{2, len(target)}), []int{d}, q, 1, sub)
 					}
 					if cerr := s.Close(); err == nil {
 						err = cerr
@@ -168,14 +217,37 @@ func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			chi := 0.0
-			for i, c := range counts {
-				e := float64(want[i]) * draws
-				chi += (c - e) * (c - e) / e
-			}
-			if chi > 18.47 {
+			if chi := chiSquare(counts, want); chi > 18.47 {
 				t.Errorf("first-token counts %v over %d draws; target %v: chi-square %.1f > 18.47", counts, draws, want, chi)
+			}
+			if !tc.device {
+				return
+			}
+			// Most draws keep the first draft (the subset case about half); too few would make
+			// the second test weak.
+			if kept := floats.Sum(seconds); kept < draws/5 {
+				t.Errorf("the first draft was kept in %v of %d draws; want at least %d", kept, draws, draws/5)
+			}
+			if chi := chiSquare(seconds, want); chi > 18.47 {
+				t.Errorf("second-token counts %v after a kept first draft; target %v: chi-square %.1f > 18.47", seconds, want, chi)
 			}
 		})
 	}
+}
+
+// chiSquare is Pearson's statistic of counts against the distribution want.
+func chiSquare(counts []float64, want []float32) float64 {
+	n := floats.Sum(counts)
+	expected := f64s(want)
+	floats.Scale(n, expected)
+	return stat.ChiSquare(counts, expected)
+}
+
+// f64s widens float32s.
+func f64s(x []float32) []float64 {
+	out := make([]float64, len(x))
+	for i, v := range x {
+		out[i] = float64(v)
+	}
+	return out
 }

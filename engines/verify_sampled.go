@@ -47,6 +47,53 @@ func (p proposal) array(k, v int) (mlx.Array, error) {
 	return mlx.FromFloat32s(flat, len(p.dists), v), nil
 }
 
+// drawRows draws one token from each row of logits [n, vocab] at temperature on the device, with
+// key (consumed): the tokens as int32 [n], and the distributions they were drawn from,
+// softmax(logits / temperature) in float32 [n, vocab], the proposal sampleVerify compares the
+// target with. Nothing is evaluated; the arrays belong to the open scope.
+func drawRows(logits mlx.Array, temperature float64, key mlx.Array) (tok, q mlx.Array) {
+	scaled := mlx.MulScalar(mlx.AsType(logits, mlx.Float32), 1/temperature)
+	tok = mlx.AsType(mlx.Categorical(scaled, -1, key), mlx.Int32)
+	return tok, mlx.Softmax(scaled, -1, true)
+}
+
+// TokenProb is one entry of a sparse distribution: a token id and its probability.
+type TokenProb struct {
+	ID int
+	P  float32
+}
+
+// drawTop is drawRows with each row's distribution truncated to its topK most likely tokens and
+// renormalised: ids [n, topK] int32 are those tokens (in no particular order), p [n, topK] float32
+// their probabilities in the truncated distribution, and tok [n] int32 the token drawn from it,
+// with key (consumed). The vocabulary is partitioned around the topK-th largest (argpartition,
+// linear), never sorted. Nothing is evaluated; the arrays belong to the open scope.
+func drawTop(logits mlx.Array, temperature float64, topK int, key mlx.Array) (tok, ids, p mlx.Array) {
+	n := logits.Dim(0)
+	topK = min(topK, logits.Dim(1))
+	scaled := mlx.MulScalar(mlx.AsType(logits, mlx.Float32), 1/temperature)
+	ids = mlx.AsType(mlx.Slice(mlx.Argpartition(mlx.Neg(scaled), topK-1, -1), []int{0, 0}, []int{n, topK}), mlx.Int32)
+	top := mlx.TakeAlongAxis(scaled, ids, -1)
+	pick := mlx.Reshape(mlx.AsType(mlx.Categorical(top, -1, key), mlx.Int32), n, 1)
+	tok = mlx.Reshape(mlx.TakeAlongAxis(ids, pick, -1), n)
+	return tok, ids, mlx.Softmax(top, -1, true)
+}
+
+// hostRows reads a device proposal q [k, vocab] back as k host rows, for Drafter.Draft's callers
+// that need them on the host (the rows share one buffer). Must run on an MLX worker.
+func hostRows(q mlx.Array) ([][]float32, error) {
+	flat, err := q.Float32s()
+	if err != nil {
+		return nil, err
+	}
+	k, v := q.Dim(0), q.Dim(1)
+	rows := make([][]float32, k)
+	for i := range rows {
+		rows[i] = flat[i*v : (i+1)*v : (i+1)*v]
+	}
+	return rows, nil
+}
+
 // sampleVerify is the rejection rule of speculative sampling (Leviathan et al.; Chen et al.) on
 // the device: logits [K+1, vocab] are the target's at the K drafted positions and the one after
 // them; q [K, vocab] the drafter's distributions of its K tokens (invalid: a deterministic

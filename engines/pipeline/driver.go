@@ -35,10 +35,11 @@ type Driver struct {
 	ReplyTopK int
 	// ProposalTopK bounds, in sampled pipeline+spec with a drafter whose drafts are drawn
 	// independently of each other (DFlash), each draft's distribution to its most likely tokens:
-	// the driver redraws the draft from that truncated distribution and sends only it, so a
-	// step carries K x ProposalTopK entries instead of K whole vocabularies (the rejection rule
-	// stays exact for the distribution actually drawn from). 0 means SampleTopK; below 0 sends
-	// whole distributions.
+	// the draft is drawn from that truncated distribution (by a DFlash drafter on its device,
+	// which then reads back only the truncated distribution; otherwise redrawn by the driver)
+	// and only it is sent, so a step carries K x ProposalTopK entries instead of K whole
+	// vocabularies (the rejection rule stays exact for the distribution actually drawn from).
+	// 0 means SampleTopK; below 0 sends whole distributions.
 	ProposalTopK int
 }
 

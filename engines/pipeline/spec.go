@@ -105,16 +105,23 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 			drafts = drafts[:kk]
 		}
 		var dists [][]float32
+		var top [][]engines.TokenProb
 		if drafts == nil {
-			if drafts, dists, err = dr.Draft(ctx, history, kk, r.Temperature, rng); err != nil {
-				return st, ss, fmt.Errorf("draft: %w", err)
-			}
-			if ind, ok := dr.(independentDrafter); sampled && ok && ind.IndependentDrafts() && d.ProposalTopK >= 0 {
-				topK := d.ProposalTopK
-				if topK == 0 {
-					topK = SampleTopK
+			td, truncates := dr.(topDrafter)
+			ind, independent := dr.(independentDrafter)
+			switch {
+			case sampled && truncates && d.ProposalTopK >= 0:
+				// The drafter truncates on its device: no whole distribution is read back.
+				if drafts, top, err = td.DraftTop(ctx, history, kk, d.proposalTopK(), r.Temperature, rng); err != nil {
+					return st, ss, fmt.Errorf("draft: %w", err)
 				}
-				dists = truncateProposals(drafts, dists, topK, rng)
+			default:
+				if drafts, dists, err = dr.Draft(ctx, history, kk, r.Temperature, rng); err != nil {
+					return st, ss, fmt.Errorf("draft: %w", err)
+				}
+				if sampled && independent && ind.IndependentDrafts() && d.ProposalTopK >= 0 {
+					dists = truncateProposals(drafts, dists, d.proposalTopK(), rng)
+				}
 			}
 		}
 		draftTime := time.Since(t0)
@@ -128,7 +135,7 @@ func (d *Driver) GenerateSpec(ctx context.Context, r engines.Request, dr engines
 		fw := transport.Forward{Position: pos, Tokens: len(in), Outputs: len(in), Taps: taps, DType: d.dtype,
 			Shape: []int{len(in), d.hidden}}
 		if sampled {
-			if fw.Sample, err = sampling(r.Temperature, rng.Uint64(), drafts, dists); err != nil {
+			if fw.Sample, err = sampling(r.Temperature, rng.Uint64(), drafts, dists, top); err != nil {
 				return st, ss, err
 			}
 		}
@@ -346,9 +353,24 @@ func featureBytes(fs []transport.Feature) int64 {
 }
 
 // sampling describes a sampled verification of drafts at temperature: each draft's distribution
-// goes as its tokens of non-zero probability (none for deterministic drafters).
-func sampling(temperature float64, seed uint64, drafts []int, dists [][]float32) (*transport.Sampling, error) {
+// goes as its tokens of non-zero probability, from the host rows dists or the sparse rows top
+// (neither for deterministic drafters).
+func sampling(temperature float64, seed uint64, drafts []int, dists [][]float32, top [][]engines.TokenProb) (*transport.Sampling, error) {
 	s := &transport.Sampling{Temperature: float32(temperature), Seed: seed, Drafts: drafts}
+	if top != nil {
+		if len(top) != len(drafts) {
+			return nil, fmt.Errorf("draft: %d distributions for %d drafts", len(top), len(drafts))
+		}
+		s.Proposals = make([][]transport.Prob, len(top))
+		for i, row := range top {
+			for _, e := range row {
+				if e.P > 0 {
+					s.Proposals[i] = append(s.Proposals[i], transport.Prob{ID: int32(e.ID), P: e.P})
+				}
+			}
+		}
+		return s, nil
+	}
 	if dists == nil {
 		return s, nil
 	}
@@ -376,6 +398,22 @@ func sampleBytes(s *transport.Sampling) int64 {
 		n += int64(4 + 8*len(row))
 	}
 	return n
+}
+
+// topDrafter is a drafter of independent drafts that truncates each draft's distribution to its
+// topK most likely tokens itself, on its device, and draws the draft from the truncated
+// distribution, which it returns: what truncateProposals does on the host, without reading whole
+// distributions back (engines.DFlashDrafter).
+type topDrafter interface {
+	DraftTop(ctx context.Context, history []int, k, topK int, temperature float64, rng *rand.Rand) ([]int, [][]engines.TokenProb, error)
+}
+
+// proposalTopK is the number of tokens a truncated proposal keeps (see ProposalTopK).
+func (d *Driver) proposalTopK() int {
+	if d.ProposalTopK == 0 {
+		return SampleTopK
+	}
+	return d.ProposalTopK
 }
 
 // independentDrafter is a drafter whose drafts at temperature are each drawn from its own
