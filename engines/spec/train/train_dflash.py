@@ -517,7 +517,7 @@ BATCH_SEQS = 4
 EVAL_SEQS = 16  # held-out replies replayed (one draft forward per block: slow on a loaded CPU)
 
 
-def heldout_blocks(draft, target_head, embed, data, B, mask_id, Tmax, stride=3, nb=8):
+def heldout_blocks(draft, predict, embed, data, B, mask_id, Tmax, stride=3, nb=8):
     """Teacher-forced held-out check, batched: blocks anchored at every `stride`-th generated
     position of each held-out reply. Greedy verification of a block accepts the drafts' longest
     prefix matching the target's continuation, so the mean prefix length over these anchors
@@ -532,7 +532,7 @@ def heldout_blocks(draft, target_head, embed, data, B, mask_id, Tmax, stride=3, 
         inp = make_batch(None, data, B, nb, Tmax, embed, mask_id, anchors=rows[r:r + 8])
         h = draft(*inp[:5])
         N = h.shape[0]
-        pred = mx.argmax(target_head(h.reshape(N, nb, B, -1)[:, :, 1:]), -1)
+        pred = predict(h.reshape(N, nb, B, -1)[:, :, 1:])
         ok = ((pred == inp[5]) * inp[6]).astype(mx.int32)
         pre = np.array(mx.cumprod(ok, axis=-1).sum(-1))  # matching prefix per block
         for j, (_, an) in enumerate(rows[r:r + 8]):
@@ -541,7 +541,7 @@ def heldout_blocks(draft, target_head, embed, data, B, mask_id, Tmax, stride=3, 
     return float(lens.mean()), [float((lens >= k).mean()) for k in range(1, B)]
 
 
-def simulate(draft, target_head, embed, data, B, mask_id, Tmax):
+def simulate(draft, predict, embed, data, B, mask_id, Tmax):
     """Greedy DFlash decoding replayed on each held-out continuation: from the first generated
     token, draft B-1, accept the matching prefix, move past it plus the target's correction."""
     seqs, feats, plen = data
@@ -554,7 +554,7 @@ def simulate(draft, target_head, embed, data, B, mask_id, Tmax):
         while a < T - 1:
             inp = make_batch(None, data, B, 1, Tmax, embed, mask_id, anchors=[(i, [a])])
             h = draft(*inp[:5])
-            pred = np.array(mx.argmax(target_head(h[:, 1:]), -1))[0]
+            pred = np.array(predict(h[:, 1:]))[0]
             m = 0
             while m < B - 1 and a + 1 + m < T and pred[m] == s[a + 1 + m]:
                 m += 1
@@ -595,6 +595,8 @@ def main():
     ap.add_argument("--kd", type=float, default=0.0,
                     help="weight of distillation from the target's top-k distribution (0: its greedy token only)")
     ap.add_argument("--topk", type=int, default=32, help="teacher ids kept per position for --kd")
+    ap.add_argument("--head-vocab", choices=["train", "full"], default="train",
+                    help="draft among the tokens of the training replies (written to draft_vocab.json) or the whole vocabulary")
     ap.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget")
     ap.add_argument("--max-steps", type=int, default=4000)
     ap.add_argument("--schedule", choices=["steps", "clock"], default="steps",
@@ -646,11 +648,28 @@ def main():
     cfg = draft_config(target, args.layers, args.block, taps, args.mask_id)
     draft = Draft(cfg)
     embed = target.model.embed_tokens
-    head = lambda h: embed.as_linear(h)
+    # The loss normalises over the tokens the training continuations use, not the whole
+    # vocabulary: the head is most of a step's cost on CPU, and the drafts only need to win among
+    # tokens the target actually emits here. The logits of the other tokens are never trained
+    # down, so by default (--head-vocab train) the drafter drafts among these tokens only at
+    # evaluation too, and ships them as draft_vocab.json for Hippo's drafter to do the same.
+    used = sorted({int(x) for i, sq in enumerate(train[0]) for x in sq[train[2][i]:]})
+    remap_np = np.zeros(target.args.vocab_size, np.int32)
+    remap_np[used] = np.arange(len(used))
+    head_w = embed.weight[mx.array(used)]
+    remap = mx.array(remap_np)
+    if args.head_vocab == "train":
+        used_ids = mx.array(used)
+        predict = lambda h: used_ids[mx.argmax(h @ head_w.T, -1)]
+        vocab = {"target_vocab_size": target.args.vocab_size, "ids": used}
+    else:
+        predict = lambda h: mx.argmax(embed.as_linear(h), -1)
+        vocab = None
     ckpt = os.path.join(args.out, "model.safetensors")
     B = args.block
     if args.eval_only:
         load_draft(draft, ckpt)
+        write_vocab(args.out, vocab)
     else:
         steps0 = 0
         if args.resume:
@@ -661,15 +680,6 @@ def main():
             init_from_target(draft, target, taps)
         mx.eval(draft.parameters())
         w = mx.exp(-mx.arange(B - 1, dtype=mx.float32) / args.gamma)
-
-        # The loss normalises over the tokens the training continuations use, not the whole
-        # vocabulary: the head is most of a step's cost on CPU, and the drafts only need to win
-        # among tokens the target actually emits here (the full head is used at evaluation).
-        used = sorted({int(x) for i, sq in enumerate(train[0]) for x in sq[train[2][i]:]})
-        remap_np = np.zeros(target.args.vocab_size, np.int32)
-        remap_np[used] = np.arange(len(used))
-        head_w = embed.weight[mx.array(used)]
-        remap = mx.array(remap_np)
         log(f"training head over {len(used)} of {target.args.vocab_size} tokens")
         if args.kd > 0:
             # the teacher: the target's next-token distribution at every reply position, from the
@@ -735,9 +745,9 @@ def main():
                 log(f"step {s} loss {ema[0]:.3f} token-acc {ema[1]:.3f} lr {float(opt.learning_rate):.2e} "
                     f"({(time.time() - t) / s:.2f}s/step)")
             if s % args.eval_every == 0:
-                save(draft, cfg, args.out, {"steps": steps0 + s})
+                save(draft, cfg, args.out, {"steps": steps0 + s}, vocab)
                 te = time.time()
-                m, bp = heldout_blocks(draft, head, embed, held, B, args.mask_id, Tmax)
+                m, bp = heldout_blocks(draft, predict, embed, held, B, args.mask_id, Tmax)
                 curve.append({"step": steps0 + s, "minutes": round((time.time() - t) / 60, 1),
                               "train_loss": round(ema[0], 3), "train_acc": round(ema[1], 3),
                               "heldout_accepted": round(m, 3), "heldout_by_position": [round(x, 3) for x in bp[:8]]})
@@ -748,16 +758,17 @@ def main():
                 "gamma": args.gamma, "kd": args.kd, "topk": args.topk, "batch": args.batch,
                 "anchors": args.anchors,
                 "schedule": args.schedule, "curve": curve}
-        save(draft, cfg, args.out, info)
+        save(draft, cfg, args.out, info, vocab)
         log(f"trained {s} steps in {time.time() - t:.0f}s")
     t = time.time()
-    mean, by_pos, blocks = simulate(draft, head, embed, held, B, args.mask_id, Tmax)
+    mean, by_pos, blocks = simulate(draft, predict, embed, held, B, args.mask_id, Tmax)
     log(f"held-out: mean accepted per block of {B} = {mean:.2f} over {blocks} blocks ({time.time() - t:.0f}s)")
     log("acceptance by position: " + " ".join(f"{p:.2f}" for p in by_pos))
     c = json.load(open(os.path.join(args.out, "config.json")))
     metrics = {"train_replies": nt, "train_reply_tokens": ntr, "max_tokens": args.max_tokens,
                "steps": c["hippo"].get("steps"), "train_seconds": c["hippo"].get("train_seconds"),
                "block_size": B, "layers": args.layers,
+               "head_vocab": len(used) if vocab else target.args.vocab_size,
                "heldout_prompts": min(len(held[0]), EVAL_SEQS), "heldout_blocks": blocks,
                "mean_accepted": round(mean, 3), "accept_by_position": [round(p, 3) for p in by_pos]}
     for b in (4, 8, 16):
@@ -796,7 +807,18 @@ def load_draft(draft, path):
     draft.load_weights([(back[k], v.astype(mx.float32)) for k, v in w.items()])
 
 
-def save(draft, cfg, out, info):
+def write_vocab(out, vocab):
+    """draft_vocab.json: the target ids the drafter drafts among (none: remove a stale file)."""
+    path = os.path.join(out, "draft_vocab.json")
+    if vocab is None:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    with open(path, "w") as f:
+        json.dump(vocab, f)
+
+
+def save(draft, cfg, out, info, vocab):
     ws = {hub_name(k): v.astype(mx.bfloat16) for k, v in tree_flatten(draft.parameters())}
     tmp = os.path.join(out, "model.tmp.safetensors")
     mx.save_safetensors(tmp, ws, metadata={"format": "mlx"})
@@ -805,6 +827,7 @@ def save(draft, cfg, out, info):
     c["hippo"] = dict(info, trained_by="engines/spec/train/train_dflash.py")
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(c, f, indent=1)
+    write_vocab(out, vocab)
 
 
 if __name__ == "__main__":
