@@ -152,7 +152,7 @@ func ReadHeadVocab(dir string, targetVocab int) ([]int, error) {
 	}
 	var raw map[string]json.RawMessage
 	var m VocabMap
-	if err := json.Unmarshal(b, &raw); err == nil {
+	if err = json.Unmarshal(b, &raw); err == nil {
 		err = json.Unmarshal(b, &m)
 	}
 	if err == nil {
