@@ -41,7 +41,10 @@ var (
 )
 
 // NewDFlashDrafter loads the DFlash draft checkpoint in dir for target, in the target's compute
-// dtype, after checking that it was made for a target of this shape.
+// dtype, after checking that it was made for a target of this shape. When dir has a head
+// vocabulary (model.VocabMapFile, read by model.ReadHeadVocab), the drafter copies those rows of
+// the target's head once and scores only them: greedy drafts are the best token of the subset,
+// and sampled drafts come with distributions over the whole vocabulary that are 0 outside it.
 func NewDFlashDrafter(ctx context.Context, target *Engine, dir string) (*DFlashDrafter, error) {
 	d := &DFlashDrafter{target: target, worker: target.worker, embed: target.model}
 	err := target.worker.Do(ctx, func() error {

@@ -16,7 +16,8 @@ import (
 // which keeps a small draft's head cheap. The loaded model still speaks the target's token ids:
 // target ids outside the subset enter as the fallback row, and its logits come back over the
 // target's whole vocabulary, -inf outside the subset (so greedy drafting never proposes such a
-// token, and a sampled draft's distribution is exactly zero there).
+// token, and a sampled draft's distribution is exactly zero there). In a DFlash draft's directory
+// the same file lists only the target ids its (borrowed) head projects onto: see ReadHeadVocab.
 const VocabMapFile = "draft_vocab.json"
 
 // VocabMap is the content of VocabMapFile.
