@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -30,7 +31,31 @@ func TestTrainedDFlashMatchesStandalone(t *testing.T) {
 		t.Fatalf("heldout.json: %v (%d prompts)", err, len(prompts))
 	}
 	e, d := openDFlash(t, target, trainedDFlash)
-	_, req, want := standaloneGreedy(t, e, prompts[0], true, n)
+	ids, req, want := standaloneGreedy(t, e, prompts[0], true, n)
+	// The same draft with a head vocabulary (draft_vocab.json): the 5,000 lowest ids and the
+	// tokens of this exchange, so that some drafts from the restricted head are accepted.
+	subset := make([]int, 5000)
+	for i := range subset {
+		subset[i] = i
+	}
+	for _, id := range append(slices.Clone(ids), want.Tokens...) {
+		if id >= len(subset) && !slices.Contains(subset, id) {
+			subset = append(subset, id)
+		}
+	}
+	abs, err := filepath.Abs(trainedDFlash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dm, err := NewDFlashDrafter(t.Context(), e, withHeadVocab(t, abs, headVocab{e.Config().VocabSize, subset}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dm.Close)
+	t.Run("b8 with a head vocabulary", func(t *testing.T) {
+		_, ss := specMatches(t, e, req, dm, 7, want)
+		t.Logf("block 8, head vocabulary of %d: %d steps, %d of %d drafts accepted", len(subset), len(ss.Steps), ss.Accepted, ss.Drafted)
+	})
 	for _, block := range []int{4, 8} {
 		t.Run(fmt.Sprintf("b%d", block), func(t *testing.T) {
 			_, ss := specMatches(t, e, req, d, block-1, want)

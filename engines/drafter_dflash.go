@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/model"
@@ -26,7 +27,10 @@ type DFlashDrafter struct {
 	head   model.Unembedder
 	// ownHead is the lm_head the drafter loaded itself (a stage without a tied head), or nil.
 	ownHead *model.Head
-	caches  []model.Cache
+	// rows is the head restricted to the draft's head vocabulary (model.VocabMapFile in its
+	// directory), or nil: the draft then scores the target's whole vocabulary.
+	rows   *model.HeadRows
+	caches []model.Cache
 	// fed is the context the caches hold: the tokens at positions [0, len(fed)).
 	fed []int
 }
@@ -37,7 +41,10 @@ var (
 )
 
 // NewDFlashDrafter loads the DFlash draft checkpoint in dir for target, in the target's compute
-// dtype, after checking that it was made for a target of this shape.
+// dtype, after checking that it was made for a target of this shape. When dir has a head
+// vocabulary (model.VocabMapFile, read by model.ReadHeadVocab), the drafter copies those rows of
+// the target's head once and scores only them: greedy drafts are the best token of the subset,
+// and sampled drafts come with distributions over the whole vocabulary that are 0 outside it.
 func NewDFlashDrafter(ctx context.Context, target *Engine, dir string) (*DFlashDrafter, error) {
 	d := &DFlashDrafter{target: target, worker: target.worker, embed: target.model}
 	err := target.worker.Do(ctx, func() error {
@@ -49,7 +56,12 @@ func NewDFlashDrafter(ctx context.Context, target *Engine, dir string) (*DFlashD
 		if err != nil {
 			return err
 		}
-		d.m, d.head, d.caches = m, head, m.NewCaches()
+		d.m, d.head = m, head
+		if err := d.loadHeadVocab(dir); err != nil {
+			m.Close()
+			return err
+		}
+		d.caches = m.NewCaches()
 		return nil
 	})
 	if err != nil {
@@ -87,19 +99,49 @@ func NewStageDFlashDrafter(ctx context.Context, st *Stage, dir string) (*DFlashD
 			d.head, d.ownHead = h, h
 		}
 		m, err := model.LoadDFlash(dir, st.dtype, cfg)
+		if err == nil {
+			d.m = m
+			if err = d.loadHeadVocab(dir); err != nil {
+				m.Close()
+			}
+		}
 		if err != nil {
 			if d.ownHead != nil {
 				d.ownHead.Close()
 			}
 			return err
 		}
-		d.m, d.caches = m, m.NewCaches()
+		d.caches = m.NewCaches()
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dflash drafter: %w", err)
 	}
 	return d, nil
+}
+
+// loadHeadVocab reads the head vocabulary of the draft in dir, if it has one, and cuts d.head
+// down to its rows. Must run on the drafter's thread.
+func (d *DFlashDrafter) loadHeadVocab(dir string) error {
+	ids, err := model.ReadHeadVocab(dir, d.embed.Config().VocabSize)
+	if err != nil || ids == nil {
+		return err
+	}
+	rs, ok := d.head.(model.RowSelector)
+	if !ok {
+		return fmt.Errorf("dflash: %s: the target's head cannot be restricted to a subset of its rows: remove the file to draft over the whole vocabulary", filepath.Join(dir, model.VocabMapFile))
+	}
+	d.rows, err = rs.HeadRows(ids)
+	return err
+}
+
+// HeadVocab is the number of tokens the draft's head scores: its head vocabulary's size, or the
+// target's vocabulary when it has none.
+func (d *DFlashDrafter) HeadVocab() int {
+	if d.rows != nil {
+		return d.rows.Subset().Len()
+	}
+	return d.embed.Config().VocabSize
 }
 
 // Stage is the pipeline stage the drafter runs beside (nil for one built on an Engine).
@@ -147,6 +189,9 @@ func (d *DFlashDrafter) Close() {
 			c.Free()
 		}
 		d.m.Close()
+		if d.rows != nil {
+			d.rows.Close()
+		}
 		if d.ownHead != nil {
 			d.ownHead.Close()
 		}
@@ -192,6 +237,9 @@ func (d *DFlashDrafter) Draft(ctx context.Context, history []int, k int, tempera
 		var am mlx.Array
 		_, err := d.logits(history, n, func(logits mlx.Array) []mlx.Array {
 			am = mlx.AsType(mlx.Argmax(logits, -1, false), mlx.Int32)
+			if d.rows != nil {
+				am = d.rows.Subset().ToVocab(am)
+			}
 			return []mlx.Array{am}
 		})
 		if err != nil {
@@ -223,7 +271,7 @@ func (d *DFlashDrafter) draftOnDevice(ctx context.Context, history []int, k int,
 		defer s.Close()
 		var tok mlx.Array
 		_, err := d.logits(history, n, func(logits mlx.Array) []mlx.Array {
-			tok, q = drawRows(logits, temperature, mlx.RandomKey(seed))
+			tok, q = drawSubsetRows(logits, temperature, mlx.RandomKey(seed), d.subset())
 			return []mlx.Array{tok, q}
 		})
 		if err != nil {
@@ -265,6 +313,9 @@ func (d *DFlashDrafter) DraftTop(ctx context.Context, history []int, k, topK int
 		var tok, ids, p mlx.Array
 		_, err := d.logits(history, n, func(logits mlx.Array) []mlx.Array {
 			tok, ids, p = drawTop(logits, temperature, topK, mlx.RandomKey(seed))
+			if d.rows != nil {
+				tok, ids = d.rows.Subset().ToVocab(tok), d.rows.Subset().ToVocab(ids)
+			}
 			return []mlx.Array{tok, ids, p}
 		})
 		if err != nil {
@@ -311,8 +362,27 @@ func intsOf(a mlx.Array) ([]int, error) {
 	return out, nil
 }
 
+// subset is the draft's head vocabulary, or nil.
+func (d *DFlashDrafter) subset() *model.VocabSubset {
+	if d.rows == nil {
+		return nil
+	}
+	return d.rows.Subset()
+}
+
+// drawSubsetRows is drawRows for logits [n, m] over the tokens of sub (all of the vocabulary
+// when sub is nil): tok [n] are token ids of the vocabulary, and q [n, vocab] the distributions
+// over the whole vocabulary, exactly 0 outside sub, so that the rejection rule stays exact.
+func drawSubsetRows(logits mlx.Array, temperature float64, key mlx.Array, sub *model.VocabSubset) (tok, q mlx.Array) {
+	tok, q = drawRows(logits, temperature, key)
+	if sub == nil {
+		return tok, q
+	}
+	return sub.ToVocab(tok), sub.Expand(q, 0)
+}
+
 // logits runs the draft for history and returns the logits of the first n drafted positions,
-// [n, vocab], in the open scope. The context is every position before the last token of history
+// [n, HeadVocab()] (column i of a head vocabulary scores its i-th token), in the open scope. The context is every position before the last token of history
 // (the anchor); the caches take the part they do not hold yet. What outputs derives from the
 // logits is evaluated with the caches in one evaluation (the logits themselves when outputs is
 // nil), so that a draft step synchronises with the device once. Must run on the target's thread.
@@ -349,7 +419,12 @@ func (d *DFlashDrafter) logits(history []int, n int, outputs func(logits mlx.Arr
 	block := d.embed.Embed(mlx.FromInt32s(ids, 1, len(ids)))
 	h := d.m.Forward(block, ctx, d.caches)
 	h = mlx.Slice(h, []int{0, 1, 0}, []int{1, 1 + n, h.Dim(2)})
-	logits := mlx.Reshape(d.head.Unembed(h), n, -1)
+	var logits mlx.Array
+	if d.rows != nil {
+		logits = mlx.Reshape(d.rows.Unembed(h), n, -1)
+	} else {
+		logits = mlx.Reshape(d.head.Unembed(h), n, -1)
+	}
 	state := []mlx.Array{logits}
 	if outputs != nil {
 		state = outputs(logits)

@@ -12,6 +12,7 @@ import (
 	"gonum.org/v1/gonum/stat"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
+	"github.com/hippo-bench/hippo/engines/model"
 	"github.com/hippo-bench/hippo/engines/synth"
 )
 
@@ -119,6 +120,9 @@ func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 		// device: a block of two drafts drawn on the device from draft at temp (drawRows).
 		device bool
 		temp   float64 // 0 means 1
+		// head: a device draft whose head scores only these tokens (a dflash draft_vocab.json);
+		// draft then lists their probabilities, in this order.
+		head []int
 	}{
 		{name: "draft close to target", draft: []float32{0.35, 0.3, 0.2, 0.1, 0.05}},
 		{name: "draft far from target", draft: []float32{0.05, 0.05, 0.1, 0.2, 0.6}},
@@ -129,6 +133,7 @@ func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 		{name: "deterministic draft of an unlikely token", fixed: 4},
 		{name: "device block close to target", draft: []float32{0.35, 0.3, 0.2, 0.1, 0.05}, device: true, temp: 0.7},
 		{name: "device block over a subset of the vocabulary", draft: []float32{0.5, 0.3, 0.2, 0, 0}, device: true, temp: 1.3},
+		{name: "device block with a head vocabulary", draft: []float32{0.5, 0.3, 0.2}, head: []int{3, 0, 2}, device: true, temp: 0.9},
 	}
 	w := mlx.NewWorker()
 	defer w.Close()
@@ -150,6 +155,14 @@ func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 				mlx.Detach(logits)
 				defer logits.Free()
 				var draftLogits mlx.Array // the device drafter's block: two positions of draft
+				var head *model.VocabSubset
+				if tc.head != nil {
+					var err error
+					if head, err = model.NewVocabSubset(tc.head, len(target)); err != nil {
+						return err
+					}
+					defer head.Free()
+				}
 				if tc.device {
 					lq := logp(f64s(tc.draft)...)
 					draftLogits = mlx.FromFloat32s(slices.Concat(lq, lq), 2, len(lq))
@@ -164,7 +177,7 @@ func TestRejectionSamplingKeepsTargetDistribution(t *testing.T) {
 						key.Free()
 						key = next
 						dKey, vKey := mlx.RandomSplit(sub)
-						tok, q := drawRows(draftLogits, temp, dKey)
+						tok, q := drawSubsetRows(draftLogits, temp, dKey, head)
 						ids, err := tok.Int32s()
 						var out []int
 						if err == nil {

@@ -10,8 +10,9 @@ import (
 // machine whose pipeline stage does not hold it (a DFlash draft beside stage 0). It implements
 // Unembedder; Close frees it.
 type Head struct {
-	lin *Linear
-	w   *Weights
+	lin   *Linear
+	w     *Weights
+	vocab int
 }
 
 var _ Unembedder = (*Head)(nil)
@@ -36,7 +37,7 @@ func LoadHead(dir string, compute mlx.DType) (*Head, error) {
 		w.Free()
 		return nil, err
 	}
-	return &Head{lin: lin, w: w}, nil
+	return &Head{lin: lin, w: w, vocab: c.VocabSize}, nil
 }
 
 // Unembed implements Unembedder.

@@ -16,7 +16,8 @@ import (
 // which keeps a small draft's head cheap. The loaded model still speaks the target's token ids:
 // target ids outside the subset enter as the fallback row, and its logits come back over the
 // target's whole vocabulary, -inf outside the subset (so greedy drafting never proposes such a
-// token, and a sampled draft's distribution is exactly zero there).
+// token, and a sampled draft's distribution is exactly zero there). In a DFlash draft's directory
+// the same file lists only the target ids its (borrowed) head projects onto: see ReadHeadVocab.
 const VocabMapFile = "draft_vocab.json"
 
 // VocabMap is the content of VocabMapFile.
@@ -134,4 +135,58 @@ func (v *vocabMapped) Head(h mlx.Array) mlx.Array {
 	shape[len(shape)-1] = 1
 	none := mlx.Full(math.Inf(-1), logits.DType(), shape...)
 	return mlx.Take(mlx.Concat(-1, logits, none), v.out, -1)
+}
+
+// ReadHeadVocab reads the VocabMapFile of a DFlash draft directory, which lists the target ids
+// its head projects onto: {"target_vocab_size": V, "ids": [...]}, with no fallback row (a DFlash
+// draft embeds with the target's own embedding, so every target id enters as itself). It checks
+// the file against the target's vocabulary of targetVocab ids and returns the ids, or nil and no
+// error when dir has no such file.
+func ReadHeadVocab(dir string, targetVocab int) ([]int, error) {
+	path := filepath.Join(dir, VocabMapFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("model: %w", err)
+	}
+	var raw map[string]json.RawMessage
+	var m VocabMap
+	if err = json.Unmarshal(b, &raw); err == nil {
+		err = json.Unmarshal(b, &m)
+	}
+	if err == nil {
+		err = checkHeadVocab(raw, &m, targetVocab)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("model: %s: %v (a DFlash draft's head vocabulary; rewrite it with engines/spec/train/train_dflash.py, or remove it to project onto the target's whole vocabulary): %w", path, err, ErrCheckpoint)
+	}
+	return m.IDs, nil
+}
+
+func checkHeadVocab(raw map[string]json.RawMessage, m *VocabMap, targetVocab int) error {
+	if _, ok := raw["fallback"]; ok {
+		return fmt.Errorf("has a fallback row, which only a model drafter's map has: a DFlash draft embeds with the target's embedding")
+	}
+	if _, ok := raw["target_vocab_size"]; !ok {
+		return fmt.Errorf("target_vocab_size is missing")
+	}
+	if m.TargetVocabSize != targetVocab {
+		return fmt.Errorf("target_vocab_size %d, but the target's vocabulary has %d ids: the map was made for another target", m.TargetVocabSize, targetVocab)
+	}
+	if len(m.IDs) == 0 {
+		return fmt.Errorf("ids is empty: the head would score no token")
+	}
+	seen := make(map[int]bool, len(m.IDs))
+	for i, id := range m.IDs {
+		if id < 0 || id >= targetVocab {
+			return fmt.Errorf("ids[%d] = %d is outside the target's vocabulary of %d", i, id, targetVocab)
+		}
+		if seen[id] {
+			return fmt.Errorf("target id %d is listed twice", id)
+		}
+		seen[id] = true
+	}
+	return nil
 }
