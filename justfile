@@ -181,7 +181,7 @@ bench-spec: build
     [ -d "$pair/target" ] || { echo "no trained pair: run just train-pair"; exit 1; }
     ./bin/hippo bench spec --model "$pair/target" --draft "$pair/draft"
 
-# Speculative vs standalone decoding on SmolLM2-135M-Instruct (dense copy), held-out chat prompts: the trained DFlash drafter at B = 4, 8, 16, prompt lookup and the distilled 2-layer model drafter at K = 1..8, with the analytic expectation and acceptance by position.
+# Speculative vs standalone decoding on SmolLM2-135M-Instruct (dense copy), held-out chat prompts: the trained DFlash drafter at B = 2, 4, 8 (its trained block), prompt lookup and the distilled 2-layer model drafter at K = 1..8, with the analytic expectation and acceptance by position.
 bench-spec-real: smollm2-dense
     #!/usr/bin/env bash
     set -euo pipefail
@@ -189,7 +189,7 @@ bench-spec-real: smollm2-dense
     d=models/dflash-smollm2; [ -f "$d/model.safetensors" ] || d=engines/spec/testdata/dflash-smollm2
     a=models/ardraft-smollm2; [ -f "$a/model.safetensors" ] || a=engines/spec/testdata/ardraft-smollm2
     ./bin/hippo bench spec --model models/smollm2-135m-dense --dflash "$d" --draft "$a" --drafter dflash --drafter lookup --drafter model \
-        --block 4 --block 8 --block 16 --max-k 8 --prompts "$d/heldout.json" --num-prompts 4 --chat --max-tokens 64 --rounds 1
+        --block 2 --block 4 --block 8 --max-k 8 --prompts "$d/heldout.json" --num-prompts 4 --chat --max-tokens 64 --rounds 1
 
 # hippo serve vs mlx_lm.server on a 6-layer, hidden-512 Qwen3-shaped f32 checkpoint (same dtype and BLAS on both sides), OpenAI SDK as client: aggregate tok/s, TTFT and inter-token latency at 1, 4 and 16 streams.
 bench-serve: build
@@ -209,7 +209,7 @@ train-pair: setup
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_pair.py --out models/pair
 
-# Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies, fixed seed, 1 draft layer, block 16, 768 replies x 128 tokens = 88,342 reply tokens cached in models/dflash-data (generating them takes about an hour on the shared 2 cores when the cache is empty), 25 minutes of training, then a resumed 22-minute stage whose learning rate anneals over its budget; about 55 min once the replies are cached); writes models/dflash-smollm2 (config.json, model.safetensors, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
+# Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies and distilled from its top-32 distribution, fixed seed, 2 draft layers, block 8 with 16 anchors per reply, 768 replies x 128 tokens = 88,342 reply tokens cached in models/dflash-data (generating them takes about an hour on the shared 2 cores when the cache is empty), 40 minutes of training whose learning rate anneals over the budget; about 50 min once the replies are cached); writes models/dflash-smollm2 (config.json, model.safetensors, draft_vocab.json, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
 train-dflash: setup smollm2-dense
     #!/usr/bin/env bash
     set -euo pipefail
@@ -217,9 +217,8 @@ train-dflash: setup smollm2-dense
     blas=""
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     gguf=.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
-    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --train-prompts 768 --minutes 25
-    # the shipped weights had a second, resumed stage (fresh optimizer; cosine over its own budget)
-    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --train-prompts 768 --resume --schedule clock --minutes 22 --eval-every 200
+    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --train-prompts 768 \
+        --layers 2 --block 8 --anchors 16 --kd 0.5 --schedule clock --minutes 40 --eval-every 150
 
 # Distil the 2-layer autoregressive draft for SmolLM2-135M-Instruct's model drafter (target layers 0-1 + 8,192 of its tokens, KD on the target's top-32 over its own greedy chat replies; fixed seed, a 20-minute training budget; ~35 min on the shared 2 cores once the replies are cached, ~20 more to generate them); writes models/ardraft-smollm2 (config.json, model.safetensors, draft_vocab.json, tokenizer, metrics.json, heldout.json).
 train-ardraft: setup smollm2-dense

@@ -297,7 +297,9 @@ func (l *Loader) Load(ctx context.Context, c Config) (Generator, error) {
 			return nil, err
 		}
 		info.WeightBytes = e.WeightBytes()
-		info.DraftTokens = draftTokens(c.DraftTokens, d)
+		if info.DraftTokens, err = draftTokens(c.DraftTokens, d, c.Draft); err != nil {
+			return nil, err
+		}
 		return &spec{target: e, tok: e.Tokenizer(), d: d, info: info}, nil
 	case Pipeline, PipelineSpec:
 		return l.pipeline(ctx, c, info)
@@ -373,7 +375,9 @@ func (l *Loader) pipeline(ctx context.Context, c Config, info Info) (Generator, 
 		if p.d, err = l.pipeDrafter(ctx, c, d); err != nil {
 			return nil, err
 		}
-		p.info.DraftTokens = draftTokens(c.DraftTokens, p.d)
+		if p.info.DraftTokens, err = draftTokens(c.DraftTokens, p.d, c.Draft); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }
@@ -527,15 +531,20 @@ func NewDrafter(ctx context.Context, name, draftDir, dtype string, target *engin
 	return nil, nil, fmt.Errorf("unknown drafter %q: use model, lookup or dflash", name)
 }
 
-// draftTokens is K: as configured, or 4, or a dflash draft's whole trained block.
-func draftTokens(k int, d engines.Drafter) int {
-	if k > 0 {
-		return k
+// draftTokens is K: as configured, or 4, or a dflash draft's whole trained block. A block
+// drafter drafts at most its block - 1 tokens a step, so a larger K is refused rather than run
+// (and recorded) as K while drafting fewer.
+func draftTokens(k int, d engines.Drafter, dir string) (int, error) {
+	b, block := d.(interface{ BlockSize() int })
+	switch {
+	case k > 0 && block && k > b.BlockSize()-1:
+		return 0, fmt.Errorf("draft_tokens %d: the dflash draft %s was trained on blocks of %d, so it drafts at most %d tokens a step; use draft_tokens <= %d", k, dir, b.BlockSize(), b.BlockSize()-1, b.BlockSize()-1)
+	case k > 0:
+		return k, nil
+	case block:
+		return b.BlockSize() - 1, nil
 	}
-	if b, ok := d.(interface{ BlockSize() int }); ok {
-		return b.BlockSize() - 1
-	}
-	return 4
+	return 4, nil
 }
 
 // plain is the standalone engine.

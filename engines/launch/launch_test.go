@@ -169,3 +169,38 @@ func TestLoadSpecMemory(t *testing.T) {
 		t.Errorf("Load(spec, lookup drafter, RAM %d) = %v; want it to run", ram, err)
 	}
 }
+
+// blockDrafter is a drafter with a trained block, like a dflash draft.
+type blockDrafter struct{ engines.LookupDrafter }
+
+func (blockDrafter) BlockSize() int { return 8 }
+
+func TestDraftTokens(t *testing.T) {
+	tests := []struct {
+		name    string
+		k       int
+		d       engines.Drafter
+		want    int
+		wantErr string
+	}{
+		{"configured", 3, &engines.LookupDrafter{}, 3, ""},
+		{"default", 0, &engines.LookupDrafter{}, 4, ""},
+		{"block default", 0, blockDrafter{}, 7, ""},
+		{"within the block", 7, blockDrafter{}, 7, ""},
+		{"beyond the block", 15, blockDrafter{}, 0, "use draft_tokens <= 7"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := draftTokens(tt.k, tt.d, "DIR")
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("draftTokens(%d) error = %v; want one containing %q", tt.k, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("draftTokens(%d) = %d, %v; want %d", tt.k, got, err, tt.want)
+			}
+		})
+	}
+}
