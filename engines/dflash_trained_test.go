@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 )
 
@@ -15,10 +14,11 @@ const trainedDFlash = "spec/testdata/dflash-smollm2"
 
 // TestTrainedDFlashMatchesStandalone is invariant 3 on the real model with the trained drafter:
 // SmolLM2-135M-Instruct (the GGUF `just setup` installs, converted here) decodes a held-out chat
-// prompt greedily, standalone and with the trained DFlash drafter at blocks 4 and 8; the
-// tokens must be identical. The shipped drafter accepts few drafts on held-out prompts (0.27 per
-// block in its metrics.json, short of the ~0.35 where it would pay), so this test checks
-// exactness with real trained weights on a llama target, not usefulness.
+// prompt greedily, standalone and with the trained DFlash drafter at blocks 4 and 8 (its
+// trained block), drafting over its head vocabulary (draft_vocab.json, the 5,220 tokens of its
+// training replies); the tokens must be identical. The shipped drafter keeps 0.44 drafts per
+// block on held-out prompts (its metrics.json), so this checks exactness with real trained
+// weights on a llama target, not usefulness.
 func TestTrainedDFlashMatchesStandalone(t *testing.T) {
 	const n = 16
 	target := smolLM2(t)
@@ -31,31 +31,10 @@ func TestTrainedDFlashMatchesStandalone(t *testing.T) {
 		t.Fatalf("heldout.json: %v (%d prompts)", err, len(prompts))
 	}
 	e, d := openDFlash(t, target, trainedDFlash)
-	ids, req, want := standaloneGreedy(t, e, prompts[0], true, n)
-	// The same draft with a head vocabulary (draft_vocab.json): the 5,000 lowest ids and the
-	// tokens of this exchange, so that some drafts from the restricted head are accepted.
-	subset := make([]int, 5000)
-	for i := range subset {
-		subset[i] = i
+	_, req, want := standaloneGreedy(t, e, prompts[0], true, n)
+	if got, full := d.HeadVocab(), e.Config().VocabSize; got >= full {
+		t.Fatalf("the shipped drafter scores %d tokens; want its head vocabulary (draft_vocab.json), fewer than the target's %d", got, full)
 	}
-	for _, id := range append(slices.Clone(ids), want.Tokens...) {
-		if id >= len(subset) && !slices.Contains(subset, id) {
-			subset = append(subset, id)
-		}
-	}
-	abs, err := filepath.Abs(trainedDFlash)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dm, err := NewDFlashDrafter(t.Context(), e, withHeadVocab(t, abs, headVocab{e.Config().VocabSize, subset}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(dm.Close)
-	t.Run("b8 with a head vocabulary", func(t *testing.T) {
-		_, ss := specMatches(t, e, req, dm, 7, want)
-		t.Logf("block 8, head vocabulary of %d: %d steps, %d of %d drafts accepted", len(subset), len(ss.Steps), ss.Accepted, ss.Drafted)
-	})
 	for _, block := range []int{4, 8} {
 		t.Run(fmt.Sprintf("b%d", block), func(t *testing.T) {
 			_, ss := specMatches(t, e, req, d, block-1, want)
