@@ -268,18 +268,7 @@ func TestDFlashSampledOnDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	history := append(slices.Clone(ids), 7)
-	// Record the target's hidden states of the context, as GenerateSpec's prefill does.
-	err = e.worker.Do(ctx, func() error {
-		e.setTaps(d.m.TargetLayers())
-		_, _, _, err := e.scoreAll(history[:len(history)-1], false)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Reset(ctx); err != nil {
-		t.Fatal(err)
-	}
+	primeDFlash(t, e, d, history)
 	before := mlx.SyncCount()
 	toks, q, err := d.draftOnDevice(ctx, history, k, temp, rand.New(rand.NewPCG(7, 8)))
 	if err != nil {

@@ -33,13 +33,9 @@ type VocabMap struct {
 // ReadVocabMap reads dir's VocabMapFile and checks it against a draft vocabulary of rows ids. It
 // returns nil and no error when dir has none.
 func ReadVocabMap(dir string, rows int) (*VocabMap, error) {
-	path := filepath.Join(dir, VocabMapFile)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("model: %w", err)
+	path, b, err := readVocabFile(dir)
+	if b == nil || err != nil {
+		return nil, err
 	}
 	var m VocabMap
 	if err := json.Unmarshal(b, &m); err != nil {
@@ -49,6 +45,23 @@ func ReadVocabMap(dir string, rows int) (*VocabMap, error) {
 		return nil, fmt.Errorf("model: %s: %v (rewrite it with engines/spec/train/train_ardraft.py, or remove it to load the draft over its own ids): %w", path, err, ErrCheckpoint)
 	}
 	return &m, nil
+}
+
+// readVocabFile returns the path and content of dir's VocabMapFile, or no content and no error
+// when dir has none.
+func readVocabFile(dir string) (string, []byte, error) {
+	path := filepath.Join(dir, VocabMapFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return path, nil, nil
+	}
+	if err != nil {
+		return path, nil, fmt.Errorf("model: %w", err)
+	}
+	if b == nil {
+		b = []byte{} // an empty file is there, and malformed
+	}
+	return path, b, nil
 }
 
 func (m *VocabMap) check(rows int) error {
@@ -143,13 +156,9 @@ func (v *vocabMapped) Head(h mlx.Array) mlx.Array {
 // the file against the target's vocabulary of targetVocab ids and returns the ids, or nil and no
 // error when dir has no such file.
 func ReadHeadVocab(dir string, targetVocab int) ([]int, error) {
-	path := filepath.Join(dir, VocabMapFile)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("model: %w", err)
+	path, b, err := readVocabFile(dir)
+	if b == nil || err != nil {
+		return nil, err
 	}
 	var raw map[string]json.RawMessage
 	var m VocabMap
