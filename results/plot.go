@@ -492,7 +492,7 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 	p.Legend.Left = true
 	p.Y.Min = 0
 	p.Add(plotter.NewGrid())
-	maxK := 1
+	maxK, entries := 1, 0
 	for _, s := range series {
 		for _, k := range s.K {
 			maxK = max(maxK, k)
@@ -526,6 +526,7 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 			eb.Color = col
 			p.Add(sc, eb)
 			p.Legend.Add(s.Name+" measured", sc)
+			entries++
 		}
 		if math.IsNaN(s.Alpha) {
 			continue
@@ -542,6 +543,7 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 		line.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
 		p.Add(line)
 		p.Legend.Add(fmt.Sprintf("%s analytic (a=%.2f, draft %.3f+%.3fK)", s.Name, s.Alpha, s.DraftFixed, s.CostRatio), line)
+		entries++
 	}
 	one, err := plotter.NewLine(plotter.XYs{{X: 1, Y: 1}, {X: float64(maxK), Y: 1}})
 	if err == nil {
@@ -550,7 +552,21 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 		p.Add(one)
 	}
 	p.Y.Min = max(p.Y.Min, 0) // a CI reaching below 0 says only that the run was noisy
+	legendHeadroom(p, entries, 5*vg.Inch)
 	return p, 5 * vg.Inch, "Measured speedup (points, approximate 95% CI) against Leviathan et al.'s (2023) analytic expectation (1-a^(K+1))/((1-a)(1+c0+Kc)) (dashed), with a the acceptance rate estimated from the acceptance by position and c0+Kc the measured draft time per step in target steps; it counts a verify as one target step, so where verifying K+1 tokens costs more (a CPU), the points fall below it.", ""
+}
+
+// legendHeadroom raises p.Y.Max so that a legend of n entries at the top of a plot h tall sits
+// above the data instead of over it: the data keep the lower part of the Y range, the legend's
+// rows (about 1.3 font heights each) the upper part.
+func legendHeadroom(p *plot.Plot, n int, h vg.Length) {
+	area := h - vg.Inch // the title, the X axis and its label take about an inch
+	rows := vg.Length(n) * p.Legend.TextStyle.Font.Size * 1.3
+	f := min(float64(rows/area), 0.7) // share of the Y range the legend needs
+	if f <= 0 || p.Y.Max <= p.Y.Min {
+		return
+	}
+	p.Y.Max = p.Y.Min + (p.Y.Max-p.Y.Min)/(1-f)
 }
 
 // plotAcceptByPosition draws, for every speculative configuration, the acceptance rate at each
