@@ -428,11 +428,7 @@ func Speedups(sums []Summary) []SpeedupSeries {
 		gk := ConfigKey(gc)
 		g := groups[gk]
 		if g == nil {
-			name := s.Config.Mode + " drafter=" + s.Config.Drafter
-			if s.Config.Draft != "" {
-				name += " (" + modelName(s.Config.Draft) + ")"
-			}
-			g = &acc{series: SpeedupSeries{Name: name}}
+			g = &acc{series: SpeedupSeries{Name: specName(s.Config)}}
 			groups[gk] = g
 			order = append(order, gk)
 		}
@@ -569,6 +565,16 @@ func legendHeadroom(p *plot.Plot, n int, h vg.Length) {
 	p.Y.Max = p.Y.Min + (p.Y.Max-p.Y.Min)/(1-f)
 }
 
+// specName names a speculative configuration's series: its mode and drafter, and the draft's
+// directory name when it has one.
+func specName(c bench.Config) string {
+	name := c.Mode + " drafter=" + c.Drafter
+	if c.Draft != "" {
+		name += " (" + modelName(c.Draft) + ")"
+	}
+	return name
+}
+
 // plotAcceptByPosition draws, for every speculative configuration, the acceptance rate at each
 // draft position: how far into a draft the target keeps agreeing.
 func plotAcceptByPosition(sums []Summary) (*plot.Plot, vg.Length, string, string) {
@@ -595,7 +601,11 @@ func plotAcceptByPosition(sums []Summary) (*plot.Plot, vg.Length, string, string
 		line.Color, sc.Color = plotutil.Color(n), plotutil.Color(n)
 		line.Dashes = plotutil.Dashes(n)
 		p.Add(line, sc)
-		p.Legend.Add(s.Label, line, sc)
+		label := s.Label
+		if s.Config.DraftTokens > 0 {
+			label = fmt.Sprintf("%s K=%d", specName(s.Config), s.Config.DraftTokens)
+		}
+		p.Legend.Add(label, line, sc)
 		n++
 	}
 	if n == 0 {
@@ -603,6 +613,7 @@ func plotAcceptByPosition(sums []Summary) (*plot.Plot, vg.Length, string, string
 	}
 	// From 0 to a little above the highest share (at most 1), so that low acceptance stays legible.
 	p.Y.Min, p.Y.Max = 0, min(1, max(0.1, 1.15*top))
+	legendHeadroom(p, n, 5*vg.Inch)
 	return p, 5 * vg.Inch, "Acceptance rate at each draft position, averaged over runs: a draft at position i counts as kept only when every earlier one was, so the curve falls; its sum is the mean number of drafts kept per step.", ""
 }
 
