@@ -192,6 +192,11 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 				return err
 			}
 			defer df.Close()
+			head := fmt.Sprintf("the target's whole vocabulary of %d", e.Config().VocabSize)
+			if n := df.HeadVocab(); n < e.Config().VocabSize {
+				head = fmt.Sprintf("%d of the target's %d tokens (%s)", n, e.Config().VocabSize, model.VocabMapFile)
+			}
+			fmt.Fprintf(w, "dflash draft %s: block %d, head over %s\n", o.DFlash, df.BlockSize(), head)
 			d, label, ks = df, "B", nil
 			for _, b := range o.Blocks {
 				if b < 2 || b > df.BlockSize() {
