@@ -237,8 +237,8 @@ func (d *DFlashDrafter) Draft(ctx context.Context, history []int, k int, tempera
 		var am mlx.Array
 		_, err := d.logits(history, n, func(logits mlx.Array) []mlx.Array {
 			am = mlx.AsType(mlx.Argmax(logits, -1, false), mlx.Int32)
-			if d.rows != nil {
-				am = d.rows.Subset().ToVocab(am)
+			if sub := d.subset(); sub != nil {
+				am = sub.ToVocab(am)
 			}
 			return []mlx.Array{am}
 		})
@@ -313,8 +313,8 @@ func (d *DFlashDrafter) DraftTop(ctx context.Context, history []int, k, topK int
 		var tok, ids, p mlx.Array
 		_, err := d.logits(history, n, func(logits mlx.Array) []mlx.Array {
 			tok, ids, p = drawTop(logits, temperature, topK, mlx.RandomKey(seed))
-			if d.rows != nil {
-				tok, ids = d.rows.Subset().ToVocab(tok), d.rows.Subset().ToVocab(ids)
+			if sub := d.subset(); sub != nil {
+				tok, ids = sub.ToVocab(tok), sub.ToVocab(ids)
 			}
 			return []mlx.Array{tok, ids, p}
 		})
@@ -382,8 +382,9 @@ func drawSubsetRows(logits mlx.Array, temperature float64, key mlx.Array, sub *m
 }
 
 // logits runs the draft for history and returns the logits of the first n drafted positions,
-// [n, HeadVocab()] (column i of a head vocabulary scores its i-th token), in the open scope. The context is every position before the last token of history
-// (the anchor); the caches take the part they do not hold yet. What outputs derives from the
+// [n, HeadVocab()] (column i of a head vocabulary scores its i-th token), in the open scope. The
+// context is every position before the last token of history (the anchor); the caches take the
+// part they do not hold yet. What outputs derives from the
 // logits is evaluated with the caches in one evaluation (the logits themselves when outputs is
 // nil), so that a draft step synchronises with the device once. Must run on the target's thread.
 func (d *DFlashDrafter) logits(history []int, n int, outputs func(logits mlx.Array) []mlx.Array) (mlx.Array, error) {
