@@ -41,7 +41,7 @@ type pipeSpecRow struct {
 	steps                    int
 	drafted, kept            int
 	byPos                    [][]float64 // acceptance by position of each spec run
-	runSteps                 []int       // verify steps of each spec run
+	runSteps                 []int       // steps of each spec run that drafted
 	plainBytes, specBytes    []float64
 }
 
@@ -85,7 +85,11 @@ func ComparePipelineSpec(ctx context.Context, o PipelineSpecOptions, w io.Writer
 		if math.IsNaN(a) {
 			a = 0
 		}
-		expected := ExpectedTokens(a, k) / cost
+		drafting := 0
+		for _, n := range row.runSteps {
+			drafting += n
+		}
+		expected := ExpectedStepTokens(a, k, float64(drafting)/float64(row.steps)) / cost
 		need := func(x float64) string {
 			if n := x*cost - 1; n <= float64(k) {
 				return fmt.Sprintf("%.2f", max(n, 0))
@@ -159,7 +163,7 @@ func comparePipeSpecLink(ctx context.Context, base Config, link string, o Pipeli
 				row.drafted += a.Drafted
 				row.kept += a.Accepted
 				row.byPos = append(row.byPos, a.ByPosition)
-				row.runSteps = append(row.runSteps, len(sr.Steps))
+				row.runSteps = append(row.runSteps, a.DraftingSteps(len(sr.Steps)))
 				k = len(a.ByPosition)
 			}
 		}

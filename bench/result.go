@@ -82,6 +82,15 @@ type Acceptance struct {
 	// NormalisedSteps counts greedy verify steps that normalised the logits because a position
 	// might tie after rounding (the others took the raw argmax).
 	NormalisedSteps int `json:"normalised_steps,omitempty"`
+	// NoDraftSteps counts verify steps at which the drafter proposed nothing (lookup where it
+	// finds no match); each emitted the target's one token. ByPosition counts only the steps that
+	// drafted.
+	NoDraftSteps int `json:"no_draft_steps,omitempty"`
+}
+
+// DraftingSteps is how many of a run's steps proposed at least one draft.
+func (a *Acceptance) DraftingSteps(steps int) int {
+	return max(steps-a.NoDraftSteps, 0)
 }
 
 // Result is everything one run measured. It is what `hippo run --json` prints and what a sweep

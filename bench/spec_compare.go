@@ -60,9 +60,17 @@ func ExpectedTokens(a float64, k int) float64 {
 	return (1 - math.Pow(a, float64(k+1))) / (1 - a)
 }
 
+// ExpectedStepTokens is ExpectedTokens for a drafter that proposes k drafts at a share q of its
+// steps and nothing at the others (lookup where it finds no match), whose steps emit one token:
+// 1 + q((1 - a^(k+1)) / (1 - a) - 1).
+func ExpectedStepTokens(a float64, k int, q float64) float64 {
+	return 1 + q*(ExpectedTokens(a, k)-1)
+}
+
 // AcceptanceRate estimates a, Leviathan et al.'s per-token acceptance rate (the chance that the
 // target keeps a draft when it kept every draft before it), from runs' acceptance by position
-// (byPos[j][i]: the share of run j's steps that kept draft i+1) weighted by their verify steps.
+// (byPos[j][i]: the share of run j's drafting steps that kept draft i+1) weighted by their steps
+// that drafted (Acceptance.DraftingSteps).
 // Each step is a run of trials: the drafts it kept succeeded and, unless it kept them all, one
 // failed, so the maximum-likelihood a is kept drafts over kept drafts plus steps that rejected
 // one: sum(r) / (sum(r) + 1 - r_K) per step. This is not kept / drafted, which counts the drafts
@@ -94,8 +102,20 @@ type specRow struct {
 	alone, spec, acc, tps   []float64
 	draftMS, stepMS         []float64
 	byPos                   [][]float64
-	steps                   []int // verify steps of each run, beside byPos
+	steps                   []int // steps of each run that drafted, beside byPos
 	normalised, verifySteps int
+}
+
+// draftingShare is the share of verify steps that proposed at least one draft (1 without steps).
+func (r *specRow) draftingShare() float64 {
+	if r.verifySteps == 0 {
+		return 1
+	}
+	var n int
+	for _, s := range r.steps {
+		n += s
+	}
+	return float64(n) / float64(r.verifySteps)
 }
 
 // normalisedShare is the share of greedy verify steps that normalised the logits (a possible tie
@@ -227,7 +247,7 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 					row.acc = append(row.acc, r.Acceptance.Rate)
 					row.tps = append(row.tps, 1+r.Acceptance.MeanAccepted)
 					row.byPos = append(row.byPos, r.Acceptance.ByPosition)
-					row.steps = append(row.steps, len(r.Steps))
+					row.steps = append(row.steps, r.Acceptance.DraftingSteps(len(r.Steps)))
 					row.stepMS = append(row.stepMS, meanForward(s))
 					for _, st := range r.Steps {
 						row.draftMS = append(row.draftMS, st.DraftMS)
@@ -261,8 +281,9 @@ func printSpecRows(w io.Writer, name, label string, rows []*specRow, c float64) 
 			exp = ExpectedBlockSpeedup(a, r.k, cost)
 			shown = r.k + 1
 		case "lookup":
+			// Free to draft, but it proposes only where it finds a match.
 			cost = 0
-			exp = ExpectedSpeedup(a, r.k, 0)
+			exp = ExpectedStepTokens(a, r.k, r.draftingShare())
 		default:
 			exp = ExpectedSpeedup(a, r.k, c)
 		}

@@ -1,8 +1,11 @@
 package bench
 
 import (
+	"fmt"
 	"math"
 	"testing"
+
+	"github.com/hippo-bench/hippo/engines"
 )
 
 func TestAcceptanceRate(t *testing.T) {
@@ -54,6 +57,42 @@ func TestExpectedTokens(t *testing.T) {
 		if got := ExpectedTokens(tt.a, tt.k); math.Abs(got-tt.want) > 1e-12 {
 			t.Errorf("ExpectedTokens(%v, %d) = %v; want %v", tt.a, tt.k, got, tt.want)
 		}
+	}
+}
+
+func TestExpectedStepTokens(t *testing.T) {
+	tests := []struct {
+		a    float64
+		k    int
+		q    float64
+		want float64
+	}{
+		{0.5, 3, 1, 1.875},
+		{0.5, 3, 0.5, 1.4375}, // half the steps draft: 1 + 0.5 * 0.875
+		{0.9, 7, 0, 1},        // no step drafts: the target's own token each
+	}
+	for _, tt := range tests {
+		if got := ExpectedStepTokens(tt.a, tt.k, tt.q); math.Abs(got-tt.want) > 1e-12 {
+			t.Errorf("ExpectedStepTokens(%v, %d, %v) = %v; want %v", tt.a, tt.k, tt.q, got, tt.want)
+		}
+	}
+}
+
+// TestFillSpecCountsStepsWithoutDrafts: steps at which the drafter proposed nothing are counted,
+// so the acceptance estimates can leave them out.
+func TestFillSpecCountsStepsWithoutDrafts(t *testing.T) {
+	ss := engines.SpecStats{
+		Drafted: 4, Accepted: 2, ByPosition: []int{2, 0}, DraftedByPosition: []int{2, 2},
+		Steps: []engines.SpecStep{{Drafted: 2, Accepted: 2}, {Drafted: 0}, {Drafted: 2}, {Drafted: 0}, {Drafted: 0}},
+	}
+	res := &Result{Steps: make([]Step, len(ss.Steps))}
+	fillSpec(res, engines.Stats{}, ss)
+	a := res.Acceptance
+	if a.NoDraftSteps != 3 || a.DraftingSteps(len(res.Steps)) != 2 {
+		t.Errorf("NoDraftSteps %d, DraftingSteps %d; want 3, 2", a.NoDraftSteps, a.DraftingSteps(len(res.Steps)))
+	}
+	if fmt.Sprint(a.ByPosition) != "[1 0]" {
+		t.Errorf("ByPosition %v; want [1 0] (over the steps that drafted)", a.ByPosition)
 	}
 }
 

@@ -148,6 +148,11 @@ func fillSpec(res *Result, st engines.Stats, ss engines.SpecStats) {
 	if len(ss.Steps) > 0 {
 		acc.MeanAccepted = float64(ss.Accepted) / float64(len(ss.Steps))
 	}
+	for _, s := range ss.Steps {
+		if s.Drafted == 0 {
+			acc.NoDraftSteps++
+		}
+	}
 	for i := range ss.ByPosition {
 		if ss.DraftedByPosition[i] > 0 {
 			acc.ByPosition[i] = float64(ss.ByPosition[i]) / float64(ss.DraftedByPosition[i])

@@ -353,6 +353,9 @@ type SpeedupSeries struct {
 	// it kept every draft before it, estimated from the acceptance by position of every point
 	// (bench.AcceptanceRate). NaN when nothing was drafted.
 	Alpha float64
+	// Drafting is the share of the points' steps that proposed drafts (below 1 for lookup, which
+	// proposes nothing where it finds no match).
+	Drafting float64
 	// DraftFixed and CostRatio model the draft time of a step as DraftFixed + CostRatio*K
 	// baseline steps, fitted over the points (see fitDraftCost): an autoregressive draft model
 	// costs about CostRatio per token (the paper's c), a block drafter such as DFlash about
@@ -363,9 +366,10 @@ type SpeedupSeries struct {
 // Analytic is Leviathan et al.'s expected speedup of speculative decoding for draft length k: the
 // expected tokens per step (1 - a^(k+1)) / (1 - a), divided by the cost of a step relative to one
 // target step, 1 + c0 + k*c (the verify counted as one target step; c0 is the draft's fixed cost
-// per step, 0 for the paper's draft model).
-func Analytic(a, c0, c float64, k int) float64 {
-	return bench.ExpectedTokens(a, k) / (1 + c0 + float64(k)*c)
+// per step, 0 for the paper's draft model). A drafter that proposes at only a share q of its steps
+// makes 1 + q((1 - a^(k+1)) / (1 - a) - 1) tokens per step (bench.ExpectedStepTokens).
+func Analytic(a, q, c0, c float64, k int) float64 {
+	return bench.ExpectedStepTokens(a, k, q) / (1 + c0 + float64(k)*c)
 }
 
 // fitDraftCost fits cost ≈ c0 + c*k (both at least 0) by least squares over the points: with
@@ -413,7 +417,8 @@ func Speedups(sums []Summary) []SpeedupSeries {
 	type acc struct {
 		series SpeedupSeries
 		byPos  [][]float64
-		steps  []int
+		steps  []int // drafting steps per point
+		all    int   // steps of every point
 		costs  []float64
 	}
 	var order []string
@@ -452,13 +457,22 @@ func Speedups(sums []Summary) []SpeedupSeries {
 		g.series.TokensPerStep = append(g.series.TokensPerStep, s.TokensPerStep)
 		g.series.Verify = append(g.series.Verify, verify)
 		g.byPos = append(g.byPos, s.AcceptByPosition)
-		g.steps = append(g.steps, s.Step.N)
+		g.steps = append(g.steps, s.DraftingSteps)
+		g.all += s.Step.N
 		g.costs = append(g.costs, cost)
 	}
 	out := make([]SpeedupSeries, 0, len(order))
 	for _, gk := range order {
 		g := groups[gk]
 		g.series.Alpha = bench.AcceptanceRate(g.byPos, g.steps)
+		g.series.Drafting = 1
+		if g.all > 0 {
+			drafting := 0
+			for _, n := range g.steps {
+				drafting += n
+			}
+			g.series.Drafting = float64(drafting) / float64(g.all)
+		}
 		g.series.DraftFixed, g.series.CostRatio = fitDraftCost(g.series.K, g.costs)
 		out = append(out, g.series)
 	}
@@ -529,7 +543,7 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 		}
 		var curve plotter.XYs
 		for k := 1; k <= maxK; k++ {
-			curve = append(curve, plotter.XY{X: float64(k), Y: Analytic(s.Alpha, s.DraftFixed, s.CostRatio, k)})
+			curve = append(curve, plotter.XY{X: float64(k), Y: Analytic(s.Alpha, s.Drafting, s.DraftFixed, s.CostRatio, k)})
 		}
 		line, err := plotter.NewLine(curve)
 		if err != nil {
@@ -538,7 +552,11 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 		line.Color = col
 		line.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
 		p.Add(line)
-		p.Legend.Add(fmt.Sprintf("%s analytic (a=%.2f, draft %.3f+%.3fK)", s.Name, s.Alpha, s.DraftFixed, s.CostRatio), line)
+		name := fmt.Sprintf("%s analytic (a=%.2f, draft %.3f+%.3fK)", s.Name, s.Alpha, s.DraftFixed, s.CostRatio)
+		if s.Drafting < 0.995 {
+			name = fmt.Sprintf("%s analytic (a=%.2f, drafts at %.0f%% of steps)", s.Name, s.Alpha, 100*s.Drafting)
+		}
+		p.Legend.Add(name, line)
 		entries++
 	}
 	one, err := plotter.NewLine(plotter.XYs{{X: 1, Y: 1}, {X: float64(maxK), Y: 1}})

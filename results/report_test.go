@@ -136,7 +136,8 @@ func TestBuildEverything(t *testing.T) {
 // specRuns writes two runs of each configuration with exact, noise-free numbers: standalone
 // steps of 10 ms at 100 tok/s; a DFlash drafter whose draft costs 2 + 0.1K ms a step; a draft
 // model costing 0.5 ms a drafted token; verify forwards of 15 ms; and acceptance by position
-// a^i, as when the target keeps each draft with probability a (0.5 for dflash, 0.8 for the model).
+// a^i, as when the target keeps each draft with probability a (0.5 for dflash, 0.8 for the model,
+// 0.6 for lookup, which drafts nothing at half its steps).
 func specRuns(t *testing.T, dir string) {
 	t.Helper()
 	s, err := OpenStore(filepath.Join(dir, RunsFile))
@@ -144,19 +145,22 @@ func specRuns(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	add := func(c bench.Config, tokS, draftMS, a float64) {
+	add := func(c bench.Config, tokS, draftMS, a float64, idle int) {
 		c.Model, c.Prompt, c.MaxTokens = "models/smollm2-135m-dense", "p", 32
 		for r := range 2 {
 			res := &bench.Result{Mode: c.Mode, Model: c.Model, DecodeTokS: tokS}
-			for range 8 {
+			for i := range 8 {
 				st := bench.Step{ForwardMS: 8, SampleMS: 2, Tokens: 1}
 				if c.DraftTokens > 0 {
 					st = bench.Step{ForwardMS: 15, DraftMS: draftMS, Tokens: 2, Accepted: 1}
+					if i < idle {
+						st = bench.Step{ForwardMS: 15, DraftMS: draftMS, Tokens: 1}
+					}
 				}
 				res.Steps = append(res.Steps, st)
 			}
 			if c.DraftTokens > 0 {
-				acc := &bench.Acceptance{Drafted: 8 * c.DraftTokens, Accepted: 8}
+				acc := &bench.Acceptance{Drafted: (8 - idle) * c.DraftTokens, Accepted: 8 - idle, NoDraftSteps: idle}
 				for i := 1; i <= c.DraftTokens; i++ {
 					acc.ByPosition = append(acc.ByPosition, math.Pow(a, float64(i)))
 				}
@@ -167,19 +171,22 @@ func specRuns(t *testing.T, dir string) {
 			}
 		}
 	}
-	add(bench.Config{Mode: "standalone"}, 100, 0, 0)
+	add(bench.Config{Mode: "standalone"}, 100, 0, 0, 0)
 	for _, k := range []int{3, 7, 15} {
-		add(bench.Config{Mode: "spec", Drafter: "dflash", Draft: "engines/spec/testdata/dflash-smollm2", DraftTokens: k}, 60+float64(k), 2+0.1*float64(k), 0.5)
+		add(bench.Config{Mode: "spec", Drafter: "dflash", Draft: "engines/spec/testdata/dflash-smollm2", DraftTokens: k}, 60+float64(k), 2+0.1*float64(k), 0.5, 0)
 	}
 	for _, k := range []int{2, 4} {
-		add(bench.Config{Mode: "spec", Drafter: "model", Draft: "models/smollm2-draft", DraftTokens: k}, 120, 0.5*float64(k), 0.8)
+		add(bench.Config{Mode: "spec", Drafter: "model", Draft: "models/smollm2-draft", DraftTokens: k}, 120, 0.5*float64(k), 0.8, 0)
 	}
+	add(bench.Config{Mode: "spec", Drafter: "lookup", DraftTokens: 3}, 105, 0, 0.6, 4)
 }
 
 // TestSpeedups checks the speculative analysis on constructed results: every drafter (a model
 // drafter too) is a series paired with its baseline; a is recovered from the acceptance by
 // position; the draft cost fit separates a block drafter's fixed cost from a draft model's cost
-// per token, both relative to a whole baseline step; and the report and both plots show them.
+// per token, both relative to a whole baseline step; a drafter that drafts at only some steps
+// (lookup) has a from its drafting steps and its expected tokens scaled by their share; and the
+// report and both plots show them.
 func TestSpeedups(t *testing.T) {
 	dir := t.TempDir()
 	specRuns(t, dir)
@@ -189,14 +196,15 @@ func TestSpeedups(t *testing.T) {
 	}
 	got := Speedups(b.Summaries)
 	type want struct {
-		name              string
-		k                 []int
-		speedup           []float64
-		alpha, c0, c, ver float64
+		name                              string
+		k                                 []int
+		speedup                           []float64
+		alpha, drafting, c0, c, ver, tpss float64
 	}
 	wants := []want{
-		{"spec drafter=dflash (dflash-smollm2)", []int{3, 7, 15}, []float64{0.63, 0.67, 0.75}, 0.5, 0.2, 0.01, 1.5},
-		{"spec drafter=model (smollm2-draft)", []int{2, 4}, []float64{1.2, 1.2}, 0.8, 0, 0.05, 1.5},
+		{"spec drafter=dflash (dflash-smollm2)", []int{3, 7, 15}, []float64{0.63, 0.67, 0.75}, 0.5, 1, 0.2, 0.01, 1.5, 2},
+		{"spec drafter=model (smollm2-draft)", []int{2, 4}, []float64{1.2, 1.2}, 0.8, 1, 0, 0.05, 1.5, 2},
+		{"spec drafter=lookup", []int{3}, []float64{1.05}, 0.6, 0.5, 0, 0, 1.5, 1.5},
 	}
 	if len(got) != len(wants) {
 		t.Fatalf("Speedups gave %d series %+v; want %d", len(got), got, len(wants))
@@ -209,19 +217,21 @@ func TestSpeedups(t *testing.T) {
 			continue
 		}
 		for j := range w.k {
-			if !near(g.Speedup[j], w.speedup[j]) || !near(g.Verify[j], w.ver) || !near(g.TokensPerStep[j], 2) {
-				t.Errorf("%s K=%d: speedup %v, verify %v, tokens/step %v; want %v, %v, 2", w.name, w.k[j], g.Speedup[j], g.Verify[j], g.TokensPerStep[j], w.speedup[j], w.ver)
+			if !near(g.Speedup[j], w.speedup[j]) || !near(g.Verify[j], w.ver) || !near(g.TokensPerStep[j], w.tpss) {
+				t.Errorf("%s K=%d: speedup %v, verify %v, tokens/step %v; want %v, %v, %v", w.name, w.k[j], g.Speedup[j], g.Verify[j], g.TokensPerStep[j], w.speedup[j], w.ver, w.tpss)
 			}
 		}
-		if !near(g.Alpha, w.alpha) || !near(g.DraftFixed, w.c0) || !near(g.CostRatio, w.c) {
-			t.Errorf("%s: a = %v, draft cost %v + %vK; want %v, %v + %vK", w.name, g.Alpha, g.DraftFixed, g.CostRatio, w.alpha, w.c0, w.c)
+		if !near(g.Alpha, w.alpha) || !near(g.Drafting, w.drafting) || !near(g.DraftFixed, w.c0) || !near(g.CostRatio, w.c) {
+			t.Errorf("%s: a = %v, drafting at %v of steps, draft cost %v + %vK; want %v, %v, %v + %vK", w.name, g.Alpha, g.Drafting, g.DraftFixed, g.CostRatio, w.alpha, w.drafting, w.c0, w.c)
 		}
 	}
 	report := readFile(t, filepath.Join(dir, ReportFile))
-	an := Analytic(0.5, 0.2, 0.01, 7)
+	an := Analytic(0.5, 1, 0.2, 0.01, 7)
 	for _, w := range []string{
 		"| spec drafter=model (smollm2-draft) | 0.800 | 0.000 + 0.0500K | 4 | 2.00 (3.36) | 1.50 | 1.20 |",
 		fmt.Sprintf("| spec drafter=dflash (dflash-smollm2) | 0.500 | 0.200 + 0.0100K | 7 | 2.00 (%.2f) | 1.50 | 0.67 | %.2f |", bench.ExpectedTokens(0.5, 7), an),
+		// half its steps draft: 1 + 0.5 (1 + 0.6 + 0.36 + 0.216 - 1) tokens a step
+		"| spec drafter=lookup | 0.600 | 0.000 + 0.0000K | 3 | 1.50 (1.59) | 1.50 | 1.05 | 1.59 |",
 	} {
 		if !strings.Contains(report, w) {
 			t.Errorf("report.md lacks the row\n%s\nin:\n%s", w, report)

@@ -138,6 +138,9 @@ type Summary struct {
 	// AcceptByPosition is the mean over runs of the acceptance rate at each draft position
 	// (position i is kept only when positions before it were); nil when no run drafted.
 	AcceptByPosition []float64 `json:"accept_by_position,omitempty"`
+	// DraftingSteps counts the speculative steps that proposed at least one draft: all of them
+	// but lookup's steps without a match, which emit the target's one token.
+	DraftingSteps int `json:"drafting_steps,omitempty"`
 
 	// steps keeps the pooled step totals for CDF plots.
 	steps     []float64
@@ -214,6 +217,7 @@ func summarizeRuns(s *Summary, recs []Record) {
 		if a := res.Acceptance; a != nil {
 			s.Drafted += a.Drafted
 			s.Accepted += a.Accepted
+			s.DraftingSteps += a.DraftingSteps(len(res.Steps))
 			rate := a.Rate
 			if a.Drafted > 0 {
 				rate = float64(a.Accepted) / float64(a.Drafted)

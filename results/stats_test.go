@@ -160,19 +160,21 @@ func TestLabels(t *testing.T) {
 
 func TestAnalytic(t *testing.T) {
 	tests := []struct {
-		a, c0, c float64
-		k        int
-		want     float64
+		a, q, c0, c float64
+		k           int
+		want        float64
 	}{
-		{0.8, 0, 0, 4, (1 - math.Pow(0.8, 5)) / 0.2}, // 3.3616 tokens per step, free drafts
-		{0.8, 0, 0.1, 4, 3.3616 / 1.4},
-		{0.8, 0.3, 0.1, 4, 3.3616 / 1.7}, // a block drafter's fixed cost per step
-		{1, 0, 0, 3, 4},
-		{0, 0, 0.5, 2, 0.5},
+		{0.8, 1, 0, 0, 4, (1 - math.Pow(0.8, 5)) / 0.2}, // 3.3616 tokens per step, free drafts
+		{0.8, 1, 0, 0.1, 4, 3.3616 / 1.4},
+		{0.8, 1, 0.3, 0.1, 4, 3.3616 / 1.7}, // a block drafter's fixed cost per step
+		{1, 1, 0, 0, 3, 4},
+		{0, 1, 0, 0.5, 2, 0.5},
+		{0.8, 0.25, 0, 0, 4, 1 + 0.25*2.3616}, // drafts at a quarter of the steps (lookup)
+		{0.8, 0, 0, 0, 4, 1},
 	}
 	for _, tt := range tests {
-		if got := Analytic(tt.a, tt.c0, tt.c, tt.k); math.Abs(got-tt.want) > 1e-9 {
-			t.Errorf("Analytic(%v, %v, %v, %d) = %v; want %v", tt.a, tt.c0, tt.c, tt.k, got, tt.want)
+		if got := Analytic(tt.a, tt.q, tt.c0, tt.c, tt.k); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("Analytic(%v, %v, %v, %v, %d) = %v; want %v", tt.a, tt.q, tt.c0, tt.c, tt.k, got, tt.want)
 		}
 	}
 }

@@ -145,6 +145,9 @@ func runCommand() *cli.Command {
 				res.PrefillTokS, res.DecodeTokS, res.TTFTMS, engines.FormatBytes(res.PeakMemoryBytes))
 			if a := res.Acceptance; a != nil {
 				fmt.Printf("spec: drafted %d, accepted %d (rate %.2f, %.2f per step), by position %.2f\n", a.Drafted, a.Accepted, a.Rate, a.MeanAccepted, a.ByPosition)
+				if a.NoDraftSteps > 0 {
+					fmt.Printf("spec: %d of %d steps proposed no draft\n", a.NoDraftSteps, len(res.Steps))
+				}
 			}
 			if strings.HasPrefix(res.Mode, "pipeline") && len(res.Steps) > 0 {
 				var fwd, net, bytes float64
