@@ -80,6 +80,22 @@ TOPICS = [
     "nutrition", "weather forecasting", "volunteering", "robots", "the alphabet", "rivers",
     "photography", "kindness", "insects", "the Industrial Revolution", "smartphones",
 ]
+# More training topics, appended after every (template, topic) pair of TOPICS' training split:
+# the first prompts, their cached replies and the held-out split stay what they were. None is
+# close to a held-out topic (democracy, the ocean, the printing press, ancient Egypt, computers,
+# kindness, solar energy, bread baking).
+MORE_TOPICS = [
+    "clocks", "glaciers", "the Vikings", "origami", "airplanes", "the periodic table", "spiders",
+    "jazz", "the Silk Road", "tea", "candles", "chocolate", "bridges", "the human eye",
+    "fungi", "the Moon landing", "board games", "umbrellas", "frogs", "the telescope",
+    "vitamins", "maps", "wolves", "pottery", "the Amazon rainforest", "knitting", "castles",
+    "bacteria", "poetry", "the Andes", "owls", "skateboarding", "rockets", "birds",
+    "traffic lights", "public transport", "magnets", "the Arctic", "the Aztecs",
+    "volleyball", "elephants", "the compass", "soap", "the speed of light", "farming",
+    "the Eiffel Tower", "cats", "dogs", "the calendar", "languages", "museums", "snow",
+    "the Milky Way", "archaeology", "horses", "the wheel", "basketball", "the postal service",
+    "fireworks", "deserts at night", "the human skeleton", "kites", "hurricanes", "puzzles",
+]
 IM_START, IM_END, EOT = 1, 2, 0
 
 
@@ -176,10 +192,17 @@ def prompt_sets(seed, n_train, n_eval):
     ho_topics, tr_topics = topics[:n_ho], topics[n_ho:]
     pairs = [(t, p) for p in tr_topics for t in TEMPLATES]
     rng.shuffle(pairs)
-    train = [t.format(t=p) for t, p in pairs[:n_train]]
     ho = [(t, p) for p in ho_topics for t in TEMPLATES]
     rng.shuffle(ho)
     heldout = [t.format(t=p) for t, p in ho[:n_eval]]
+    # past TOPICS' training pairs, MORE_TOPICS' pairs follow in their own seeded order
+    more = [(t, p) for p in MORE_TOPICS for t in TEMPLATES]
+    random.Random(seed + 1).shuffle(more)
+    pairs += more
+    if n_train > len(pairs):
+        sys.exit(f"--train-prompts {n_train}: only {len(pairs)} distinct training prompts exist; "
+                 "ask for fewer or add topics to MORE_TOPICS")
+    train = [t.format(t=p) for t, p in pairs[:n_train]]
     return train, heldout
 
 
