@@ -209,7 +209,7 @@ train-pair: setup
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_pair.py --out models/pair
 
-# Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies and distilled from its top-32 distribution, fixed seed, 2 draft layers, block 8 with 16 anchors per reply, 768 replies x 128 tokens = 88,342 reply tokens cached in models/dflash-data (generating them takes about an hour on the shared 2 cores when the cache is empty), 40 minutes of training whose learning rate anneals over the budget; about 50 min once the replies are cached); writes models/dflash-smollm2 (config.json, model.safetensors, draft_vocab.json, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
+# Train the DFlash block drafter for SmolLM2-135M-Instruct (self-distilled on its own greedy chat replies and distilled from its top-32 distribution, fixed seed, 2 draft layers, block 8 with 16 anchors per reply). Stage 1: 768 replies x 128 tokens (88,342 reply tokens), 40 minutes whose learning rate anneals over the budget. Stage 2 resumes it on 2,304 replies (the first 768 and 1,536 more, about 265k reply tokens) for 35 minutes at a lower peak rate. The replies are cached in models/dflash-data (about 90 tok/s to generate on 2 idle cores: some 50 minutes when the cache is empty); about 1 h 40 min once they are cached. Writes models/dflash-smollm2 (config.json, model.safetensors, draft_vocab.json, metrics.json, heldout.json) and the dense target copy models/smollm2-135m-dense the speculative benchmarks use.
 train-dflash: setup smollm2-dense
     #!/usr/bin/env bash
     set -euo pipefail
@@ -217,8 +217,9 @@ train-dflash: setup smollm2-dense
     blas=""
     for f in /usr/lib/x86_64-linux-gnu/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas.so.0; do [ -e "$f" ] && blas=$f; done
     gguf=.cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
-    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py --gguf "$gguf" --out models/dflash-smollm2 --train-prompts 768 \
-        --layers 2 --block 8 --anchors 16 --kd 0.5 --schedule clock --minutes 40 --eval-every 150
+    common=(--gguf "$gguf" --out models/dflash-smollm2 --layers 2 --block 8 --anchors 16 --kd 0.5 --schedule clock --eval-every 150)
+    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py "${common[@]}" --train-prompts 768 --minutes 40
+    LD_PRELOAD="$blas" nice -n 10 "{{python}}" engines/spec/train/train_dflash.py "${common[@]}" --train-prompts 2304 --minutes 35 --lr 4e-4 --resume
 
 # Distil the 2-layer autoregressive draft for SmolLM2-135M-Instruct's model drafter (target layers 0-1 + 8,192 of its tokens, KD on the target's top-32 over its own greedy chat replies; fixed seed, a 20-minute training budget; ~35 min on the shared 2 cores once the replies are cached, ~20 more to generate them); writes models/ardraft-smollm2 (config.json, model.safetensors, draft_vocab.json, tokenizer, metrics.json, heldout.json).
 train-ardraft: setup smollm2-dense
