@@ -104,7 +104,7 @@ func ComparePipelineSpec(ctx context.Context, o PipelineSpecOptions, w io.Writer
 	fmt.Fprintf(w, "\n%d stages, drafter %s %s, %d prompts x %d rounds per link after a warm-up; pipeline and pipeline+spec alternate prompt by prompt on the same stages, their order swapped every round; %d tokens per run (at most, with --chat); greedy outputs checked identical.\n",
 		o.Stages, o.Drafter, o.Draft, len(o.Prompts), o.Rounds, o.MaxTokens)
 	fmt.Fprintln(w, "accepted/step: drafts kept per verify step (tokens per step - 1); acceptance: kept / drafted. verify ms: the verify pass's forward on every stage + time on the wire; draft ms: the drafter on the driver (a dflash draft cannot start before its block's features return).")
-	fmt.Fprintln(w, "expected: (1 - a^(K+1)) / (1 - a) tokens per step (a: the per-token acceptance rate, estimated from the acceptance by position) over (draft + verify) / plain step. needed for X: accepted drafts per step that would reach X at the measured draft and verify costs (X x (draft + verify) / plain step - 1).")
+	fmt.Fprintln(w, "expected: (1 - a^(K+1)) / (1 - a) tokens per step (a: the per-token acceptance rate, estimated from the acceptance by position; where only a share q of the steps drafted, as with lookup, 1 + q((1 - a^(K+1)) / (1 - a) - 1)) over (draft + verify) / plain step. needed for X: accepted drafts per step that would reach X at the measured draft and verify costs (X x (draft + verify) / plain step - 1).")
 	return nil
 }
 

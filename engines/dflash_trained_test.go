@@ -15,8 +15,8 @@ const trainedDFlash = "spec/testdata/dflash-smollm2"
 // TestTrainedDFlashMatchesStandalone is invariant 3 on the real model with the trained drafter:
 // SmolLM2-135M-Instruct (the GGUF `just setup` installs, converted here) decodes a held-out chat
 // prompt greedily, standalone and with the trained DFlash drafter at blocks 4 and 8 (its
-// trained block), drafting over its head vocabulary (draft_vocab.json, the 5,220 tokens of its
-// training replies); the tokens must be identical. The shipped drafter keeps 0.44 drafts per
+// trained block), drafting over its head vocabulary (draft_vocab.json, the 8,544 tokens of its
+// training replies); the tokens must be identical. The shipped drafter keeps 0.55 drafts per
 // block on held-out prompts (its metrics.json), so this checks exactness with real trained
 // weights on a llama target, not usefulness.
 func TestTrainedDFlashMatchesStandalone(t *testing.T) {
