@@ -85,11 +85,7 @@ func ComparePipelineSpec(ctx context.Context, o PipelineSpecOptions, w io.Writer
 		if math.IsNaN(a) {
 			a = 0
 		}
-		drafting := 0
-		for _, n := range row.runSteps {
-			drafting += n
-		}
-		expected := ExpectedStepTokens(a, k, float64(drafting)/float64(row.steps)) / cost
+		expected := ExpectedStepTokens(a, k, DraftingShare(row.runSteps, row.steps)) / cost
 		need := func(x float64) string {
 			if n := x*cost - 1; n <= float64(k) {
 				return fmt.Sprintf("%.2f", max(n, 0))

@@ -39,16 +39,16 @@ type SpecCompareOptions struct {
 
 // ExpectedSpeedup is Leviathan et al.'s expected speedup of speculative decoding with per-token
 // acceptance rate a (see AcceptanceRate), K drafted tokens and a draft step costing c target
-// steps: the expected tokens per step, (1 - a^(K+1)) / (1 - a), over the cost of a step, K*c + 1
-// (one verify forward is counted as one target step).
-func ExpectedSpeedup(a float64, k int, c float64) float64 {
-	return ExpectedTokens(a, k) / (float64(k)*c + 1)
+// steps, proposing at a share q of its steps (ExpectedStepTokens): the expected tokens per step
+// over the cost of a step, K*c + 1 (one verify forward is counted as one target step).
+func ExpectedSpeedup(a float64, k int, c, q float64) float64 {
+	return ExpectedStepTokens(a, k, q) / (float64(k)*c + 1)
 }
 
 // ExpectedBlockSpeedup is the same expectation for a block drafter (DFlash), whose K drafts
-// come from one forward costing c target steps: (1 - a^(K+1)) / (1 - a) over c + 1.
-func ExpectedBlockSpeedup(a float64, k int, c float64) float64 {
-	return ExpectedTokens(a, k) / (c + 1)
+// come from one forward costing c target steps: the expected tokens per step over c + 1.
+func ExpectedBlockSpeedup(a float64, k int, c, q float64) float64 {
+	return ExpectedStepTokens(a, k, q) / (c + 1)
 }
 
 // ExpectedTokens is the expected number of tokens a speculative step emits with k drafts when the
@@ -65,6 +65,19 @@ func ExpectedTokens(a float64, k int) float64 {
 // 1 + q((1 - a^(k+1)) / (1 - a) - 1).
 func ExpectedStepTokens(a float64, k int, q float64) float64 {
 	return 1 + q*(ExpectedTokens(a, k)-1)
+}
+
+// DraftingShare is q: the share of steps that proposed at least one draft, from the drafting
+// steps of each run and the steps of all of them (1 without steps).
+func DraftingShare(drafting []int, steps int) float64 {
+	if steps <= 0 {
+		return 1
+	}
+	n := 0
+	for _, d := range drafting {
+		n += d
+	}
+	return float64(n) / float64(steps)
 }
 
 // AcceptanceRate estimates a, Leviathan et al.'s per-token acceptance rate (the chance that the
@@ -104,18 +117,6 @@ type specRow struct {
 	byPos                   [][]float64
 	steps                   []int // steps of each run that drafted, beside byPos
 	normalised, verifySteps int
-}
-
-// draftingShare is the share of verify steps that proposed at least one draft (1 without steps).
-func (r *specRow) draftingShare() float64 {
-	if r.verifySteps == 0 {
-		return 1
-	}
-	var n int
-	for _, s := range r.steps {
-		n += s
-	}
-	return float64(n) / float64(r.verifySteps)
 }
 
 // normalisedShare is the share of greedy verify steps that normalised the logits (a possible tie
@@ -272,20 +273,20 @@ func printSpecRows(w io.Writer, name, label string, rows []*specRow, c float64) 
 	for _, r := range rows {
 		rate, a := stat.Mean(r.acc, nil), AcceptanceRate(r.byPos, r.steps)
 		measured := stat.Mean(r.spec, nil) / stat.Mean(r.alone, nil)
-		cost, exp := c, 0.0
+		cost, exp, q := c, 0.0, DraftingShare(r.steps, r.verifySteps)
 		shown := r.k
 		switch name {
 		case "dflash":
 			// One draft forward per step, relative to a target decode step.
 			cost = stat.Mean(r.draftMS, nil) / stat.Mean(r.stepMS, nil)
-			exp = ExpectedBlockSpeedup(a, r.k, cost)
+			exp = ExpectedBlockSpeedup(a, r.k, cost, q)
 			shown = r.k + 1
 		case "lookup":
-			// Free to draft, but it proposes only where it finds a match.
+			// Free to draft, but it proposes only where it finds a match (q < 1).
 			cost = 0
-			exp = ExpectedStepTokens(a, r.k, r.draftingShare())
+			exp = ExpectedSpeedup(a, r.k, 0, q)
 		default:
-			exp = ExpectedSpeedup(a, r.k, c)
+			exp = ExpectedSpeedup(a, r.k, c, q)
 		}
 		noise := speedupNoise(r.alone, r.spec)
 		pts = append(pts, specPoint{shown: shown, speedup: measured, noise: noise})

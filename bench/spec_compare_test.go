@@ -78,6 +78,15 @@ func TestExpectedStepTokens(t *testing.T) {
 	}
 }
 
+func TestDraftingShare(t *testing.T) {
+	if got := DraftingShare([]int{3, 1}, 8); got != 0.5 {
+		t.Errorf("DraftingShare([3 1], 8) = %v; want 0.5", got)
+	}
+	if got := DraftingShare(nil, 0); got != 1 {
+		t.Errorf("DraftingShare(nil, 0) = %v; want 1 (no steps: nothing says a drafter skipped any)", got)
+	}
+}
+
 // TestFillSpecCountsStepsWithoutDrafts: steps at which the drafter proposed nothing are counted,
 // so the acceptance estimates can leave them out.
 func TestFillSpecCountsStepsWithoutDrafts(t *testing.T) {

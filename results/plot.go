@@ -465,14 +465,7 @@ func Speedups(sums []Summary) []SpeedupSeries {
 	for _, gk := range order {
 		g := groups[gk]
 		g.series.Alpha = bench.AcceptanceRate(g.byPos, g.steps)
-		g.series.Drafting = 1
-		if g.all > 0 {
-			drafting := 0
-			for _, n := range g.steps {
-				drafting += n
-			}
-			g.series.Drafting = float64(drafting) / float64(g.all)
-		}
+		g.series.Drafting = bench.DraftingShare(g.steps, g.all)
 		g.series.DraftFixed, g.series.CostRatio = fitDraftCost(g.series.K, g.costs)
 		out = append(out, g.series)
 	}
