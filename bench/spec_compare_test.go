@@ -3,6 +3,8 @@ package bench
 import (
 	"fmt"
 	"math"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/hippo-bench/hippo/engines"
@@ -186,5 +188,43 @@ func TestSpeedupNoise(t *testing.T) {
 				t.Errorf("speedupNoise(%v, %v) = %.4f; want %.4f", tt.alone, tt.spec, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestSpecRowsVerifyCost: the table prints what a verify step cost relative to a standalone step
+// (v) and the expected speedup at that cost beside Leviathan's, which counts a verify as one step.
+func TestSpecRowsVerifyCost(t *testing.T) {
+	row := func(draftMS float64) *specRow {
+		return &specRow{
+			k: 3, alone: []float64{10, 10}, spec: []float64{9, 9}, acc: []float64{0.3, 0.3}, tps: []float64{1.6, 1.6},
+			draftMS: []float64{draftMS, draftMS}, stepMS: []float64{20, 20}, verifyMS: []float64{30, 30},
+			byPos: [][]float64{{0.5, 0.2, 0.1}, {0.5, 0.2, 0.1}}, steps: []int{10, 10}, verifySteps: 20,
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		draftMS float64
+		c       float64
+		draft   float64 // drafting per step, in target steps
+	}{
+		{"model", 0, 0.1, 0.3}, // K c
+		{"dflash", 4, 0, 0.2},  // one draft forward: 4 ms over a 20 ms step
+		{"lookup", 0, 0, 0},
+	} {
+		var b strings.Builder
+		printSpecRows(&b, tc.name, "K", []*specRow{row(tc.draftMS)}, tc.c)
+		a := AcceptanceRate(row(0).byPos, row(0).steps)
+		want := fmt.Sprintf(`\s1\.50\s+%.2fx\s`, ExpectedStepTokens(a, 3, 1)/(tc.draft+1.5))
+		if !regexp.MustCompile(want).MatchString(b.String()) {
+			t.Errorf("%s: no %q (verify 30 ms over a 20 ms step, drafting %.1f steps) in\n%s", tc.name, want, tc.draft, b.String())
+		}
+	}
+}
+
+func TestDefaultBlocks(t *testing.T) {
+	for trained, want := range map[int]string{2: "[2]", 4: "[4]", 8: "[4 8]", 12: "[4 8]", 16: "[4 8 16]", 32: "[4 8 16]"} {
+		if got := fmt.Sprint(defaultBlocks(trained)); got != want {
+			t.Errorf("defaultBlocks(%d) = %s; want %s", trained, got, want)
+		}
 	}
 }

@@ -53,9 +53,9 @@ func TestBenchSpecPrompts(t *testing.T) {
 		wantBlocks   []int
 	}{
 		{"comma in a prompt", []string{"--prompt", "Hello, world"},
-			[]string{"Hello, world"}, []string{"model", "lookup"}, []int{4, 8, 16}},
+			[]string{"Hello, world"}, []string{"model", "lookup"}, nil}, // nil: 4, 8, 16 within the draft's block
 		{"repeated prompts kept whole", []string{"--prompt", "a, b", "--prompt", " c ,d\n"},
-			[]string{"a, b", " c ,d\n"}, []string{"model", "lookup"}, []int{4, 8, 16}},
+			[]string{"a, b", " c ,d\n"}, []string{"model", "lookup"}, nil},
 		{"token lists split at commas", []string{"--drafter", "lookup,dflash", "--block", "4,8"},
 			defaults, []string{"lookup", "dflash"}, []int{4, 8}},
 		{"token lists repeated", []string{"--drafter", "model", "--drafter", "dflash", "--block", "16"},
