@@ -132,6 +132,10 @@ smollm2-dense: build
     [ -d models/smollm2-135m ] || ./bin/hippo convert .cache/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2-135m
     "{{python}}" engines/spec/train/dequantize.py models/smollm2-135m models/smollm2-135m-dense
 
+# Pack the GPU benchmarks for an NVIDIA machine without Go or network (deploy/gpu/bundle.sh: the cuda build, MLX's CUDA libmlx.so, the 4-bit SmolLM2, the drafters, run.sh), in parts of PART_MB.
+gpu-bundle OUT="bin/gpu-bundle" PART_MB="60": build
+    deploy/gpu/bundle.sh "{{OUT}}" "{{PART_MB}}"
+
 # Serve a model through the OpenAI-compatible API, /metrics and the web chat at http://127.0.0.1:8002 (e.g. just serve --best results/quick/<stamp>).
 serve *ARGS="--model smollm2-135m": build
     ./bin/hippo serve {{ARGS}}
