@@ -39,6 +39,10 @@ type SpecCompareOptions struct {
 	// AllowDivergence measures a speculative run whose tokens part from standalone's (on a GPU
 	// in bf16, say) and counts it, where otherwise the benchmark stops with an error.
 	AllowDivergence bool
+	// DraftConfidences are the gates the dflash rows are measured at, each a table: above 0, each
+	// greedy draft is cut to the positions the drafter gives at least that joint probability
+	// (engines.DFlashDrafter.SetConfidence); none: 0 alone, whole blocks.
+	DraftConfidences []float64
 }
 
 // ExpectedSpeedup is Leviathan et al.'s expected speedup of speculative decoding with per-token
@@ -122,6 +126,26 @@ type specRow struct {
 	byPos                   [][]float64
 	steps                   []int // steps of each run that drafted, beside byPos
 	normalised, verifySteps int
+	// gated: the drafts were cut by the drafter's confidence, so K varies from step to step and
+	// the analytic columns, which assume K drafts a step, are not printed.
+	gated bool
+}
+
+// add records one prompt's standalone run s and speculative run r.
+func (row *specRow) add(s, r Result) {
+	row.alone = append(row.alone, s.DecodeTokS)
+	row.spec = append(row.spec, r.DecodeTokS)
+	row.acc = append(row.acc, r.Acceptance.Rate)
+	row.tps = append(row.tps, 1+r.Acceptance.MeanAccepted)
+	row.byPos = append(row.byPos, r.Acceptance.ByPosition)
+	row.steps = append(row.steps, r.Acceptance.DraftingSteps(len(r.Steps)))
+	row.stepMS = append(row.stepMS, meanForward(s))
+	row.verifyMS = append(row.verifyMS, meanForward(r))
+	for _, st := range r.Steps {
+		row.draftMS = append(row.draftMS, st.DraftMS)
+	}
+	row.normalised += r.Acceptance.NormalisedSteps
+	row.verifySteps += len(r.Steps)
 }
 
 // normalisedShare is the share of greedy verify steps that normalised the logits (a possible tie
@@ -141,6 +165,14 @@ func (r *specRow) normalisedShare() float64 {
 func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 	if len(o.Prompts) == 0 {
 		return fmt.Errorf("bench spec: no prompts: give --prompt or --prompts FILE")
+	}
+	for _, g := range o.DraftConfidences {
+		if g < 0 || g >= 1 || math.IsNaN(g) {
+			return fmt.Errorf("bench spec: --draft-confidence %g: use 0 (whole blocks) up to below 1, e.g. 0.2", g)
+		}
+	}
+	if len(o.DraftConfidences) > 0 && !contains(o.Drafters, "dflash") {
+		return fmt.Errorf("bench spec: --draft-confidence cuts DFlash drafts: add --drafter dflash")
 	}
 	e, err := engines.Open(ctx, engines.Options{Model: o.Target, DType: o.DType})
 	if err != nil {
@@ -250,33 +282,36 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 				return err
 			}
 		}
-		var rows []*specRow
-		for _, k := range ks {
-			row := &specRow{k: k}
-			rows = append(rows, row)
-			for range o.Rounds {
-				for _, p := range o.Prompts {
-					s, r, err := run(p, d, k, setting(k))
-					if err != nil {
-						return err
-					}
-					row.alone = append(row.alone, s.DecodeTokS)
-					row.spec = append(row.spec, r.DecodeTokS)
-					row.acc = append(row.acc, r.Acceptance.Rate)
-					row.tps = append(row.tps, 1+r.Acceptance.MeanAccepted)
-					row.byPos = append(row.byPos, r.Acceptance.ByPosition)
-					row.steps = append(row.steps, r.Acceptance.DraftingSteps(len(r.Steps)))
-					row.stepMS = append(row.stepMS, meanForward(s))
-					row.verifyMS = append(row.verifyMS, meanForward(r))
-					for _, st := range r.Steps {
-						row.draftMS = append(row.draftMS, st.DraftMS)
-					}
-					row.normalised += r.Acceptance.NormalisedSteps
-					row.verifySteps += len(r.Steps)
+		gates := []float64{0}
+		gd, gateable := d.(*engines.DFlashDrafter)
+		if gateable && len(o.DraftConfidences) > 0 {
+			gates = o.DraftConfidences
+		}
+		for _, gate := range gates {
+			if gateable {
+				if err := gd.SetConfidence(gate); err != nil {
+					return err
 				}
 			}
+			if gate > 0 || len(gates) > 1 {
+				fmt.Fprintf(w, "%s, each draft cut where the drafter's joint probability of its drafts falls below %g (0: whole blocks):\n", name, gate)
+			}
+			var rows []*specRow
+			for _, k := range ks {
+				row := &specRow{k: k, gated: gate > 0}
+				rows = append(rows, row)
+				for range o.Rounds {
+					for _, p := range o.Prompts {
+						s, r, err := run(p, d, k, setting(k))
+						if err != nil {
+							return err
+						}
+						row.add(s, r)
+					}
+				}
+			}
+			printSpecRows(w, name, label, rows, c)
 		}
-		printSpecRows(w, name, label, rows, c)
 	}
 	fmt.Fprintf(w, "\n%d rounds x %d prompts per row, standalone and speculative alternating prompt by prompt; %s; greedy; %s.\n"+
 		"±95%%: half-width of the 95%% t-interval of the per-prompt-and-round speedups; a speedup within it, or printed as 1.00x, breaks even.\n"+
@@ -328,8 +363,12 @@ func printSpecRows(w io.Writer, name, label string, rows []*specRow, c float64) 
 		expV := ExpectedStepTokens(a, r.k, q) / (draft + v)
 		noise := speedupNoise(r.alone, r.spec)
 		pts = append(pts, specPoint{shown: shown, speedup: measured, noise: noise})
-		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%.2f\t%.1f\t%.1f\t%.2fx\t%.2f\t%.2fx\t%.1f\t%.3f\t%.2f\t%.2fx\t%.0f%%\t\n", name, shown, rate, a, stat.Mean(r.tps, nil)-1,
-			stat.Mean(r.alone, nil), stat.Mean(r.spec, nil), measured, noise, exp, stat.Mean(r.draftMS, nil), cost, v, expV, 100*r.normalisedShare())
+		expS, expVS := fmt.Sprintf("%.2fx", exp), fmt.Sprintf("%.2fx", expV)
+		if r.gated {
+			expS, expVS = "-", "-"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%.2f\t%.1f\t%.1f\t%.2fx\t%.2f\t%s\t%.1f\t%.3f\t%.2f\t%s\t%.0f%%\t\n", name, shown, rate, a, stat.Mean(r.tps, nil)-1,
+			stat.Mean(r.alone, nil), stat.Mean(r.spec, nil), measured, noise, expS, stat.Mean(r.draftMS, nil), cost, v, expVS, 100*r.normalisedShare())
 	}
 	tw.Flush()
 	for _, r := range rows {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"io"
 	"math"
 	"regexp"
 	"strings"
@@ -217,6 +218,33 @@ func TestSpecRowsVerifyCost(t *testing.T) {
 		want := fmt.Sprintf(`\s1\.50\s+%.2fx\s`, ExpectedStepTokens(a, 3, 1)/(tc.draft+1.5))
 		if !regexp.MustCompile(want).MatchString(b.String()) {
 			t.Errorf("%s: no %q (verify 30 ms over a 20 ms step, drafting %.1f steps) in\n%s", tc.name, want, tc.draft, b.String())
+		}
+	}
+	// Drafts cut by confidence vary in length: no analytic column, which assumes K a step.
+	gated := row(4)
+	gated.gated = true
+	var b strings.Builder
+	printSpecRows(&b, "dflash", "B", []*specRow{gated}, 0)
+	if !regexp.MustCompile(`0\.90x\s+0\.00\s+-\s+4\.0\s+0\.200\s+1\.50\s+-\s`).MatchString(b.String()) {
+		t.Errorf("gated row: want both expected columns as -, in\n%s", b.String())
+	}
+}
+
+// TestCompareSpecRejectsConfidence: a draft confidence outside [0, 1), or one without the dflash
+// drafter, is refused before any model loads.
+func TestCompareSpecRejectsConfidence(t *testing.T) {
+	for _, tc := range []struct {
+		drafters []string
+		gates    []float64
+		want     string
+	}{
+		{[]string{"dflash"}, []float64{0.2, 1}, "--draft-confidence 1: use 0"},
+		{[]string{"dflash"}, []float64{-0.5}, "--draft-confidence -0.5"},
+		{[]string{"lookup"}, []float64{0.2}, "add --drafter dflash"},
+	} {
+		err := CompareSpec(t.Context(), SpecCompareOptions{Target: "no-such-model", Prompts: []string{"x"}, Drafters: tc.drafters, DraftConfidences: tc.gates}, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("drafters %v, confidences %v: %v; want %q", tc.drafters, tc.gates, err, tc.want)
 		}
 	}
 }

@@ -3,8 +3,10 @@ package engines
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -43,5 +45,47 @@ func TestTrainedDFlashMatchesStandalone(t *testing.T) {
 			}
 			t.Logf("block %d: %d steps, %d of %d drafts accepted, by position %v", block, len(ss.Steps), ss.Accepted, ss.Drafted, ss.ByPosition)
 		})
+	}
+	// Drafts cut by the drafter's confidence: the same tokens, and fewer drafts than whole blocks.
+	t.Run("b8-confidence", func(t *testing.T) {
+		if err := d.SetConfidence(0.3); err != nil {
+			t.Fatal(err)
+		}
+		defer d.SetConfidence(0)
+		_, ss := specMatches(t, e, req, d, 7, want)
+		short := 0
+		for _, st := range ss.Steps {
+			if st.Drafted < 7 {
+				short++
+			}
+		}
+		if short == 0 {
+			t.Errorf("every one of %d steps drafted a whole block at confidence 0.3", len(ss.Steps))
+		}
+		t.Logf("confidence 0.3: %d steps, %d shortened, %d of %d drafts accepted, by position %v", len(ss.Steps), short, ss.Accepted, ss.Drafted, ss.ByPosition)
+	})
+}
+
+func TestConfidentPrefix(t *testing.T) {
+	ps := []float32{0.9, 0.5, 0.8, 0.1}
+	for p, want := range map[float64]int{0: 4, 0.1: 3, 0.3: 3, 0.4: 2, 0.5: 1, 0.95: 0} {
+		if got := confidentPrefix(ps, p); got != want {
+			t.Errorf("confidentPrefix(%v, %g) = %d; want %d (joint 0.9, 0.45, 0.36, 0.036)", ps, p, got, want)
+		}
+	}
+	if got := confidentPrefix(nil, 0.5); got != 0 {
+		t.Errorf("no positions: %d", got)
+	}
+}
+
+func TestSetConfidenceRejects(t *testing.T) {
+	d := &DFlashDrafter{}
+	for _, p := range []float64{-0.1, 1, 2, math.NaN()} {
+		if err := d.SetConfidence(p); err == nil || !strings.Contains(err.Error(), "draft confidence") {
+			t.Errorf("SetConfidence(%g): %v; want an error naming the draft confidence", p, err)
+		}
+	}
+	if err := d.SetConfidence(0.25); err != nil || d.confidence != 0.25 {
+		t.Errorf("SetConfidence(0.25): %v, confidence %g", err, d.confidence)
 	}
 }

@@ -3,6 +3,7 @@ package engines
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"path/filepath"
 
@@ -33,6 +34,10 @@ type DFlashDrafter struct {
 	caches []model.Cache
 	// fed is the context the caches hold: the tokens at positions [0, len(fed)).
 	fed []int
+	// confidence, above 0, ends a greedy draft before the first position at which the drafter's
+	// own probability that every draft so far is right (the product of each position's top
+	// probability) falls below it; see SetConfidence.
+	confidence float64
 }
 
 var (
@@ -166,6 +171,21 @@ func (d *DFlashDrafter) TapLayers(e *Engine) ([]int, error) {
 	return append([]int(nil), d.m.TargetLayers()...), nil
 }
 
+// SetConfidence makes greedy drafts stop early: a draft keeps its first positions while the
+// product of their top probabilities under the drafter stays at or above p, so that the verify
+// spends no rows on drafts the drafter itself expects to lose (a verify costs more the more rows
+// it has; see bench spec's verify v). It may keep no draft at all, and the step is then a plain
+// decode step. 0 (the default) keeps every position; the target's choice of tokens is the same
+// either way. Sampled drafts are not shortened: their proposal distributions are the rejection
+// rule's, whatever their length.
+func (d *DFlashDrafter) SetConfidence(p float64) error {
+	if p < 0 || p >= 1 || math.IsNaN(p) {
+		return fmt.Errorf("dflash: draft confidence %g: use 0 (off) up to below 1, e.g. 0.2", p)
+	}
+	d.confidence = p
+	return nil
+}
+
 // Reset implements Drafter.
 func (d *DFlashDrafter) Reset(ctx context.Context) error {
 	return d.worker.Do(ctx, func() error {
@@ -234,19 +254,32 @@ func (d *DFlashDrafter) Draft(ctx context.Context, history []int, k int, tempera
 	err := d.worker.Do(ctx, func() error {
 		s := mlx.NewScope()
 		defer s.Close()
-		var am mlx.Array
+		var am, top mlx.Array
 		_, err := d.logits(history, n, func(logits mlx.Array) []mlx.Array {
 			am = mlx.AsType(mlx.Argmax(logits, -1, false), mlx.Int32)
 			if sub := d.subset(); sub != nil {
 				am = sub.ToVocab(am)
 			}
-			return []mlx.Array{am}
+			if d.confidence == 0 {
+				return []mlx.Array{am}
+			}
+			// Each position's top probability: exp(max logit - logsumexp), [n].
+			lf := mlx.AsType(logits, mlx.Float32)
+			top = mlx.Exp(mlx.Sub(mlx.Max(lf, false, -1), mlx.LogSumExp(lf, false, -1)))
+			return []mlx.Array{am, top}
 		})
 		if err != nil {
 			return err
 		}
-		out, err = intsOf(am)
-		return err
+		if out, err = intsOf(am); err != nil || d.confidence == 0 {
+			return err
+		}
+		ps, err := top.Float32s()
+		if err != nil {
+			return err
+		}
+		out = out[:confidentPrefix(ps, d.confidence)]
+		return nil
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("dflash: %w", err)
@@ -347,6 +380,18 @@ func (d *DFlashDrafter) DraftTop(ctx context.Context, history []int, k, topK int
 		return nil, nil, fmt.Errorf("dflash: %w", err)
 	}
 	return out, top, nil
+}
+
+// confidentPrefix is how many leading positions keep the product of their probabilities ps at
+// or above p.
+func confidentPrefix(ps []float32, p float64) int {
+	joint := 1.0
+	for i, q := range ps {
+		if joint *= float64(q); joint < p {
+			return i
+		}
+	}
+	return len(ps)
 }
 
 // intsOf reads an evaluated int32 array back as ints.

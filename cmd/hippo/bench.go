@@ -89,6 +89,7 @@ func benchCommand() *cli.Command {
 				&cli.BoolFlag{Name: "chat", Usage: "wrap prompts in the target's chat template and stop at end of turn"},
 				&cli.StringFlag{Name: "dtype", Usage: "compute dtype"},
 				allowDivergenceFlag("standalone's"),
+				&cli.Float64SliceFlag{Name: "draft-confidence", Usage: "dflash: cut each greedy draft where the drafter's joint probability of its drafts falls below this (0: the whole block); repeat for a table each"},
 			},
 			Action: func(c *cli.Context) error {
 				o, err := specOptions(c)
@@ -195,7 +196,7 @@ func specOptions(c *cli.Context) (bench.SpecCompareOptions, error) {
 		Target: c.String("model"), Draft: c.String("draft"), DFlash: c.String("dflash"), Drafters: c.StringSlice("drafter"),
 		MaxK: c.Int("max-k"), Blocks: c.IntSlice("block"), Rounds: c.Int("rounds"), Warmup: c.Bool("warmup"),
 		MaxTokens: c.Int("max-tokens"), Prompts: prompts, Chat: c.Bool("chat"), DType: c.String("dtype"),
-		AllowDivergence: c.Bool("allow-divergence"),
+		AllowDivergence: c.Bool("allow-divergence"), DraftConfidences: c.Float64Slice("draft-confidence"),
 	}, nil
 }
 
