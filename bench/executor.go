@@ -70,6 +70,6 @@ func (x *Executor) Close() error { return x.loader.Close() }
 // Launch is the launch configuration of c (its model and draft already resolved to directories).
 func (c Config) Launch() launch.Config {
 	return launch.Config{Mode: c.Mode, Model: c.Model, DType: c.Dtype, Drafter: c.Drafter, Draft: c.Draft,
-		DraftTokens: c.DraftTokens, Stages: c.Stages, Split: c.Split, Link: c.Link, Transport: c.Transport,
+		DraftTokens: c.DraftTokens, DraftConfidence: c.DraftConfidence, Stages: c.Stages, Split: c.Split, Link: c.Link, Transport: c.Transport,
 		Reply: c.Reply, Hosts: c.Hosts}
 }

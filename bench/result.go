@@ -38,6 +38,9 @@ type Config struct {
 	Drafter     string `json:"drafter,omitempty" yaml:"drafter"`
 	Draft       string `json:"draft,omitempty" yaml:"draft"`
 	DraftTokens int    `json:"draft_tokens,omitempty" yaml:"draft_tokens"`
+	// DraftConfidence, above 0, cuts each greedy dflash draft where the drafter's joint
+	// probability of its drafts falls below it (engines.DFlashDrafter.SetConfidence).
+	DraftConfidence float64 `json:"draft_confidence,omitempty" yaml:"draft_confidence"`
 
 	// OpenAI-compatible endpoint settings (mode "openai").
 	BaseURL     string `json:"base_url,omitempty" yaml:"base_url"`

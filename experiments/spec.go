@@ -149,7 +149,7 @@ var (
 	// weights load once, then the settings that need a new engine, then per-run settings. Keys not
 	// listed follow in bench.Config field order.
 	dimOrder = []string{"model", "mode", "stages", "split", "transport", "link", "drafter", "draft", "dtype",
-		"base_url", "concurrency", "draft_tokens", "max_tokens", "temperature", "top_p", "seed"}
+		"base_url", "concurrency", "draft_tokens", "draft_confidence", "max_tokens", "temperature", "top_p", "seed"}
 	// groupKeys are the settings an executor may need a fresh engine for.
 	groupKeys = []string{"model", "mode", "stages", "split", "transport", "link", "drafter", "draft", "dtype", "base_url", "concurrency", "chat"}
 	topKeys   = []string{"name", "description", "repeats", "warmup", "prompts", "prompts_file", "matrix", "defaults", "exclude", "include", "timeout", "hosts"}
@@ -174,7 +174,7 @@ func sortedFieldKeys() []string {
 // Which fields each mode uses; the rest of these mode-specific fields are cleared.
 var (
 	pipelineFields = []string{"stages", "split", "transport", "link"}
-	specFields     = []string{"drafter", "draft", "draft_tokens"}
+	specFields     = []string{"drafter", "draft", "draft_tokens", "draft_confidence"}
 	openaiFields   = []string{"base_url", "concurrency"}
 	modeFields     = map[string][]string{
 		"standalone":    nil,
@@ -643,6 +643,10 @@ func checkValue(key string, v any) string {
 	case "draft_tokens":
 		if asInt(v) < 1 {
 			return fmt.Sprintf("draft_tokens must be at least 1 (tokens drafted per step), got %d", v)
+		}
+	case "draft_confidence":
+		if x := asFloat(v); x < 0 || x >= 1 {
+			return fmt.Sprintf("draft_confidence must be 0 (whole dflash blocks) up to below 1, got %g", x)
 		}
 	case "concurrency":
 		if asInt(v) < 1 {

@@ -302,7 +302,7 @@ func summarizeRuns(s *Summary, recs []Record) {
 
 // labelOrder is the order in which varying fields appear in labels; fields not listed follow in
 // alphabetical order.
-var labelOrder = []string{"model", "mode", "stages", "split", "transport", "link", "drafter", "draft", "draft_tokens", "dtype", "max_tokens", "temperature", "top_p", "seed"}
+var labelOrder = []string{"model", "mode", "stages", "split", "transport", "link", "drafter", "draft", "draft_tokens", "draft_confidence", "dtype", "max_tokens", "temperature", "top_p", "seed"}
 
 // Labels names each configuration by the fields that differ between them ("pipeline link=wifi").
 // The model (base name of a checkpoint path) and the mode are written bare; a field a configuration

@@ -73,6 +73,9 @@ func describeConfig(c bench.Config) string {
 			d += " " + c.Draft
 		}
 		parts = append(parts, d, fmt.Sprintf("K %d", c.DraftTokens))
+		if c.DraftConfidence > 0 {
+			parts = append(parts, fmt.Sprintf("draft confidence %g", c.DraftConfidence))
+		}
 	}
 	if strings.HasPrefix(c.Mode, "pipeline") {
 		if c.Split != "" {
@@ -242,7 +245,7 @@ func Servable(ram int64, context int) func(bench.Config) error {
 // bench is m as a sweep configuration, for Servable.
 func (m ModelConfig) bench() bench.Config {
 	return bench.Config{Model: m.Model, Mode: m.Mode, Dtype: m.DType, Drafter: m.Drafter, Draft: m.Draft,
-		DraftTokens: m.DraftTokens, Stages: m.Stages, Split: m.Split, Link: m.Link, Transport: m.Transport,
+		DraftTokens: m.DraftTokens, DraftConfidence: m.DraftConfidence, Stages: m.Stages, Split: m.Split, Link: m.Link, Transport: m.Transport,
 		Reply: m.Reply, Hosts: m.Hosts}
 }
 
@@ -250,7 +253,7 @@ func (m ModelConfig) bench() bench.Config {
 // context tokens.
 func FromSweep(c bench.Config, context int) ModelConfig {
 	return ModelConfig{Model: c.Model, Mode: c.Mode, DType: c.Dtype, Context: context, Drafter: c.Drafter, Draft: c.Draft,
-		DraftTokens: c.DraftTokens, Stages: c.Stages, Split: c.Split, Link: c.Link, Transport: c.Transport,
+		DraftTokens: c.DraftTokens, DraftConfidence: c.DraftConfidence, Stages: c.Stages, Split: c.Split, Link: c.Link, Transport: c.Transport,
 		Reply: c.Reply, Hosts: c.Hosts}
 }
 

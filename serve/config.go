@@ -65,6 +65,9 @@ type ModelConfig struct {
 	Drafter     string `yaml:"drafter"`
 	Draft       string `yaml:"draft"`
 	DraftTokens int    `yaml:"draft_tokens"`
+	// DraftConfidence, above 0, cuts each greedy dflash draft where the drafter's joint
+	// probability of its drafts falls below it (hippo run's --draft-confidence).
+	DraftConfidence float64 `yaml:"draft_confidence"`
 	// Pipeline modes: stages or split, link profile, transport, reply, and a hosts file of ranks
 	// on other machines (none starts the stages here).
 	Stages    int    `yaml:"stages"`
@@ -83,7 +86,7 @@ func (m ModelConfig) Launch(dir, draft string, ram int64) launch.Config {
 		ctxLen = DefaultContext
 	}
 	return launch.Config{Mode: m.Mode, Model: dir, DType: m.DType, Context: ctxLen, RAM: ram,
-		Drafter: m.Drafter, Draft: draft, DraftTokens: m.DraftTokens, Stages: m.Stages, Split: m.Split,
+		Drafter: m.Drafter, Draft: draft, DraftTokens: m.DraftTokens, DraftConfidence: m.DraftConfidence, Stages: m.Stages, Split: m.Split,
 		Link: m.Link, Transport: m.Transport, Reply: m.Reply, Hosts: m.Hosts}
 }
 
@@ -184,6 +187,9 @@ func (c *Config) Validate() error {
 		}
 		if m.Context < 0 {
 			return fmt.Errorf("models[%d] (%s): context %d: must be positive", i, m.Model, m.Context)
+		}
+		if m.DraftConfidence < 0 || m.DraftConfidence >= 1 {
+			return fmt.Errorf("models[%d] (%s): draft_confidence %g: use 0 (whole dflash blocks) up to below 1", i, m.Model, m.DraftConfidence)
 		}
 		if m.ID == "" {
 			m.ID = DefaultModelID(m.Model)

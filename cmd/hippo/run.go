@@ -63,6 +63,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "ram", Usage: "plan for this much RAM instead of the detected amount (e.g. 16GB)"},
 			&cli.IntFlag{Name: "context", Usage: "context length the memory guard plans for (default: prompt + max tokens)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
+			&cli.Float64Flag{Name: "draft-confidence", Usage: "spec, pipeline+spec with --drafter dflash: cut each greedy draft where the drafter's joint probability of its drafts falls below this (0: whole blocks)"},
 		}, modeFlags()...),
 		Action: func(c *cli.Context) error {
 			if err := usePipelineSecret(c); err != nil {
@@ -75,6 +76,7 @@ func runCommand() *cli.Command {
 				Dtype: c.String("dtype"), Mode: c.String("mode"), Stages: c.Int("stages"), Split: c.String("split"),
 				Link: c.String("link"), Transport: c.String("transport"), Hosts: c.String("hosts"), Reply: c.String("reply"),
 				Drafter: c.String("drafter"), Draft: c.String("draft"), DraftTokens: c.Int("draft-tokens"),
+				DraftConfidence: c.Float64("draft-confidence"),
 			}
 			if !slices.Contains(launch.Modes, cfg.Mode) {
 				return fmt.Errorf("--mode %q: use %s", cfg.Mode, strings.Join(launch.Modes, ", "))

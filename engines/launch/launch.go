@@ -49,6 +49,10 @@ type Config struct {
 	Draft   string
 	// DraftTokens is K, the tokens drafted per step; 0 means 4, or a dflash draft's block - 1.
 	DraftTokens int
+	// DraftConfidence, above 0, cuts each greedy dflash draft where the drafter's joint
+	// probability of its drafts falls below it (engines.DFlashDrafter.SetConfidence); other
+	// drafters refuse it.
+	DraftConfidence float64
 
 	// Stages or Split lay out a pipeline; Link is the emulated link profile, Transport tcp or
 	// mlx-ring, Reply token or topk:K.
@@ -327,7 +331,7 @@ func (l *Loader) engine(ctx context.Context, c Config) (*engines.Engine, error) 
 func (l *Loader) drafter(ctx context.Context, c Config, target *engines.Engine) (engines.Drafter, error) {
 	key := fmt.Sprintf("%s|%s|%s|%p", c.Drafter, c.Draft, c.DType, target)
 	if l.draft != nil && l.draftKey == key {
-		return l.draft, nil
+		return l.draft, gateDrafts(l.draft, c.DraftConfidence)
 	}
 	l.closeDraft()
 	d, closer, err := NewDrafter(ctx, c.Drafter, c.Draft, c.DType, target)
@@ -335,7 +339,19 @@ func (l *Loader) drafter(ctx context.Context, c Config, target *engines.Engine) 
 		return nil, err
 	}
 	l.draft, l.draftKey, l.draftClose = d, key, closer
-	return d, nil
+	return d, gateDrafts(d, c.DraftConfidence)
+}
+
+// gateDrafts sets a dflash drafter's draft confidence (0 included, so that a reused drafter
+// drops an earlier one); other drafters take none.
+func gateDrafts(d engines.Drafter, confidence float64) error {
+	if df, ok := d.(*engines.DFlashDrafter); ok {
+		return df.SetConfidence(confidence)
+	}
+	if confidence != 0 {
+		return fmt.Errorf("draft confidence %g: only the dflash drafter cuts its drafts by confidence; leave it 0 for other drafters", confidence)
+	}
+	return nil
 }
 
 // pipeline returns the pipeline generator of c, starting the driver (and local stages) when the
@@ -390,11 +406,15 @@ func (l *Loader) pipeDrafter(ctx context.Context, c Config, d *pipeline.Driver) 
 	}
 	key := fmt.Sprintf("%s|%s|%s|stage %p", c.Drafter, c.Draft, c.DType, d.Stage())
 	if l.draft != nil && l.draftKey == key {
-		return l.draft, nil
+		return l.draft, gateDrafts(l.draft, c.DraftConfidence)
 	}
 	l.closeDraft()
 	dr, err := engines.NewStageDFlashDrafter(ctx, d.Stage(), c.Draft)
 	if err != nil {
+		return nil, err
+	}
+	if err := dr.SetConfidence(c.DraftConfidence); err != nil {
+		dr.Close()
 		return nil, err
 	}
 	l.draft, l.draftKey, l.draftClose = dr, key, dr.Close

@@ -204,3 +204,21 @@ func TestDraftTokens(t *testing.T) {
 		})
 	}
 }
+
+// TestGateDrafts: a draft confidence reaches a dflash drafter (0 included, to clear an earlier
+// one) and is refused, with what to do, for the drafters that cannot cut their drafts.
+func TestGateDrafts(t *testing.T) {
+	if err := gateDrafts(engines.LookupDrafter{}, 0); err != nil {
+		t.Errorf("lookup, confidence 0: %v", err)
+	}
+	if err := gateDrafts(engines.LookupDrafter{}, 0.3); err == nil || !strings.Contains(err.Error(), "only the dflash drafter") {
+		t.Errorf("lookup, confidence 0.3: %v; want a refusal naming the dflash drafter", err)
+	}
+	d := &engines.DFlashDrafter{}
+	if err := gateDrafts(d, 0.3); err != nil {
+		t.Errorf("dflash, confidence 0.3: %v", err)
+	}
+	if err := gateDrafts(d, 1); err == nil {
+		t.Error("dflash, confidence 1: no error")
+	}
+}
