@@ -361,6 +361,9 @@ type SpeedupSeries struct {
 	// costs about CostRatio per token (the paper's c), a block drafter such as DFlash about
 	// DraftFixed per step whatever K.
 	DraftFixed, CostRatio float64
+	// Confidence is the configuration's draft confidence: above 0 its drafts were cut to varying
+	// lengths, so Leviathan's analytic speedup, which assumes K drafts a step, does not apply.
+	Confidence float64
 }
 
 // Analytic is Leviathan et al.'s expected speedup of speculative decoding for draft length k: the
@@ -433,7 +436,7 @@ func Speedups(sums []Summary) []SpeedupSeries {
 		gk := ConfigKey(gc)
 		g := groups[gk]
 		if g == nil {
-			g = &acc{series: SpeedupSeries{Name: specName(s.Config)}}
+			g = &acc{series: SpeedupSeries{Name: specName(s.Config), Confidence: s.Config.DraftConfidence}}
 			groups[gk] = g
 			order = append(order, gk)
 		}
@@ -478,7 +481,7 @@ func baseline(c bench.Config) bench.Config {
 	} else {
 		c.Mode = "pipeline"
 	}
-	c.Drafter, c.Draft, c.DraftTokens = "", "", 0
+	c.Drafter, c.Draft, c.DraftTokens, c.DraftConfidence = "", "", 0, 0
 	return c
 }
 
@@ -531,7 +534,7 @@ func plotSpeedup(sums []Summary) (*plot.Plot, vg.Length, string, string) {
 			p.Legend.Add(s.Name+" measured", sc)
 			entries++
 		}
-		if math.IsNaN(s.Alpha) {
+		if math.IsNaN(s.Alpha) || s.Confidence > 0 {
 			continue
 		}
 		var curve plotter.XYs
@@ -582,6 +585,9 @@ func specName(c bench.Config) string {
 	name := c.Mode + " drafter=" + c.Drafter
 	if c.Draft != "" {
 		name += " (" + modelName(c.Draft) + ")"
+	}
+	if c.DraftConfidence > 0 {
+		name += fmt.Sprintf(" confidence=%g", c.DraftConfidence)
 	}
 	return name
 }

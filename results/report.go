@@ -331,12 +331,12 @@ func WriteReport(w io.Writer, recs []Record, sums []Summary, plots Plots) error 
 	}
 	if series := Speedups(sums); len(series) > 0 {
 		p("## Speculative decoding\n\n")
-		p("Speedup is tok/s over the same setup without speculation. Analytic is Leviathan et al.'s (2023) (1-a^(K+1))/((1-a)(1+c0+Kc)): a is the chance that the target keeps a draft when it kept the ones before it, estimated from the acceptance by position (kept drafts over kept drafts plus steps that rejected one); c0+Kc is the draft time per step in baseline steps, fitted over the drafter's K. Tokens/step compares the measured tokens per step with the expected (1-a^(K+1))/(1-a); for a drafter that proposes at only a share q of its steps (lookup, where it finds no match) both the expected tokens and the analytic speedup use 1+q((1-a^(K+1))/(1-a)-1). The analytic curve counts a verify as one target step; verify is the measured verify forward over one baseline step, and where it exceeds 1 the measured speedup falls short of the analytic one by about that factor.\n\n")
+		p("Speedup is tok/s over the same setup without speculation. Analytic is Leviathan et al.'s (2023) (1-a^(K+1))/((1-a)(1+c0+Kc)): a is the chance that the target keeps a draft when it kept the ones before it, estimated from the acceptance by position (kept drafts over kept drafts plus steps that rejected one); c0+Kc is the draft time per step in baseline steps, fitted over the drafter's K. Tokens/step compares the measured tokens per step with the expected (1-a^(K+1))/(1-a); for a drafter that proposes at only a share q of its steps (lookup, where it finds no match) both the expected tokens and the analytic speedup use 1+q((1-a^(K+1))/(1-a)-1). The analytic curve counts a verify as one target step; verify is the measured verify forward over one baseline step, and where it exceeds 1 the measured speedup falls short of the analytic one by about that factor. Drafts cut by the drafter's confidence (draft_confidence) vary in length, so their rows have no expected tokens or analytic value.\n\n")
 		p("| drafter | a | draft cost c0 + cK | K | tokens/step measured (expected) | verify / step | measured speedup | analytic |\n|---|---|---|---|---|---|---|---|\n")
 		for _, s := range series {
 			for i, k := range s.K {
 				an, exp := "–", "–"
-				if !math.IsNaN(s.Alpha) {
+				if !math.IsNaN(s.Alpha) && s.Confidence == 0 {
 					an = cell(Analytic(s.Alpha, s.Drafting, s.DraftFixed, s.CostRatio, k), 2)
 					exp = cell(bench.ExpectedStepTokens(s.Alpha, k, s.Drafting), 2)
 				}

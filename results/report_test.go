@@ -145,32 +145,7 @@ func specRuns(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	add := func(c bench.Config, tokS, draftMS, a float64, idle int) {
-		c.Model, c.Prompt, c.MaxTokens = "models/smollm2-135m-dense", "p", 32
-		for r := range 2 {
-			res := &bench.Result{Mode: c.Mode, Model: c.Model, DecodeTokS: tokS}
-			for i := range 8 {
-				st := bench.Step{ForwardMS: 8, SampleMS: 2, Tokens: 1}
-				if c.DraftTokens > 0 {
-					st = bench.Step{ForwardMS: 15, DraftMS: draftMS, Tokens: 2, Accepted: 1}
-					if i < idle {
-						st = bench.Step{ForwardMS: 15, DraftMS: draftMS, Tokens: 1}
-					}
-				}
-				res.Steps = append(res.Steps, st)
-			}
-			if c.DraftTokens > 0 {
-				acc := &bench.Acceptance{Drafted: (8 - idle) * c.DraftTokens, Accepted: 8 - idle, NoDraftSteps: idle}
-				for i := 1; i <= c.DraftTokens; i++ {
-					acc.ByPosition = append(acc.ByPosition, math.Pow(a, float64(i)))
-				}
-				res.Acceptance = acc
-			}
-			if err := s.Append(Record{ID: RecordID(c, r, false), Sweep: "spec-real", Config: c, Repeat: r, Result: res}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	add := func(c bench.Config, tokS, draftMS, a float64, idle int) { addSpecRun(t, s, c, tokS, draftMS, a, idle) }
 	add(bench.Config{Mode: "standalone"}, 100, 0, 0, 0)
 	for _, k := range []int{3, 7, 15} {
 		add(bench.Config{Mode: "spec", Drafter: "dflash", Draft: "engines/spec/testdata/dflash-smollm2", DraftTokens: k}, 60+float64(k), 2+0.1*float64(k), 0.5, 0)
@@ -179,6 +154,75 @@ func specRuns(t *testing.T, dir string) {
 		add(bench.Config{Mode: "spec", Drafter: "model", Draft: "models/smollm2-draft", DraftTokens: k}, 120, 0.5*float64(k), 0.8, 0)
 	}
 	add(bench.Config{Mode: "spec", Drafter: "lookup", DraftTokens: 3}, 105, 0, 0.6, 4)
+}
+
+// addSpecRun stores two repeats of c: 8 steps each at tokS decode tok/s; a speculative c drafts
+// draftMS a step, keeps one draft a step (none at its first idle steps, which draft nothing),
+// with acceptance a^i at position i.
+func addSpecRun(t *testing.T, s *Store, c bench.Config, tokS, draftMS, a float64, idle int) {
+	t.Helper()
+	c.Model, c.Prompt, c.MaxTokens = "models/smollm2-135m-dense", "p", 32
+	for r := range 2 {
+		res := &bench.Result{Mode: c.Mode, Model: c.Model, DecodeTokS: tokS}
+		for i := range 8 {
+			st := bench.Step{ForwardMS: 8, SampleMS: 2, Tokens: 1}
+			if c.DraftTokens > 0 {
+				st = bench.Step{ForwardMS: 15, DraftMS: draftMS, Tokens: 2, Accepted: 1}
+				if i < idle {
+					st = bench.Step{ForwardMS: 15, DraftMS: draftMS, Tokens: 1}
+				}
+			}
+			res.Steps = append(res.Steps, st)
+		}
+		if c.DraftTokens > 0 {
+			acc := &bench.Acceptance{Drafted: (8 - idle) * c.DraftTokens, Accepted: 8 - idle, NoDraftSteps: idle}
+			for i := 1; i <= c.DraftTokens; i++ {
+				acc.ByPosition = append(acc.ByPosition, math.Pow(a, float64(i)))
+			}
+			res.Acceptance = acc
+		}
+		if err := s.Append(Record{ID: RecordID(c, r, false), Sweep: "spec-real", Config: c, Repeat: r, Result: res}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestGatedSeriesHasNoAnalytic: drafts cut by the drafter's confidence vary in length, so their
+// series is named by its confidence, beside the whole-block one, and the report gives it no
+// analytic speedup or expected tokens, which assume K drafts a step.
+func TestGatedSeriesHasNoAnalytic(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(filepath.Join(dir, RunsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addSpecRun(t, s, bench.Config{Mode: "standalone"}, 100, 0, 0, 0)
+	dflash := bench.Config{Mode: "spec", Drafter: "dflash", Draft: "engines/spec/testdata/dflash-smollm2", DraftTokens: 7}
+	addSpecRun(t, s, dflash, 90, 2, 0.5, 0)
+	dflash.DraftConfidence = 0.3
+	addSpecRun(t, s, dflash, 100, 2, 0.5, 0)
+	s.Close()
+	b, err := Build(dir, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := Speedups(b.Summaries)
+	if len(series) != 2 || series[0].Confidence != 0 || series[1].Confidence != 0.3 || !strings.Contains(series[1].Name, "confidence=0.3") || strings.Contains(series[0].Name, "confidence") {
+		t.Fatalf("series %+v; want whole blocks, then confidence=0.3", series)
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, l := range strings.Split(string(md), "\n") {
+		if strings.HasPrefix(l, "| spec drafter=dflash (") {
+			rows = append(rows, l)
+		}
+	}
+	if len(rows) != 2 || strings.HasSuffix(rows[0], "| – |") || !strings.HasSuffix(rows[1], "| 1.00 | – |") || !strings.Contains(rows[1], "(–)") {
+		t.Errorf("report rows %q; want an analytic value for whole blocks and – for the cut drafts", rows)
+	}
 }
 
 // TestSpeedups checks the speculative analysis on constructed results: every drafter (a model
