@@ -322,6 +322,11 @@ func (p *parser) checkCombo(mode string, m map[string]val) {
 				p.errorf(d.n, "drafter model needs draft, the draft model (a checkpoint directory or synth:PRESET): set draft in defaults or an include entry")
 			}
 		}
+		if g, ok := m["draft_confidence"]; ok && asFloat(g.v) != 0 {
+			if d, ok := m["drafter"]; ok && fmt.Sprint(d.v) != "dflash" {
+				p.errorf(g.n, "draft_confidence %v cuts dflash drafts only, and drafter %v takes none: exclude {drafter: %v, draft_confidence: %v}, or set it in an include entry for dflash", g.v, d.v, d.v, g.v)
+			}
+		}
 	}
 	if mode == "openai" {
 		if _, ok := m["base_url"]; !ok {
