@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -20,6 +22,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/hippo-bench/hippo/bench"
 	"github.com/hippo-bench/hippo/experiments"
 	"github.com/hippo-bench/hippo/results"
 )
@@ -252,11 +255,25 @@ func printPlan(w io.Writer, s *experiments.Sweep) error {
 	}
 	fmt.Fprintf(w, "\n%d configurations x %d prompts x %d repeats, plus %d warm-up runs per configuration: %d runs, timeout %s each\n\n",
 		len(cfgs), len(s.Prompts), s.Repeats, s.Warmup, len(s.Plan()), s.Timeout)
+	// The draft confidence gets a column only in sweeps that set one.
+	gated := slices.ContainsFunc(cfgs, func(c bench.Config) bool { return c.DraftConfidence != 0 })
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "#\tmodel\tmode\tstages\tlink\ttransport\tdrafter\tdraft_tokens\tmax_tokens\ttemperature\t")
+	fmt.Fprint(tw, "#\tmodel\tmode\tstages\tlink\ttransport\tdrafter\tdraft_tokens\t")
+	if gated {
+		fmt.Fprint(tw, "draft_confidence\t")
+	}
+	fmt.Fprintln(tw, "max_tokens\ttemperature\t")
 	for i, c := range cfgs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%g\t\n", i+1, c.Model, c.Mode, dash(c.Stages), dashS(c.Link), dashS(c.Transport),
-			dashS(c.Drafter), dash(c.DraftTokens), dash(c.MaxTokens), c.Temperature)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t", i+1, c.Model, c.Mode, dash(c.Stages), dashS(c.Link), dashS(c.Transport),
+			dashS(c.Drafter), dash(c.DraftTokens))
+		if gated {
+			conf := "-"
+			if c.DraftConfidence != 0 {
+				conf = strconv.FormatFloat(c.DraftConfidence, 'g', -1, 64)
+			}
+			fmt.Fprintf(tw, "%s\t", conf)
+		}
+		fmt.Fprintf(tw, "%s\t%g\t\n", dash(c.MaxTokens), c.Temperature)
 	}
 	return tw.Flush()
 }
