@@ -21,10 +21,13 @@ type PipelineSpecOptions struct {
 	// draft's block - 1, else 4).
 	Drafter, Draft string
 	DraftTokens    int
-	Stages         int
-	Rounds         int
-	MaxTokens      int
-	Prompts        []string
+	// DraftConfidence, above 0, cuts each greedy dflash draft where the drafter's joint
+	// probability of its drafts falls below it (engines.DFlashDrafter.SetConfidence).
+	DraftConfidence float64
+	Stages          int
+	Rounds          int
+	MaxTokens       int
+	Prompts         []string
 	// Chat wraps each prompt in the chat template and stops at its end of turn (both sides make
 	// the same tokens); otherwise exactly MaxTokens are made.
 	Chat bool
@@ -88,20 +91,27 @@ func ComparePipelineSpec(ctx context.Context, o PipelineSpecOptions, w io.Writer
 		if math.IsNaN(a) {
 			a = 0
 		}
-		expected := ExpectedStepTokens(a, k, DraftingShare(row.runSteps, row.steps)) / cost
+		expected := fmt.Sprintf("%.2fx", ExpectedStepTokens(a, k, DraftingShare(row.runSteps, row.steps))/cost)
+		if o.DraftConfidence > 0 { // drafts of varying length: the expectation assumes K a step
+			expected = "-"
+		}
 		need := func(x float64) string {
 			if n := x*cost - 1; n <= float64(k) {
 				return fmt.Sprintf("%.2f", max(n, 0))
 			}
 			return fmt.Sprintf("> K (%.2f)", x*cost-1)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.2f\t%.2fx\t%.2f\t%.3f\t%.1f\t%.1f\t%.1f\t%.0f\t%.0f\t%.2fx\t%s\t%s\t\n", link, k,
+		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.2f\t%.2fx\t%.2f\t%.3f\t%.1f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%s\t%s\t\n", link, k,
 			stat.Mean(row.plain, nil), stat.Mean(row.spec, nil), Median(row.ratio), perStep-1, rate, tp, d, v,
 			stat.Mean(row.plainBytes, nil), stat.Mean(row.specBytes, nil), expected, need(1.2), need(1.5))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\n%d stages, drafter %s %s, %d prompts x %d rounds per link after a warm-up; pipeline and pipeline+spec alternate prompt by prompt on the same stages, their order swapped every round; %d tokens per run (at most, with --chat); greedy; %s.\n",
-		o.Stages, o.Drafter, o.Draft, len(o.Prompts), o.Rounds, o.MaxTokens, dv.summary())
+	gate := ""
+	if o.DraftConfidence > 0 {
+		gate = fmt.Sprintf(" (drafts cut where its joint probability falls below %g; no expected value)", o.DraftConfidence)
+	}
+	fmt.Fprintf(w, "\n%d stages, drafter %s %s%s, %d prompts x %d rounds per link after a warm-up; pipeline and pipeline+spec alternate prompt by prompt on the same stages, their order swapped every round; %d tokens per run (at most, with --chat); greedy; %s.\n",
+		o.Stages, o.Drafter, o.Draft, gate, len(o.Prompts), o.Rounds, o.MaxTokens, dv.summary())
 	fmt.Fprintln(w, "accepted/step: drafts kept per verify step (tokens per step - 1); acceptance: kept / drafted. verify ms: the verify pass's forward on every stage + time on the wire; draft ms: the drafter on the driver (a dflash draft cannot start before its block's features return).")
 	fmt.Fprintln(w, "expected: (1 - a^(K+1)) / (1 - a) tokens per step (a: the per-token acceptance rate, estimated from the acceptance by position; where only a share q of the steps drafted, as with lookup, 1 + q((1 - a^(K+1)) / (1 - a) - 1)) over (draft + verify) / plain step. needed for X: accepted drafts per step that would reach X at the measured draft and verify costs (X x (draft + verify) / plain step - 1).")
 	return nil
@@ -116,6 +126,7 @@ func comparePipeSpecLink(ctx context.Context, base Config, link string, o Pipeli
 	plainC.Link, specC.Link = link, link
 	plainC.Mode = "pipeline"
 	specC.Mode, specC.Drafter, specC.Draft, specC.DraftTokens = "pipeline+spec", o.Drafter, o.Draft, o.DraftTokens
+	specC.DraftConfidence = o.DraftConfidence
 	k := 0
 	for round := -1; round < o.Rounds; round++ { // round -1 warms both up
 		prompts := o.Prompts

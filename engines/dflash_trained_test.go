@@ -85,7 +85,7 @@ func TestSetConfidenceRejects(t *testing.T) {
 			t.Errorf("SetConfidence(%g): %v; want an error naming the draft confidence", p, err)
 		}
 	}
-	if err := d.SetConfidence(0.25); err != nil || d.confidence != 0.25 {
-		t.Errorf("SetConfidence(0.25): %v, confidence %g", err, d.confidence)
+	if err := d.SetConfidence(0.25); err != nil || math.Float64frombits(d.confidence.Load()) != 0.25 {
+		t.Errorf("SetConfidence(0.25): %v, confidence %g", err, math.Float64frombits(d.confidence.Load()))
 	}
 }

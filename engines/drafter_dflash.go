@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/hippo-bench/hippo/engines/mlx"
 	"github.com/hippo-bench/hippo/engines/model"
@@ -34,10 +35,11 @@ type DFlashDrafter struct {
 	caches []model.Cache
 	// fed is the context the caches hold: the tokens at positions [0, len(fed)).
 	fed []int
-	// confidence, above 0, ends a greedy draft before the first position at which the drafter's
-	// own probability that every draft so far is right (the product of each position's top
-	// probability) falls below it; see SetConfidence.
-	confidence float64
+	// confidence holds the float64 bits of the draft confidence: above 0, a greedy draft ends
+	// before the first position at which the drafter's own probability that every draft so far
+	// is right (the product of each position's top probability) falls below it; see
+	// SetConfidence. Atomic: a server's loader may set it while a request drafts.
+	confidence atomic.Uint64
 }
 
 var (
@@ -182,7 +184,7 @@ func (d *DFlashDrafter) SetConfidence(p float64) error {
 	if p < 0 || p >= 1 || math.IsNaN(p) {
 		return fmt.Errorf("dflash: draft confidence %g: use 0 (off) up to below 1, e.g. 0.2", p)
 	}
-	d.confidence = p
+	d.confidence.Store(math.Float64bits(p))
 	return nil
 }
 
@@ -251,6 +253,7 @@ func (d *DFlashDrafter) Draft(ctx context.Context, history []int, k int, tempera
 		return nil, nil, nil
 	}
 	var out []int
+	gate := math.Float64frombits(d.confidence.Load())
 	err := d.worker.Do(ctx, func() error {
 		s := mlx.NewScope()
 		defer s.Close()
@@ -260,7 +263,7 @@ func (d *DFlashDrafter) Draft(ctx context.Context, history []int, k int, tempera
 			if sub := d.subset(); sub != nil {
 				am = sub.ToVocab(am)
 			}
-			if d.confidence == 0 {
+			if gate == 0 {
 				return []mlx.Array{am}
 			}
 			// Each position's top probability: exp(max logit - logsumexp), [n].
@@ -271,14 +274,14 @@ func (d *DFlashDrafter) Draft(ctx context.Context, history []int, k int, tempera
 		if err != nil {
 			return err
 		}
-		if out, err = intsOf(am); err != nil || d.confidence == 0 {
+		if out, err = intsOf(am); err != nil || gate == 0 {
 			return err
 		}
 		ps, err := top.Float32s()
 		if err != nil {
 			return err
 		}
-		out = out[:confidentPrefix(ps, d.confidence)]
+		out = out[:confidentPrefix(ps, gate)]
 		return nil
 	})
 	if err != nil {

@@ -120,6 +120,7 @@ func benchCommand() *cli.Command {
 				&cli.IntFlag{Name: "num-prompts", Usage: "pipeline+spec: use only the first N prompts of --prompts (0: all)"},
 				&cli.BoolFlag{Name: "chat", Usage: "pipeline+spec: wrap prompts in the chat template and stop at end of turn"},
 				allowDivergenceFlag("the plain pipeline's"),
+				&cli.Float64Flag{Name: "draft-confidence", Usage: "pipeline+spec with --drafter dflash: cut each greedy draft where the drafter's joint probability of its drafts falls below this (0: whole drafts of K)"},
 			},
 			Action: func(c *cli.Context) error {
 				dir, exe, err := modelAndExe(c)
@@ -153,6 +154,7 @@ func benchCommand() *cli.Command {
 						Model: dir, DType: c.String("dtype"), Links: c.StringSlice("link"), Drafter: c.String("drafter"), Draft: draft,
 						DraftTokens: c.Int("draft-tokens"), Stages: c.Int("stages"), Rounds: c.Int("rounds"), MaxTokens: c.Int("max-tokens"),
 						Prompts: prompts, Chat: c.Bool("chat"), Exe: exe, AllowDivergence: c.Bool("allow-divergence"),
+						DraftConfidence: c.Float64("draft-confidence"),
 					}, os.Stdout)
 				default:
 					return fmt.Errorf("bench pipeline: --mode %q: use pipeline or pipeline+spec", c.String("mode"))
