@@ -91,7 +91,7 @@ func ComparePipelineSpec(ctx context.Context, o PipelineSpecOptions, w io.Writer
 		if math.IsNaN(a) {
 			a = 0
 		}
-		expected := fmt.Sprintf("%.2fx", ExpectedStepTokens(a, k, DraftingShare(row.runSteps, row.steps))/cost)
+		expected := fmt.Sprintf("%.2fx", ExpectedSpeedup(a, k, DraftingShare(row.runSteps, row.steps), d/tp, v/tp))
 		if o.DraftConfidence > 0 { // drafts of varying length: the expectation assumes K a step
 			expected = "-"
 		}

@@ -46,17 +46,13 @@ type SpecCompareOptions struct {
 }
 
 // ExpectedSpeedup is Leviathan et al.'s expected speedup of speculative decoding with per-token
-// acceptance rate a (see AcceptanceRate), K drafted tokens and a draft step costing c target
-// steps, proposing at a share q of its steps (ExpectedStepTokens): the expected tokens per step
-// over the cost of a step, K*c + 1 (one verify forward is counted as one target step).
-func ExpectedSpeedup(a float64, k int, c, q float64) float64 {
-	return ExpectedStepTokens(a, k, q) / (float64(k)*c + 1)
-}
-
-// ExpectedBlockSpeedup is the same expectation for a block drafter (DFlash), whose K drafts
-// come from one forward costing c target steps: the expected tokens per step over c + 1.
-func ExpectedBlockSpeedup(a float64, k int, c, q float64) float64 {
-	return ExpectedStepTokens(a, k, q) / (c + 1)
+// acceptance rate a (see AcceptanceRate) and K drafted tokens, proposing at a share q of its steps:
+// the expected tokens per step (ExpectedStepTokens) over what a step costs in target decode
+// steps, its drafting plus its verify forward. The paper counts the verify as one step (verify
+// 1); drafting is K*c for a draft model whose step costs c, one forward's c for a block drafter
+// (DFlash).
+func ExpectedSpeedup(a float64, k int, q, drafting, verify float64) float64 {
+	return ExpectedStepTokens(a, k, q) / (drafting + verify)
 }
 
 // ExpectedTokens is the expected number of tokens a speculative step emits with k drafts when the
@@ -342,25 +338,20 @@ func printSpecRows(w io.Writer, name, label string, rows []*specRow, c float64) 
 	for _, r := range rows {
 		rate, a := stat.Mean(r.acc, nil), AcceptanceRate(r.byPos, r.steps)
 		measured := stat.Mean(r.spec, nil) / stat.Mean(r.alone, nil)
-		cost, exp, q := c, 0.0, DraftingShare(r.steps, r.verifySteps)
-		shown, draft := r.k, 0.0 // draft: the drafting of one step, in target decode steps
+		cost, q := c, DraftingShare(r.steps, r.verifySteps)
+		shown, draft := r.k, float64(r.k)*c // draft: the drafting of one step, in target decode steps
 		switch name {
 		case "dflash":
 			// One draft forward per step, relative to a target decode step.
 			cost = stat.Mean(r.draftMS, nil) / stat.Mean(r.stepMS, nil)
-			exp = ExpectedBlockSpeedup(a, r.k, cost, q)
 			shown, draft = r.k+1, cost
 		case "lookup":
 			// Free to draft, but it proposes only where it finds a match (q < 1).
-			cost = 0
-			exp = ExpectedSpeedup(a, r.k, 0, q)
-		default:
-			exp = ExpectedSpeedup(a, r.k, c, q)
-			draft = float64(r.k) * c
+			cost, draft = 0, 0
 		}
 		// The analytic speedup counts a verify forward as one decode step; v is what it cost.
 		v := stat.Mean(r.verifyMS, nil) / stat.Mean(r.stepMS, nil)
-		expV := ExpectedStepTokens(a, r.k, q) / (draft + v)
+		exp, expV := ExpectedSpeedup(a, r.k, q, draft, 1), ExpectedSpeedup(a, r.k, q, draft, v)
 		noise := speedupNoise(r.alone, r.spec)
 		pts = append(pts, specPoint{shown: shown, speedup: measured, noise: noise})
 		expS, expVS := fmt.Sprintf("%.2fx", exp), fmt.Sprintf("%.2fx", expV)

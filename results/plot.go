@@ -372,7 +372,7 @@ type SpeedupSeries struct {
 // per step, 0 for the paper's draft model). A drafter that proposes at only a share q of its steps
 // makes 1 + q((1 - a^(k+1)) / (1 - a) - 1) tokens per step (bench.ExpectedStepTokens).
 func Analytic(a, q, c0, c float64, k int) float64 {
-	return bench.ExpectedStepTokens(a, k, q) / (1 + c0 + float64(k)*c)
+	return bench.ExpectedSpeedup(a, k, q, c0+float64(k)*c, 1)
 }
 
 // fitDraftCost fits cost ≈ c0 + c*k (both at least 0) by least squares over the points: with
