@@ -163,7 +163,7 @@ func CompareSpec(ctx context.Context, o SpecCompareOptions, w io.Writer) error {
 		return fmt.Errorf("bench spec: no prompts: give --prompt or --prompts FILE")
 	}
 	for _, g := range o.DraftConfidences {
-		if g < 0 || g >= 1 || math.IsNaN(g) {
+		if !engines.ValidDraftConfidence(g) {
 			return fmt.Errorf("bench spec: --draft-confidence %g: use 0 (whole blocks) up to below 1, e.g. 0.2", g)
 		}
 	}

@@ -181,7 +181,7 @@ func (d *DFlashDrafter) TapLayers(e *Engine) ([]int, error) {
 // either way. Sampled drafts are not shortened: their proposal distributions are the rejection
 // rule's, whatever their length.
 func (d *DFlashDrafter) SetConfidence(p float64) error {
-	if p < 0 || p >= 1 || math.IsNaN(p) {
+	if !ValidDraftConfidence(p) {
 		return fmt.Errorf("dflash: draft confidence %g: use 0 (off) up to below 1, e.g. 0.2", p)
 	}
 	d.confidence.Store(math.Float64bits(p))
@@ -384,6 +384,10 @@ func (d *DFlashDrafter) DraftTop(ctx context.Context, history []int, k, topK int
 	}
 	return out, top, nil
 }
+
+// ValidDraftConfidence reports whether p can be a draft confidence (SetConfidence): 0 (whole
+// drafts) up to below 1, where a draft could never be kept whole.
+func ValidDraftConfidence(p float64) bool { return p >= 0 && p < 1 }
 
 // confidentPrefix is how many leading positions keep the product of their probabilities ps at
 // or above p.

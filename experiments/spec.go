@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/hippo-bench/hippo/bench"
+	"github.com/hippo-bench/hippo/engines"
 )
 
 // DefaultTimeout bounds one run when the sweep file sets no timeout, so a wedged engine cannot
@@ -645,7 +646,7 @@ func checkValue(key string, v any) string {
 			return fmt.Sprintf("draft_tokens must be at least 1 (tokens drafted per step), got %d", v)
 		}
 	case "draft_confidence":
-		if x := asFloat(v); x < 0 || x >= 1 {
+		if x := asFloat(v); !engines.ValidDraftConfidence(x) {
 			return fmt.Sprintf("draft_confidence must be 0 (whole dflash blocks) up to below 1, got %g", x)
 		}
 	case "concurrency":

@@ -188,7 +188,7 @@ func (c *Config) Validate() error {
 		if m.Context < 0 {
 			return fmt.Errorf("models[%d] (%s): context %d: must be positive", i, m.Model, m.Context)
 		}
-		if m.DraftConfidence < 0 || m.DraftConfidence >= 1 {
+		if !engines.ValidDraftConfidence(m.DraftConfidence) {
 			return fmt.Errorf("models[%d] (%s): draft_confidence %g: use 0 (whole dflash blocks) up to below 1", i, m.Model, m.DraftConfidence)
 		}
 		if m.ID == "" {

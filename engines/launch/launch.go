@@ -413,7 +413,7 @@ func (l *Loader) pipeDrafter(ctx context.Context, c Config, d *pipeline.Driver) 
 	if err != nil {
 		return nil, err
 	}
-	if err := dr.SetConfidence(c.DraftConfidence); err != nil {
+	if err := gateDrafts(dr, c.DraftConfidence); err != nil {
 		dr.Close()
 		return nil, err
 	}
