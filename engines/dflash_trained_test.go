@@ -37,9 +37,13 @@ func TestTrainedDFlashMatchesStandalone(t *testing.T) {
 	if got, full := d.HeadVocab(), e.Config().VocabSize; got >= full {
 		t.Fatalf("the shipped drafter scores %d tokens; want its head vocabulary (draft_vocab.json), fewer than the target's %d", got, full)
 	}
+	whole := 0 // drafts proposed at block 8
 	for _, block := range []int{4, 8} {
 		t.Run(fmt.Sprintf("b%d", block), func(t *testing.T) {
 			_, ss := specMatches(t, e, req, d, block-1, want)
+			if block == 8 {
+				whole = ss.Drafted
+			}
 			if cap := block - 1; ss.Drafted > cap*len(ss.Steps) {
 				t.Errorf("drafted %d in %d steps; want at most %d per step", ss.Drafted, len(ss.Steps), cap)
 			}
@@ -53,16 +57,11 @@ func TestTrainedDFlashMatchesStandalone(t *testing.T) {
 		}
 		defer d.SetConfidence(0)
 		_, ss := specMatches(t, e, req, d, 7, want)
-		short := 0
-		for _, st := range ss.Steps {
-			if st.Drafted < 7 {
-				short++
-			}
+		// Steps near max tokens draft fewer anyway: compare with whole blocks over the same tokens.
+		if whole == 0 || ss.Drafted >= whole {
+			t.Errorf("drafted %d at confidence 0.3 against %d in whole blocks; want fewer", ss.Drafted, whole)
 		}
-		if short == 0 {
-			t.Errorf("every one of %d steps drafted a whole block at confidence 0.3", len(ss.Steps))
-		}
-		t.Logf("confidence 0.3: %d steps, %d shortened, %d of %d drafts accepted, by position %v", len(ss.Steps), short, ss.Accepted, ss.Drafted, ss.ByPosition)
+		t.Logf("confidence 0.3: %d steps, %d of %d drafts accepted (whole blocks: %d drafted), by position %v", len(ss.Steps), ss.Accepted, ss.Drafted, whole, ss.ByPosition)
 	})
 }
 
